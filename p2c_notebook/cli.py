@@ -1,0 +1,160 @@
+"""The `p2c` command line: parse arguments, call the library, render its events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from p2c_notebook.errors import P2CError
+from p2c_notebook.paper import read_paper
+from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.render import TerminalRenderer
+from p2c_notebook.settings import load_settings
+from p2c_notebook.store import RunStore
+
+EXIT_PAUSED = 10
+EXIT_INTERRUPTED = 130
+
+STAGES = "plan, design, logic, config, analysis, code (or planning, coding)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2c", description="Turn an ML paper into a code repository (PaperCoder).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) the pipeline on a paper or an existing run folder")
+    run.add_argument("paper", help="PDF, .tex, LaTeX folder or .tar.gz, s2orc .json, .md/.txt; or a run folder")
+    run.add_argument("--out", help="run folder (default: runs/<paper name>)")
+    run.add_argument("--model", help="model name (P2C_MODEL)")
+    run.add_argument("--base-url", help="OpenAI-compatible server URL (OPENAI_BASE_URL / P2C_BASE_URL)")
+    run.add_argument("--api-key", help="API key (prefer OPENAI_API_KEY: flags end up in shell history)")
+    run.add_argument("--backend", help="openai (default) or scripted:SCENARIO.yaml")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help=f"redo from this stage: {STAGES}")
+    run.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    run.add_argument(
+        "--approve-each", action="store_true", help="pause before each stage until its inputs are approved"
+    )
+    run.add_argument("--overwrite-edited", action="store_true", help="allow --from to regenerate artifacts you edited")
+    run.add_argument("--concurrency", type=int, help="parallel model calls for analysis and coding")
+    run.add_argument("--max-tokens", type=int, help="output token limit per call")
+    run.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"])
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--timeout", type=float, help="seconds to wait for one call")
+    run.add_argument("--no-stream", action="store_true", help="do not stream replies")
+    run.add_argument("-v", "--verbose", action="store_true", help="print the model's replies as they stream")
+
+    status = sub.add_parser("status", help="show each artifact's status and what the next run does")
+    status.add_argument("run")
+
+    show = sub.add_parser("show", help="print one artifact (plan, design, logic, config, analysis/F, code/F)")
+    show.add_argument("run")
+    show.add_argument("artifact")
+
+    approve = sub.add_parser("approve", help="approve artifacts (or a stage: planning, analysis, coding)")
+    approve.add_argument("run")
+    approve.add_argument("artifacts", nargs="+")
+
+    paper = sub.add_parser("paper", help="read a paper and report what was extracted (no model calls)")
+    paper.add_argument("paper")
+    paper.add_argument("--text", action="store_true", help="print the text the model will see")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "base_url": args.base_url,
+        "api_key": args.api_key,
+        "backend": args.backend,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "reasoning_effort": args.reasoning_effort,
+        "temperature": args.temperature,
+        "timeout": args.timeout,
+        "stream": False if args.no_stream else None,
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(_settings(args))
+    renderer = TerminalRenderer(verbose=args.verbose)
+    started = time.monotonic()
+    source = Path(args.paper)
+    if RunStore.is_run(source):
+        pipeline = Pipeline.open(source, settings=settings, sinks=(renderer,))
+    else:
+        pipeline = Pipeline.start(source, args.out, settings=settings, sinks=(renderer,))
+    with pipeline:
+        result = pipeline.run(args.from_stage, args.until, args.approve_each, args.overwrite_edited)
+        spent = pipeline.store.spent()
+    elapsed = time.monotonic() - started
+    print(result.message)
+    print(f"Time: {elapsed:.1f} s; this run folder so far: {spent.calls} calls, {spent.describe()}")
+    if result.state == "paused":
+        return EXIT_PAUSED
+    if result.state == "cancelled":
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    pipeline = Pipeline.open(args.run)
+    rows = pipeline.rows()
+    width = max(len(r.artifact) for r in rows)
+    for row in rows:
+        tokens = "" if row.status == "missing" else row.usage.describe()
+        note = " (inputs changed since your edit)" if row.inputs_changed else ""
+        print(f"{row.artifact:<{width}}  {row.status:<9}  {tokens}{note}")
+    print(f"Spent in this run folder: {pipeline.store.spent().calls} calls, {pipeline.store.spent().describe()}")
+    print(pipeline.next_command())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    pipeline = Pipeline.open(args.run)
+    for artifact in pipeline.resolve(args.artifact):
+        sys.stdout.write(pipeline.store.read(artifact))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    pipeline = Pipeline.open(args.run)
+    for name in args.artifacts:
+        for artifact in pipeline.approve(name):
+            print(f"approved {artifact}")
+    return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    paper = read_paper(args.paper)
+    print(paper.to_text() if args.text else paper.report().summary())
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "show": cmd_show,
+    "approve": cmd_approve,
+    "paper": cmd_paper,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except P2CError as exc:
+        print(f"p2c: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("p2c: interrupted; everything saved so far is kept. Run again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

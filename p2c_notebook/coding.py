@@ -1,0 +1,47 @@
+"""Coding: one file per call, seeing its analysis and the code it depends on (not the whole repository)."""
+
+from __future__ import annotations
+
+from p2c_notebook.artifacts import LogicDesign
+from p2c_notebook.context import StageContext, check_python, feedback_messages
+from p2c_notebook.parsing import extract_code
+from p2c_notebook.prompts.builder import interface_of, language_for
+from p2c_notebook.store import PLANNING, Entry
+
+
+def code_inputs(logic: LogicDesign, path: str) -> list[str]:
+    return ["paper", *PLANNING, f"analysis/{path}", *(f"code/{d}" for d in logic.dependencies(path))]
+
+
+def dependency_context(ctx: StageContext, logic: LogicDesign, path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Full code of direct dependencies; interfaces of what those depend on in turn."""
+    direct = {d: ctx.store.read(f"code/{d}") for d in logic.dependencies(path)}
+    interfaces: dict[str, str] = {}
+    frontier = [t for d in direct for t in logic.dependencies(d)]
+    while frontier:
+        dep = frontier.pop(0)
+        if dep in direct or dep in interfaces or dep == path:
+            continue
+        interfaces[dep] = interface_of(dep, ctx.store.read(f"code/{dep}"))
+        frontier.extend(logic.dependencies(dep))
+    return direct, interfaces
+
+
+def code_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entry:
+    """Write repo/<path>; the Python it writes must parse."""
+    artifact = f"code/{path}"
+    logic = ctx.logic()
+    item = next(f for f in logic.files if f.path == path)
+    direct, interfaces = dependency_context(ctx, logic, path)
+    analysis = ctx.store.read(f"analysis/{path}")
+    messages = ctx.prompts.code(ctx.answers(), path, item.role, analysis, direct, interfaces)
+    messages = feedback_messages(ctx, artifact, messages, feedback)
+    language = language_for(path)
+
+    def parse(reply: str) -> str:
+        code = extract_code(reply, language)
+        check_python(path, code)
+        return code
+
+    code, usage = ctx.ask(artifact, "code", path, messages, parse)
+    return ctx.store.save(artifact, code, ctx.input_hashes(code_inputs(logic, path)), ctx.backend.model, usage)

@@ -1,0 +1,154 @@
+"""What every stage needs: the run folder, the backend, the event bus and the prompt builder."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
+from p2c_notebook.backend import Backend, ChatRequest, Messages
+from p2c_notebook.errors import PlanError, ReplyError, RunError
+from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
+from p2c_notebook.parsing import ParseError
+from p2c_notebook.prompts import PromptBuilder
+from p2c_notebook.settings import Settings
+from p2c_notebook.store import PLANNING, RunStore, artifact_file
+from p2c_notebook.usage import Usage
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:8]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "the JSON does not match the schema (" + "; ".join(parts) + ")."
+
+
+@dataclass
+class StageContext:
+    store: RunStore
+    backend: Backend
+    bus: EventBus
+    settings: Settings
+    prompts: PromptBuilder
+
+    # --- reading saved artifacts (as the user approved or edited them) ---------------------------
+    def design(self) -> ArchitectureDesign:
+        return self._load("design", ArchitectureDesign)
+
+    def logic(self) -> LogicDesign:
+        return self._load("logic", LogicDesign)
+
+    def _load(self, artifact: str, model: type[M]) -> M:
+        text = self.store.read(artifact)
+        try:
+            return model.model_validate_json(text)
+        except ValidationError as exc:
+            raise RunError(
+                f"{self.store.root / artifact_file(artifact)} is not valid: {describe_validation(exc)} "
+                f"Fix the file, or regenerate it with `p2c run {self.store.root} --from {artifact}`."
+            ) from None
+
+    def answers(self, upto: str | None = None) -> dict[str, str]:
+        """The planning answers as they re-enter prompts (config inside its yaml fence)."""
+        answers: dict[str, str] = {}
+        for step in PLANNING:
+            if step == upto:
+                break
+            text = self.store.read(step)
+            if step == "config":
+                parse_config(text)
+                text = f"```yaml\n{text.rstrip()}\n```"
+            answers[step] = text.rstrip()
+        return answers
+
+    def input_hashes(self, artifacts: list[str]) -> dict[str, str]:
+        hashes = {}
+        for artifact in artifacts:
+            digest = self.store.hash_of(artifact)
+            if digest is None:
+                raise RunError(f"{artifact} must exist before this step; run the earlier stages first.")
+            hashes[artifact] = digest
+        return hashes
+
+    # --- one model call, with one repair re-ask -------------------------------------------------
+    def ask(
+        self,
+        artifact: str,
+        stage: str,
+        file: str,
+        messages: Messages,
+        parse: Callable[[str], T],
+        schema: type[BaseModel] | None = None,
+    ) -> tuple[T, Usage]:
+        """Call the model and parse its reply; re-ask once with the problem, then fail clearly."""
+        self.bus.emit(StageStarted(artifact=artifact, stage=stage, file=file))
+        total = Usage()
+        request = ChatRequest(
+            messages,
+            stage,
+            file,
+            1,
+            schema.model_json_schema() if schema else None,
+            schema.__name__ if schema else "artifact",
+        )
+        where = f"{stage}" + (f" of {file}" if file else "")
+        error = ""
+        for attempt in (1, 2):
+            completion = self.backend.complete(request, lambda text: self.bus.emit(TokenDelta(artifact, text)))
+            total += completion.usage
+            self.store.add_spent(completion.usage)
+            self.bus.emit(UsageReported(artifact=artifact, usage=completion.usage, total=self.store.spent()))
+            if completion.finish_reason == "length":
+                raise ReplyError(
+                    f"The model's reply for {where} was cut off at the token limit "
+                    f"(max_tokens={self.settings.max_tokens}). Raise --max-tokens (P2C_MAX_TOKENS) and rerun; "
+                    "finished artifacts are kept."
+                )
+            try:
+                return parse(completion.text), total
+            except ParseError as exc:
+                error = str(exc)
+            except ValidationError as exc:
+                error = describe_validation(exc)
+            except PlanError as exc:
+                error = str(exc)
+            if attempt == 1:
+                self.bus.warn(f"The reply for {where} was unusable ({error}); asking the model once more.", artifact)
+                request = ChatRequest(
+                    PromptBuilder.with_repair(messages, completion.text, error),
+                    stage,
+                    file,
+                    2,
+                    request.schema,
+                    request.schema_name,
+                )
+        raise ReplyError(
+            f"The model's reply for {where} was unusable twice: {error} "
+            "Try a stronger model (--model), or write the artifact yourself and rerun."
+        )
+
+
+def check_python(path: str, code: str) -> None:
+    """Generated Python must at least parse; the model gets the syntax error back once."""
+    if not path.endswith(".py"):
+        return
+    try:
+        ast.parse(code)
+    except SyntaxError as exc:
+        raise ParseError(f"{path} has a syntax error at line {exc.lineno}: {exc.msg}.") from None
+
+
+def feedback_messages(ctx: StageContext, artifact: str, messages: Messages, feedback: str | None) -> Messages:
+    """Regeneration with feedback: the previous version and the user's words go last."""
+    if not feedback:
+        return messages
+    previous = ctx.store.read(artifact) if ctx.store.entry(artifact) else ""
+    return PromptBuilder.with_feedback(messages, previous, feedback)

@@ -1,0 +1,638 @@
+"""PDF reader (pymupdf, in-process): layout-aware text in reading order, then paper structure.
+
+Layout: horizontal text lines only (rotated margin stamps are dropped); running headers/footers and
+page numbers removed; lines merged into visual rows; two-column pages read left column, then right,
+with full-width rows (titles, wide figures) kept at their vertical position.
+Structure: title (largest font on page 1), abstract, numbered/unnumbered headings (bold or larger
+font), display equations, figure/table captions; references and acknowledgements are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymupdf
+
+from p2c_notebook.errors import PaperError
+from p2c_notebook.paper.model import Caption, Paper, Section
+from p2c_notebook.paper.text import (
+    ABSTRACT,
+    ACKNOWLEDGEMENTS,
+    COMMON_HEADINGS,
+    REFERENCES,
+    heading_kind,
+    match_caption,
+    normalize_heading,
+)
+
+DEFAULT_MAX_PAGES = 100
+_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
+_MATH_FONT = re.compile(r"CMMI|CMSY|CMEX|CMBSY|MSBM|MSAM|Math|Symbol|STIX|rsfs|EUFM|EUSM|txsy|txmi|pxmi|txex|LMMI|LMSY")
+_MATH_CHARS = set("=+−±×÷∑∏∫√∞∂∇≤≥≠≈∈∉⊂⊆∪∩∀∃→←↔⇒⇔·∘⊗⊕‖αβγδϵεζηθκλμνξπρστυφϕχψωΓΔΘΛΞΠΣΦΨΩ")
+_CM_ROMAN = re.compile(r"^(?:[A-Z]{6}\+)?(?:CMR\d|LMRoman|SFRM)")
+_RELATIONS = set("=≤≥<>≈≠∈∝≡→⇒←")
+_EQ_TAG = re.compile(r"\(\s*(\d{1,3}[a-z]?|[A-Z]\.\d{1,3})\s*\)\s*$")
+_PAGE_NUMBER = re.compile(r"^(?:page\s*)?(?:\d{1,4}|[ivxlc]{1,6})(?:\s*(?:of|/)\s*\d{1,4})?$", re.I)
+_ARXIV_STAMP = re.compile(r"^arXiv:\s?\d{4}\.\d{4,5}(v\d+)?\b")
+_ABSTRACT_RUN_IN = re.compile(r"^abstract\s*[\u2014\u2013:.\-]+\s*", re.I)
+
+
+@dataclass
+class _Line:
+    """One horizontal text line from pymupdf, with the font facts we need."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    text: str
+    size: float
+    bold: float  # share of letters in bold fonts
+    math: float  # share of characters in math fonts or math symbols
+    lead_bold: str  # leading bold words (run-in headings such as "Acknowledgements")
+    roman: float = 0.0  # share of characters in Computer Modern roman, math unless the body uses it
+
+
+@dataclass
+class _Row:
+    """Lines on one visual row of one column; the unit the structure pass walks."""
+
+    page: int
+    lines: list[_Line]
+    left: float = 0.0  # the column's left and right edges
+    right: float = 0.0
+    gap: float | None = None  # vertical gap to the previous row of the same column, None at a column top
+    prev_short: bool = False
+
+    @property
+    def x0(self) -> float:
+        return min(ln.x0 for ln in self.lines)
+
+    @property
+    def x1(self) -> float:
+        return max(ln.x1 for ln in self.lines)
+
+    @property
+    def y0(self) -> float:
+        return min(ln.y0 for ln in self.lines)
+
+    @property
+    def y1(self) -> float:
+        return max(ln.y1 for ln in self.lines)
+
+    def _weighted(self, attr: str) -> float:
+        total = sum(len(ln.text) for ln in self.lines) or 1
+        return sum(getattr(ln, attr) * len(ln.text) for ln in self.lines) / total
+
+    @property
+    def size(self) -> float:
+        return max(self.lines, key=lambda ln: len(ln.text)).size
+
+    @property
+    def bold(self) -> float:
+        return self._weighted("bold")
+
+    @property
+    def math(self) -> float:
+        return self._weighted("math")
+
+    @property
+    def lead_bold(self) -> str:
+        return min(self.lines, key=lambda ln: ln.x0).lead_bold
+
+    @property
+    def text(self) -> str:
+        parts: list[str] = []
+        last = None
+        for line in sorted(self.lines, key=lambda ln: ln.x0):
+            if parts and last is not None and line.x0 - last > 0.15 * line.size:
+                parts.append(" ")
+            parts.append(line.text)
+            last = line.x1
+        return re.sub(r"\s+", " ", "".join(parts)).strip()
+
+
+def _is_bold(font: str, flags: int) -> bool:
+    return bool(flags & 16) or re.search(r"Bold|Medi|Semibold|Demi|Black|Heavy|CMBX|\.B$|-B$", font) is not None
+
+
+def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
+    """Horizontal text lines of a page and the number of rotated lines skipped."""
+    lines: list[_Line] = []
+    rotated = 0
+    for block in page.get_text("dict", flags=_FLAGS)["blocks"]:
+        for line in block.get("lines", ()):
+            direction = line.get("dir", (1.0, 0.0))
+            spans = [s for s in line["spans"] if s["text"].strip()]
+            if not spans:
+                continue
+            if abs(direction[1]) > 0.05 or direction[0] < 0:
+                rotated += 1
+                continue
+            text = "".join(s["text"] for s in line["spans"]).replace("\u00a0", " ")
+            text = re.sub(r"[\x00-\x08\x0b-\x1f\ufffd]", "", text).strip()
+            if not text:
+                continue
+            sizes: Counter[float] = Counter()
+            letters = bold_letters = chars = math_chars = roman_chars = 0
+            lead_bold: list[str] = []
+            leading = True
+            for span in spans:
+                content = span["text"]
+                count = len(content.strip())
+                sizes[round(span["size"], 1)] += count
+                body_font[span["font"]] += count
+                bold = _is_bold(span["font"], span["flags"])
+                span_letters = sum(ch.isalpha() for ch in content)
+                letters += span_letters
+                bold_letters += span_letters if bold else 0
+                leading = leading and bold
+                if leading:
+                    lead_bold.append(content)
+                chars += count
+                if _MATH_FONT.search(span["font"]):
+                    math_chars += count
+                elif _CM_ROMAN.match(span["font"]):
+                    roman_chars += count
+                else:
+                    math_chars += sum(ch in _MATH_CHARS for ch in content)
+            x0, y0, x1, y1 = line["bbox"]
+            lines.append(
+                _Line(
+                    x0=x0,
+                    y0=y0,
+                    x1=x1,
+                    y1=y1,
+                    text=text,
+                    size=sizes.most_common(1)[0][0],
+                    bold=bold_letters / letters if letters else 0.0,
+                    math=math_chars / chars if chars else 0.0,
+                    lead_bold="".join(lead_bold).strip(),
+                    roman=roman_chars / chars if chars else 0.0,
+                )
+            )
+    return lines, rotated
+
+
+def _roman_is_math(pages: list[list[_Line]], fonts: Counter[str]) -> None:
+    """Count Computer Modern roman (CMR10...) as math, unless the body text itself is set in it."""
+    body_font = fonts.most_common(1)[0][0] if fonts else ""
+    if _CM_ROMAN.match(body_font):
+        return
+    for lines in pages:
+        for line in lines:
+            line.math = min(1.0, line.math + line.roman)
+
+
+def _running_lines(pages: list[list[_Line]], heights: list[float]) -> tuple[set[tuple[int, int]], int, int]:
+    """Indexes (page, line) of running headers/footers and page numbers, plus how many of each."""
+    bands: dict[str, set[int]] = {}
+    for page_no, lines in enumerate(pages):
+        height = heights[page_no]
+        for line in lines:
+            if line.y1 < 0.1 * height or line.y0 > 0.9 * height:
+                key = re.sub(r"\d+", "#", line.text.lower()).strip()
+                bands.setdefault(key, set()).add(page_no)
+    threshold = max(2, math.ceil(0.3 * len(pages)))
+    repeated = {key for key, found in bands.items() if len(found) >= threshold and len(pages) >= 2}
+    drop: set[tuple[int, int]] = set()
+    headers = numbers = 0
+    for page_no, lines in enumerate(pages):
+        height = heights[page_no]
+        for index, line in enumerate(lines):
+            in_band = line.y1 < 0.1 * height or line.y0 > 0.9 * height
+            if in_band and _PAGE_NUMBER.match(line.text):
+                drop.add((page_no, index))
+                numbers += 1
+            elif in_band and re.sub(r"\d+", "#", line.text.lower()).strip() in repeated:
+                drop.add((page_no, index))
+                headers += 1
+            elif _ARXIV_STAMP.match(line.text):
+                drop.add((page_no, index))
+    return drop, headers, numbers
+
+
+def _fragment(small: _Line, big: _Line) -> bool:
+    """A sub/superscript or a short math piece (fraction part) that belongs to `big`'s row."""
+    return small.size < 0.85 * big.size or (small.math >= 0.5 and small.x1 - small.x0 < 0.4 * (big.x1 - big.x0))
+
+
+def _fits(row: list[_Line], line: _Line) -> bool:
+    overlap = any(
+        min(m.y1, line.y1) - max(m.y0, line.y0) >= 0.5 * min(m.y1 - m.y0, line.y1 - line.y0) for m in row
+    )
+    if not overlap:
+        return False
+    for member in row:
+        if min(member.x1, line.x1) - max(member.x0, line.x0) > 1.0:
+            if not (_fragment(line, member) or _fragment(member, line)):
+                return False
+    return True
+
+
+def _rows(lines: list[_Line], page: int) -> list[_Row]:
+    """Merge lines that sit on the same visual row (table cells, equation pieces, split headings)."""
+    groups: list[list[_Line]] = []
+    for line in sorted(lines, key=lambda ln: (ln.y0, ln.x0)):
+        for group in reversed(groups[-8:]):
+            if _fits(group, line):
+                group.append(line)
+                break
+        else:
+            groups.append([line])
+    rows = [_Row(page=page, lines=g) for g in groups]
+    rows.sort(key=lambda r: (r.y0, r.x0))
+    return rows
+
+
+def _link(rows: list[_Row], left: float, right: float) -> list[_Row]:
+    """Record the column edges, vertical gaps and short previous lines used to split paragraphs."""
+    previous: _Row | None = None
+    for row in rows:
+        row.left, row.right = left, right
+        if previous is not None:
+            row.gap = row.y0 - previous.y1
+            row.prev_short = previous.x1 < right - 0.12 * (right - left)
+        previous = row
+    return rows
+
+
+def _layout(lines: list[_Line], page: int) -> list[_Row]:
+    """Order a page's lines into rows: single column, or left column then right between full-width rows."""
+    if not lines:
+        return []
+    lo = min(ln.x0 for ln in lines)
+    hi = max(ln.x1 for ln in lines)
+    width = max(hi - lo, 1.0)
+    mid = (lo + hi) / 2
+    tolerance = 0.03 * width
+    sides: dict[str, list[_Line]] = {"L": [], "R": [], "F": []}
+    for line in lines:
+        in_left = line.x1 <= mid + tolerance
+        in_right = line.x0 >= mid - tolerance
+        side = "F" if in_left == in_right else "L" if in_left else "R"
+        sides[side].append(line)
+    weight = {k: sum(len(ln.text) for ln in v) for k, v in sides.items()}
+    total = sum(weight.values()) or 1
+    two_columns = (
+        weight["L"] >= 0.25 * total
+        and weight["R"] >= 0.25 * total
+        and len(sides["L"]) >= 5
+        and len(sides["R"]) >= 5
+    )
+    if not two_columns:
+        right = sorted(ln.x1 for ln in lines)[int(0.9 * (len(lines) - 1))]
+        return _link(_rows(lines, page), lo, right)
+    left_rows = _link(_rows(sides["L"], page), lo, max(ln.x1 for ln in sides["L"]))
+    right_rows = _link(_rows(sides["R"], page), min(ln.x0 for ln in sides["R"]), hi)
+    full_rows = _link(_rows(sides["F"], page), lo, hi)
+    ordered: list[_Row] = []
+    top = -math.inf
+    for separator in [*full_rows, None]:
+        bottom = separator.y0 if separator is not None else math.inf
+        for column in (left_rows, right_rows):
+            band = [r for r in column if top <= (r.y0 + r.y1) / 2 < bottom]
+            if band:
+                band[0].gap = None
+            ordered.extend(band)
+        if separator is not None:
+            ordered.append(separator)
+            top = separator.y1
+    return ordered
+
+
+def _heading(row: _Row, body_size: float) -> tuple[str | None, str, int] | None:
+    """(number, heading, level) when a row is a section heading, judged by font and wording."""
+    text = row.text.strip()
+    words = text.split()
+    if not words or len(text) > 120 or len(words) > 14:
+        return None
+    strong = row.bold >= 0.8 or row.size >= body_size + 1.0
+    if not strong or text.endswith((",", ";")) or row.math > 0.5:
+        return None
+    match = re.match(r"^((?:\d{1,2}|[A-Z])(?:\.\d{1,2}){0,3})\.?\s+([^\W\d_][^\n]*)$", text)
+    if match and not match.group(2).endswith("."):
+        number, title = match.group(1), match.group(2).strip()
+        if number.isalpha() and row.size < body_size + 1.0 and row.bold < 0.8:
+            return None
+        return number, title, number.count(".") + 1
+    name = normalize_heading(text)
+    if name in COMMON_HEADINGS or (row.size >= body_size + 1.0 and text[0].isupper() and len(words) <= 10):
+        return None, text.rstrip(".:"), 1
+    return None
+
+
+def _is_equation(row: _Row) -> bool:
+    text = row.text
+    if len(text) < 3 or match_caption(text):
+        return False
+    width = max(row.right - row.left, 1.0)
+    indented = row.x0 > row.left + 0.05 * width
+    relation = any(ch in _RELATIONS for ch in text)
+    tag = _EQ_TAG.search(text)
+    if tag:
+        lines = sorted(row.lines, key=lambda ln: ln.x0)
+        separated = len(lines) > 1 and lines[-1].x0 - max(ln.x1 for ln in lines[:-1]) > 2 * row.size
+        return (separated or indented) and (row.math >= 0.25 or relation)
+    return indented and relation and row.math >= 0.5
+
+
+def _join(lines: list[str]) -> str:
+    """Join the rows of a paragraph, undoing end-of-line hyphenation ("transduc-" + "tion")."""
+    out = ""
+    for line in lines:
+        if not out:
+            out = line
+        elif re.search(r"[a-z]-$", out) and re.match(r"[a-z]", line) and not re.match(r"[a-z]+-", line):
+            out = out[:-1] + line
+        else:
+            out = f"{out} {line}"
+    return out
+
+
+@dataclass
+class _Builder:
+    """Walks rows in reading order and assembles the Paper's parts."""
+
+    body_size: float
+    abstract: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    captions: list[Caption] = field(default_factory=list)
+    equations: list[str] = field(default_factory=list)
+    skipped: dict[str, list[int]] = field(default_factory=dict)
+    mode: str = "front"  # front | abstract | body | skip:<kind>
+    paragraph: list[str] = field(default_factory=list)
+    paragraphs: list[str] = field(default_factory=list)
+    caption: Caption | None = None
+    equation: list[str] = field(default_factory=list)
+    abstract_size: float = 0.0
+
+    def end_paragraph(self) -> None:
+        if self.caption is not None:
+            self.caption.text = _join([self.caption.text, *self.paragraph]).strip() if self.paragraph else (
+                self.caption.text
+            )
+            self.caption = None
+        elif self.equation:
+            equation = " ".join(self.equation)
+            self.equations.append(equation)
+            self.paragraphs.append(equation)
+            self.equation = []
+        elif self.paragraph:
+            self.paragraphs.append(_join(self.paragraph))
+        self.paragraph = []
+
+    def end_section(self) -> None:
+        self.end_paragraph()
+        text = "\n\n".join(p for p in self.paragraphs if p.strip())
+        self.paragraphs = []
+        if not text:
+            return
+        if self.mode == "abstract":
+            self.abstract.append(text)
+        elif self.mode == "body":
+            if not self.sections:
+                self.sections.append(Section(heading="Text"))
+            current = self.sections[-1]
+            current.text = f"{current.text}\n\n{text}" if current.text else text
+
+    def skip(self, kind: str, page: int) -> None:
+        self.skipped.setdefault(kind, []).append(page)
+
+    def start(self, row: _Row, heading: tuple[str | None, str, int]) -> None:
+        self.end_section()
+        number, title, level = heading
+        kind = heading_kind(title) if number is None or title.lower() != "abstract" else ABSTRACT
+        if kind == ABSTRACT and not self.sections:
+            self.mode = "abstract"
+        elif kind in (REFERENCES, ACKNOWLEDGEMENTS):
+            self.mode = f"skip:{kind}"
+            self.skip(kind or "", row.page)
+        else:
+            self.mode = "body"
+            self.sections.append(Section(heading=title, number=number, level=level, page=row.page))
+
+    def add(self, row: _Row, new_paragraph: bool) -> None:
+        text = row.text
+        if self.mode.startswith("skip:"):
+            self.skip(self.mode[5:], row.page)
+            return
+        if self.mode == "abstract":
+            if not self.abstract_size:
+                self.abstract_size = row.size
+            if row.size < self.abstract_size - 0.6:
+                self.skip("front matter", row.page)
+                return
+        caption = match_caption(text) if new_paragraph else None
+        if caption:
+            self.end_paragraph()
+            self.caption = Caption(kind=caption[0], label=caption[1], text=caption[2], page=row.page)
+            self.captions.append(self.caption)
+            return
+        if self.caption is None and _is_equation(row):
+            if not self.equation:
+                self.end_paragraph()
+            self.equation.append(text)
+            return
+        if self.equation and row.math >= 0.6 and len(text) <= 30 and (row.gap or 0) < row.size:
+            self.equation.append(text)
+            return
+        if new_paragraph or self.equation:
+            self.end_paragraph()
+        self.paragraph.append(text)
+
+
+def _new_paragraph(row: _Row, previous: _Row | None) -> bool:
+    if previous is None:
+        return True
+    if row.gap is None:  # top of a column or page: continue a sentence cut by the column break
+        last = previous.text
+        return last.endswith((".", ":", "!", "?")) and not row.text[:1].islower()
+    height = max(row.y1 - row.y0, 1.0)
+    return row.gap > 0.45 * min(height, row.size * 1.3) or row.prev_short or abs(row.size - previous.size) > 1.0
+
+
+def _title(rows: list[_Row]) -> tuple[str, set[int]]:
+    """The largest-font text on the first page with text, and the indexes of its rows."""
+    first_page = [i for i, r in enumerate(rows) if r.page == rows[0].page and sum(ch.isalpha() for ch in r.text) >= 3]
+    if not first_page:
+        return "", set()
+    largest = max(rows[i].size for i in first_page)
+    start = next(i for i in first_page if rows[i].size >= largest - 0.5)
+    chosen = [start]
+    for index in range(start + 1, len(rows)):
+        if rows[index].page != rows[start].page or rows[index].size < largest - 0.5:
+            break
+        chosen.append(index)
+    title = " ".join(rows[i].text for i in chosen)
+    return re.sub(r"\s+", " ", title).strip()[:300], set(chosen)
+
+
+def _pages_text(pages: list[int]) -> str:
+    first, last = min(pages), max(pages)
+    return f"page {first}" if first == last else f"pages {first}-{last}"
+
+
+@contextmanager
+def _quiet_mupdf() -> Iterator[None]:
+    """Keep MuPDF from printing repair warnings to stderr while we read."""
+    errors = pymupdf.TOOLS.mupdf_display_errors()
+    warnings = pymupdf.TOOLS.mupdf_display_warnings()
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+    try:
+        yield
+    finally:
+        pymupdf.TOOLS.mupdf_display_errors(errors)
+        pymupdf.TOOLS.mupdf_display_warnings(warnings)
+
+
+def _open(path: Path) -> Any:
+    data = path.read_bytes()
+    if not data:
+        raise PaperError(f"{path.name} is empty (0 bytes): the download failed; fetch the PDF again.")
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as exc:  # pymupdf raises FileDataError/RuntimeError/ValueError for broken files
+        raise PaperError(
+            f"{path.name} is a damaged or truncated PDF ({exc}): download it again, or repair it "
+            "(e.g. `qpdf in.pdf out.pdf`)."
+        ) from exc
+    if doc.needs_pass:
+        doc.close()
+        raise PaperError(
+            f"{path.name} is password-protected: save an unprotected copy (e.g. "
+            "`qpdf --decrypt --password=PASSWORD in.pdf out.pdf`) and read that."
+        )
+    truncated = doc.is_repaired and b"%%EOF" not in data[-2048:]
+    if doc.page_count == 0 or truncated:
+        doc.close()
+        raise PaperError(
+            f"{path.name} is a truncated or damaged PDF ({'no %%EOF marker' if truncated else 'no pages'}): "
+            "the download was probably cut short; fetch the PDF again."
+        )
+    return doc
+
+
+def _extract(doc: Any, path: Path, max_pages: int) -> tuple[list[list[_Line]], list[float], int, Counter[str], bool]:
+    fonts: Counter[str] = Counter()
+    pages: list[list[_Line]] = []
+    heights: list[float] = []
+    rotated = 0
+    images = False
+    for number in range(min(doc.page_count, max_pages)):
+        try:
+            page = doc[number]
+            lines, turned = _page_lines(page, fonts)
+            images = images or (not lines and bool(page.get_images()))
+        except PaperError:
+            raise
+        except Exception as exc:  # a page pymupdf cannot parse
+            raise PaperError(f"{path.name}: page {number + 1} cannot be read ({exc}); the PDF is damaged.") from exc
+        pages.append(lines)
+        heights.append(float(page.rect.height) or 792.0)
+        rotated += turned
+    return pages, heights, rotated, fonts, images
+
+
+def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES) -> Paper:
+    """Read a PDF paper. At most `max_pages` pages are read; the rest is listed in `dropped`."""
+    with _quiet_mupdf():
+        doc = _open(path)
+        try:
+            page_count = doc.page_count
+            pages, heights, rotated, fonts, images = _extract(doc, path, max(1, max_pages))
+        finally:
+            doc.close()
+    if sum(len(ln.text) for lines in pages for ln in lines) < 50:
+        hint = "it is a scanned, image-only PDF" if images else "it holds no text"
+        raise PaperError(
+            f"{path.name} has no text layer ({hint}): run OCR first, e.g. "
+            f"`ocrmypdf {path.name} {path.stem}-ocr.pdf`, and read the OCR'd PDF."
+        )
+    _roman_is_math(pages, fonts)
+    drop, headers, numbers = _running_lines(pages, heights)
+    rows: list[_Row] = []
+    for page_no, lines in enumerate(pages):
+        kept = [ln for i, ln in enumerate(lines) if (page_no, i) not in drop]
+        rows.extend(_layout(kept, page_no + 1))
+    sizes: Counter[float] = Counter()
+    for row in rows:
+        sizes[round(row.size * 2) / 2] += len(row.text)
+    body_size = sizes.most_common(1)[0][0] if sizes else 10.0
+    return _structure(rows, body_size, path, page_count, max_pages, (rotated, headers, numbers))
+
+
+def _structure(
+    rows: list[_Row], body_size: float, path: Path, page_count: int, max_pages: int, removed: tuple[int, int, int]
+) -> Paper:
+    title, title_rows = _title(rows)
+    headings = [_heading(row, body_size) for row in rows]
+    first_page = rows[0].page if rows else 1
+    marks = [
+        i
+        for i, row in enumerate(rows)
+        if i not in title_rows
+        and row.page <= first_page + 1
+        and (headings[i] is not None or _ABSTRACT_RUN_IN.match(row.text))
+    ]
+    builder = _Builder(body_size=body_size)
+    start = marks[0] if marks else 0
+    if not marks:
+        builder.mode = "body"
+    previous: _Row | None = None
+    for index, row in enumerate(rows):
+        if index in title_rows:
+            continue
+        if index < start:
+            builder.skip("front matter", row.page)
+            continue
+        heading = headings[index]
+        run_in = _ABSTRACT_RUN_IN.match(row.text)
+        if heading is not None and not (builder.mode == "abstract" and heading[1].lower() == "abstract"):
+            builder.start(row, heading)
+        elif run_in and builder.mode == "front":
+            builder.end_section()
+            builder.mode = "abstract"
+            builder.paragraph.append(row.text[run_in.end() :])
+        elif row.lead_bold and heading_kind(row.lead_bold) == ACKNOWLEDGEMENTS and builder.mode != "front":
+            builder.start(row, (None, "Acknowledgements", 1))
+        else:
+            if builder.mode == "front":
+                builder.mode = "body"
+            builder.add(row, _new_paragraph(row, previous))
+        previous = row
+    builder.end_section()
+    dropped = _dropped(builder.skipped, removed)
+    if page_count > max_pages:
+        dropped.append(f"pages {max_pages + 1}-{page_count} (over the {max_pages}-page limit)")
+    return Paper(
+        title=title or path.stem,
+        abstract="\n\n".join(builder.abstract).strip(),
+        sections=builder.sections,
+        equations=builder.equations,
+        captions=builder.captions,
+        source=path.name,
+        source_format="pdf",
+        pages=page_count,
+        dropped=dropped,
+    )
+
+
+def _dropped(skipped: dict[str, list[int]], removed: tuple[int, int, int]) -> list[str]:
+    rotated, headers, numbers = removed
+    dropped = [f"{kind} ({_pages_text(pages)})" for kind, pages in skipped.items()]
+    if headers:
+        dropped.append(f"running headers/footers ({headers} lines)")
+    if numbers:
+        dropped.append(f"page numbers ({numbers})")
+    if rotated:
+        dropped.append(f"rotated text such as arXiv margin stamps ({rotated} lines)")
+    return dropped

@@ -1,0 +1,297 @@
+"""Markdown and plain-text readers, plus the heading and caption helpers every reader shares."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from p2c_notebook.errors import PaperError
+from p2c_notebook.paper.model import Caption, Paper, Section
+
+REFERENCES = "references"
+ACKNOWLEDGEMENTS = "acknowledgements"
+ABSTRACT = "abstract"
+
+_KIND_NAMES = {
+    ABSTRACT: ("abstract",),
+    REFERENCES: ("references", "reference", "bibliography", "literature cited", "works cited", "cited works"),
+    ACKNOWLEDGEMENTS: (
+        "acknowledgements",
+        "acknowledgments",
+        "acknowledgement",
+        "acknowledgment",
+        "acknowledgements and disclosure of funding",
+        "acknowledgments and disclosure of funding",
+        "funding",
+    ),
+}
+COMMON_HEADINGS = frozenset(
+    {
+        "introduction",
+        "related work",
+        "related works",
+        "background",
+        "method",
+        "methods",
+        "methodology",
+        "approach",
+        "experiments",
+        "experimental setup",
+        "results",
+        "discussion",
+        "conclusion",
+        "conclusions",
+        "limitations",
+        "future work",
+        "appendix",
+        "appendices",
+        "supplementary material",
+        "broader impact",
+        "broader impacts",
+        "ethics statement",
+    }
+).union(*_KIND_NAMES.values())
+
+_NUMBERED = re.compile(r"^(?P<num>(?:\d{1,2}|[A-Z])(?:\.\d{1,2}){0,3})\.?\s+(?P<title>[^\W\d_].*)$")
+_CAPTION = re.compile(
+    r"^[*_\s]*(?P<kind>Figure|FIGURE|Fig\.|FIG\.|Table|TABLE|Tab\.|Algorithm|ALGORITHM)\s*"
+    r"(?P<num>[A-Z]?\d{1,3}(?:\.\d{1,2})?|[IVX]{1,5})[*_]*\s*[:.|]\s*[*_]*\s*(?P<text>.*)$",
+    re.S,
+)
+
+
+def normalize_heading(heading: str) -> str:
+    """Lower-case a heading and strip numbering, markup and trailing punctuation."""
+    text = re.sub(r"[*_#`]", "", heading).strip()
+    match = _NUMBERED.match(text)
+    if match:
+        text = match.group("title")
+    return re.sub(r"\s+", " ", text).strip(" .:").lower()
+
+
+def heading_kind(heading: str) -> str | None:
+    """Return "abstract", "references" or "acknowledgements" for those headings, else None."""
+    name = normalize_heading(heading)
+    for kind, names in _KIND_NAMES.items():
+        if name in names:
+            return kind
+    return None
+
+
+def split_number(heading: str) -> tuple[str | None, str]:
+    """Split "3.2 Attention" into ("3.2", "Attention"); unnumbered headings give (None, heading)."""
+    text = heading.strip()
+    match = _NUMBERED.match(text)
+    if match and not (len(match.group("num")) == 1 and match.group("num").isalpha() and " " not in text):
+        return match.group("num"), match.group("title").strip()
+    return None, text
+
+
+def match_caption(text: str) -> tuple[str, str, str] | None:
+    """Return (kind, label, text) when `text` starts a figure/table caption such as "Table 2: ..."."""
+    match = _CAPTION.match(text)
+    if not match:
+        return None
+    word = match.group("kind").lower()
+    kind = "table" if word.startswith("tab") else "algorithm" if word.startswith("alg") else "figure"
+    label = f"{kind.capitalize()} {match.group('num')}"
+    return kind, label, match.group("text").strip()
+
+
+def decode_text(data: bytes, name: str, what: str) -> str:
+    """Decode UTF-8 (or Latin-1 for legacy files), refusing binary content with a PaperError."""
+    if b"\x00" in data[:65536]:
+        raise PaperError(f"{name} contains binary data, not {what}: check that you picked the right file.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    sample = text[:65536]
+    controls = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\t\n\r\f" or 0x7F <= ord(ch) < 0xA0)
+    if sample and controls > max(2, len(sample) // 100):
+        raise PaperError(
+            f"{name} does not look like {what} (it contains control characters): "
+            "check that you picked the right file, or save it as UTF-8 text."
+        )
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_ATX = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_DISPLAY = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.S)
+_ABSTRACT_RUN_IN = re.compile(r"^[*_\s]*abstract[*_]*\s*[:.\u2014\u2013-]+[*_]*\s*", re.I)
+_PLAIN_HEADING = re.compile(r"^(?:\d{1,2}(?:\.\d{1,2}){0,3}\.?|[A-Z](?:\.\d{1,2}){0,3}\.?)\s+[A-Z][^.!?]{0,90}$")
+
+
+class _Builder:
+    """Collects sections, equations and captions while a text reader walks the paper."""
+
+    def __init__(self) -> None:
+        self.abstract: list[str] = []
+        self.sections: list[Section] = []
+        self.captions: list[Caption] = []
+        self.equations: list[str] = []
+        self.dropped: list[str] = []
+        self.mode = "body"  # body | abstract | skip
+        self.paragraphs: list[str] = []
+
+    def flush(self) -> None:
+        if self.mode == "abstract":
+            self.abstract.extend(p for p in self.paragraphs if p.strip())
+        elif self.mode == "body" and self.paragraphs:
+            if not self.sections:
+                self.sections.append(Section(heading="Text"))
+            body = "\n\n".join(p.strip() for p in self.paragraphs if p.strip())
+            section = self.sections[-1]
+            section.text = f"{section.text}\n\n{body}".strip() if section.text else body
+        self.paragraphs = []
+
+    def heading(self, heading: str, level: int) -> None:
+        self.flush()
+        kind = heading_kind(heading)
+        if kind == ABSTRACT:
+            self.mode = "abstract"
+            return
+        if kind in (REFERENCES, ACKNOWLEDGEMENTS):
+            self.mode = "skip"
+            if kind not in self.dropped:
+                self.dropped.append(kind)
+            return
+        self.mode = "body"
+        number, title = split_number(heading)
+        depth = number.count(".") + 1 if number else level
+        self.sections.append(Section(heading=title, number=number, level=max(1, min(depth, 6))))
+
+    def paragraph(self, text: str) -> None:
+        text = text.strip()
+        if not text or self.mode == "skip":
+            return
+        caption = match_caption(text)
+        if caption:
+            self.captions.append(Caption(kind=caption[0], label=caption[1], text=caption[2]))
+            return
+        for match in _DISPLAY.finditer(text):
+            equation = (match.group(1) or match.group(2) or "").strip()
+            if equation:
+                self.equations.append(equation)
+        if not self.abstract and self.mode == "body" and not self.sections and _ABSTRACT_RUN_IN.match(text):
+            self.abstract.append(_ABSTRACT_RUN_IN.sub("", text))
+            return
+        self.paragraphs.append(text)
+
+
+def _paragraphs(lines: list[str]) -> list[str]:
+    """Split lines into paragraphs at blank lines, keeping $$...$$ blocks and code fences whole."""
+    paragraphs: list[str] = []
+    current: list[str] = []
+    fenced = False
+    for line in lines:
+        if line.strip().startswith(("```", "~~~")):
+            fenced = not fenced
+        if not line.strip() and not fenced and "".join(current).count("$$") % 2 == 0:
+            if current:
+                paragraphs.append("\n".join(current))
+            current = []
+        else:
+            current.append(line.rstrip())
+    if current:
+        paragraphs.append("\n".join(current))
+    return paragraphs
+
+
+def _finish(builder: _Builder, title: str, path: Path, source_format: str) -> Paper:
+    builder.flush()
+    return Paper(
+        title=title or path.stem,
+        abstract="\n\n".join(builder.abstract).strip(),
+        sections=builder.sections,
+        equations=builder.equations,
+        captions=builder.captions,
+        source=path.name,
+        source_format=source_format,
+        dropped=builder.dropped,
+    )
+
+
+def _load(path: Path, what: str) -> str:
+    text = decode_text(path.read_bytes(), path.name, what)
+    if not text.strip():
+        raise PaperError(f"{path.name} is empty: export the paper's text into it, or pick another file.")
+    return text
+
+
+def read_markdown(path: Path) -> Paper:
+    """Read a Markdown paper: first heading = title, "# Abstract" = abstract, other headings = sections."""
+    text = _load(path, "Markdown text")
+    builder = _Builder()
+    title = ""
+    title_level = 1
+    block: list[str] = []
+    fenced = False
+    lines = text.split("\n")
+    skip = -1
+    seen_heading = False
+
+    def emit() -> None:
+        for paragraph in _paragraphs(block):
+            builder.paragraph(paragraph)
+        block.clear()
+
+    for index, line in enumerate(lines):
+        if index == skip:
+            continue
+        if line.strip().startswith(("```", "~~~")):
+            fenced = not fenced
+        match = None if fenced else _ATX.match(line)
+        underline = lines[index + 1].strip() if index + 1 < len(lines) else ""
+        setext = (
+            not fenced
+            and bool(line.strip())
+            and (not block or not block[-1].strip())
+            and len(underline) >= 3
+            and re.fullmatch(r"=+|-+", underline) is not None
+        )
+        if not match and not setext:
+            block.append(line)
+            continue
+        heading = re.sub(r"[*_`]", "", match.group(2) if match else line).strip()
+        level = len(match.group(1)) if match else (1 if underline[0] == "=" else 2)
+        skip = -1 if match else index + 1
+        emit()
+        if not seen_heading and heading_kind(heading) is None:
+            title, title_level, seen_heading = heading, level, True
+            builder.flush()
+            continue
+        seen_heading = True
+        builder.heading(heading, max(1, level - title_level))
+    emit()
+    if not title:
+        title = next((ln.strip() for ln in lines if ln.strip()), path.stem)[:200]
+    return _finish(builder, title, path, "markdown")
+
+
+def read_text(path: Path) -> Paper:
+    """Read a plain-text paper: first non-empty line = title; "Abstract" and numbered heading lines."""
+    text = _load(path, "plain text")
+    lines = text.split("\n")
+    start = next(i for i, ln in enumerate(lines) if ln.strip())
+    title = lines[start].strip()[:300]
+    builder = _Builder()
+    block: list[str] = []
+    for index in range(start + 1, len(lines)):
+        line = lines[index].strip()
+        previous_blank = not lines[index - 1].strip()
+        is_heading = previous_blank and (
+            heading_kind(line) is not None
+            or (_PLAIN_HEADING.match(line) is not None and len(line.split()) <= 12)
+            or (normalize_heading(line) in COMMON_HEADINGS and len(line) < 60)
+        )
+        if is_heading:
+            for paragraph in _paragraphs(block):
+                builder.paragraph(paragraph)
+            block = []
+            builder.heading(line, 1)
+        else:
+            block.append(lines[index])
+    for paragraph in _paragraphs(block):
+        builder.paragraph(paragraph)
+    return _finish(builder, title, path, "text")

@@ -1,0 +1,81 @@
+"""Tolerant parsing of model replies. Failures raise ParseError, which the stage turns into one re-ask."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)
+_CONTENT = re.compile(r"\[CONTENT\](.*?)\[/CONTENT\]", re.S | re.I)
+_TRAILING_COMMA = re.compile(r",(\s*[}\]])")
+
+
+class ParseError(ValueError):
+    """A reply that does not contain what was asked for; the message is fed back to the model."""
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """All fenced blocks as (language, body)."""
+    return [(m.group(2).lower(), m.group(3)) for m in _FENCE.finditer(text)]
+
+
+def _strip_wrappers(text: str) -> str:
+    match = _CONTENT.search(text)
+    return match.group(1).strip() if match else text.strip()
+
+
+def extract_json(text: str) -> Any:
+    """JSON from a bare reply, a [CONTENT] block, a fenced block, or the outermost {...} in prose."""
+    body = _strip_wrappers(text)
+    if not body:
+        raise ParseError("the reply was empty; a JSON object was expected.")
+    candidates = [body]
+    candidates += [b for lang, b in fenced_blocks(body) if lang in ("json", "", "javascript")]
+    start, end = body.find("{"), body.rfind("}")
+    if 0 <= start < end:
+        candidates.append(body[start : end + 1])
+    error = "no JSON object found in the reply."
+    for candidate in candidates:
+        for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
+            try:
+                return json.loads(attempt)
+            except json.JSONDecodeError as exc:
+                error = f"the reply is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
+    raise ParseError(error)
+
+
+def extract_yaml(text: str) -> str:
+    """The body of the ```yaml block (or the bare reply when it has no fence)."""
+    body = _strip_wrappers(text)
+    blocks = fenced_blocks(body)
+    for lang, block in blocks:
+        if lang in ("yaml", "yml"):
+            return block.strip() + "\n"
+    if blocks:
+        return blocks[0][1].strip() + "\n"
+    if not body:
+        raise ParseError("the reply was empty; a ```yaml block was expected.")
+    return body + "\n"
+
+
+def extract_code(text: str, language: str) -> str:
+    """The file's content: the fenced block in the wanted language, else the longest block, else the bare reply."""
+    body = _strip_wrappers(text)
+    blocks = fenced_blocks(body)
+    if blocks:
+        wanted = [b for lang, b in blocks if lang == language or (language == "python" and lang == "py")]
+        code = wanted[0] if wanted else max((b for _, b in blocks), key=len)
+    else:
+        code = body
+    if not code.strip():
+        raise ParseError(f"the reply contained no code; the whole file was expected in one ```{language} block.")
+    return code.rstrip() + "\n"
+
+
+def extract_markdown(text: str, minimum: int = 20) -> str:
+    """Free text (plan, analysis): reject empty or near-empty replies rather than continue on them."""
+    body = _strip_wrappers(text)
+    if len(body) < minimum:
+        raise ParseError(f"the reply was empty or too short ({len(body)} characters); a full answer was expected.")
+    return body + "\n"

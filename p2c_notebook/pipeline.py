@@ -1,0 +1,498 @@
+"""The orchestrator: chains the stage functions over one run folder, resumably.
+
+Approval is a pause plus a resume from saved state: `run(require_approval=True)` stops before a stage
+whose inputs are not approved, and the caller (CLI, widget, magic) approves and calls `run` again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from p2c_notebook.analysis import analyze_file
+from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
+from p2c_notebook.backend import Backend, make_backend
+from p2c_notebook.coding import code_file
+from p2c_notebook.context import StageContext, describe_validation
+from p2c_notebook.diagrams import diagram_files
+from p2c_notebook.errors import ConfigError, EditedArtifactError, P2CError, PlanError, RunError
+from p2c_notebook.events import (
+    ArtifactSaved,
+    AwaitingApproval,
+    Event,
+    EventBus,
+    Notice,
+    Progress,
+    RunFinished,
+    RunStarted,
+    Sink,
+)
+from p2c_notebook.paper import Paper, read_paper
+from p2c_notebook.planning import make_config, make_design, make_logic, make_plan
+from p2c_notebook.prompts import PromptBuilder
+from p2c_notebook.runlog import RunLog
+from p2c_notebook.settings import Settings, load_settings
+from p2c_notebook.store import PLANNING, Entry, RunStore, artifact_file, atomic_write, sha256, stage_of
+from p2c_notebook.usage import Usage
+
+STEPS = ("plan", "design", "logic", "config", "analysis", "code")
+ALIASES = {"planning": "plan", "analyze": "analysis", "coding": "code", "repo": "code"}
+PLANNERS = {"plan": make_plan, "design": make_design, "logic": make_logic, "config": make_config}
+
+
+def step_index(name: str) -> int:
+    step = ALIASES.get(name, name)
+    if step not in STEPS:
+        raise ConfigError(f"Unknown stage {name!r}: use one of {', '.join(STEPS)} (or planning, coding).")
+    return STEPS.index(step)
+
+
+@dataclass
+class RunResult:
+    state: Literal["done", "paused", "stopped", "cancelled"]
+    message: str
+    produced: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    artifact: str
+    status: str
+    path: str
+    usage: Usage
+    inputs_changed: bool = False
+
+
+class Cancelled(P2CError):
+    """The user cancelled; everything saved so far is kept."""
+
+
+class Pipeline:
+    """One run folder and how to advance it. Create with `Pipeline.start(paper)` or `Pipeline.open(run)`."""
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        settings: Settings | None = None,
+        backend: Backend | None = None,
+        sinks: tuple[Sink, ...] = (),
+    ) -> None:
+        self.store = RunStore(run_dir)
+        self.settings = settings or load_settings()
+        self.bus = EventBus(*sinks)
+        self._backend = backend
+        self._own_backend = backend is None
+        self._cancel = threading.Event()
+        secrets = [self.settings.api_key.get_secret_value()] if self.settings.api_key else []
+        self.log = RunLog(self.store.root / "logs" / "run.log", secrets)
+        self.bus.subscribe(self.log)
+
+    # --- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, paper: Path | str, out: Path | str | None = None, **kwargs: Any) -> Pipeline:
+        """Read the paper and open (or create) its run folder; a changed paper makes everything stale."""
+        source = Path(paper)
+        run_dir = Path(out) if out else Path("runs") / source.stem.replace(" ", "_")
+        parsed = read_paper(source)
+        pipeline = cls(run_dir, **kwargs)
+        with pipeline.store.locked():
+            pipeline._save_paper(parsed)
+        return pipeline
+
+    @classmethod
+    def open(cls, run_dir: Path | str, **kwargs: Any) -> Pipeline:
+        if not RunStore.is_run(run_dir):
+            raise RunError(f"{run_dir} is not a p2c run folder (no manifest.json). Start one with `p2c run PAPER`.")
+        return cls(run_dir, **kwargs)
+
+    def _save_paper(self, paper: Paper) -> None:
+        text = paper.to_text()
+        report = paper.report()
+        self.bus.info(f"Paper: {report.summary()}", "paper")
+        if self.store.hash_of("paper") == sha256(text):
+            return
+        if self.store.entry("paper") is not None:
+            self.bus.warn("The paper changed since this run started: everything generated from it is now stale.")
+        extra = {"paper/paper.json": paper.model_dump_json(indent=2) + "\n"}
+        self.store.save("paper", text, {}, status="approved", extra_files=extra)
+        self.store.set_meta(
+            paper={"source": paper.source, "format": paper.source_format, "report": report.model_dump()}
+        )
+        self.store.refresh(self.order())
+
+    # --- backend ----------------------------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = make_backend(self.settings)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None and self._own_backend:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def cancel(self) -> None:
+        """Stop after the calls in flight; nothing saved is lost and the next run resumes."""
+        self._cancel.set()
+
+    def _context(self) -> StageContext:
+        paper = self.store.read("paper")
+        schemas: dict[str, type[BaseModel]] = {"design": ArchitectureDesign, "logic": LogicDesign}
+        return StageContext(self.store, self.backend, self.bus, self.settings, PromptBuilder(paper, schemas))
+
+    # --- what exists --------------------------------------------------------------------------------
+    def files(self) -> list[str]:
+        """Planned files in dependency order ([] before the logic design exists or when it is invalid)."""
+        if self.store.entry("logic") is None:
+            return []
+        try:
+            return LogicDesign.model_validate_json(self.store.read("logic")).order
+        except ValidationError:
+            return []
+
+    def order(self) -> list[str]:
+        files = self.files()
+        return ["paper", *PLANNING, *(f"analysis/{f}" for f in files), *(f"code/{f}" for f in files)]
+
+    def rows(self) -> list[Row]:
+        self.store.refresh(self.order())
+        rows = []
+        known = {e.artifact: e for e in self.store.entries()}
+        for artifact in self.order():
+            entry = known.get(artifact)
+            if entry is None:
+                rows.append(Row(artifact, "missing", artifact_file(artifact), Usage(calls=0)))
+            else:
+                rows.append(Row(artifact, entry.status, entry.path, entry.usage, entry.inputs_changed))
+        return rows
+
+    def next_command(self) -> str:
+        rows = self.rows()
+        todo = [r.artifact for r in rows if r.status in ("missing", "stale")]
+        if not todo:
+            return "Nothing left to do: the repository is in " + str(self.store.root / "repo")
+        return f"Next: `p2c run {self.store.root}` generates {todo[0]}" + (
+            f" and {len(todo) - 1} more" if len(todo) > 1 else ""
+        )
+
+    # --- running ------------------------------------------------------------------------------------
+    def run(
+        self,
+        from_stage: str | None = None,
+        until: str | None = None,
+        require_approval: bool = False,
+        overwrite_edited: bool = False,
+    ) -> RunResult:
+        """Generate every missing or stale artifact from `from_stage` to `until` (inclusive)."""
+        first = step_index(from_stage) if from_stage else 0
+        last = step_index(until) if until else len(STEPS) - 1
+        if first > last:
+            raise ConfigError(f"--from {from_stage} comes after --until {until}.")
+        self._cancel.clear()
+        with self.store.locked():
+            for note in self.store.refresh(self.order()):
+                self.bus.info(note)
+            if from_stage:
+                self._redo_from(STEPS[first], overwrite_edited)
+            produced: list[str] = []
+            try:
+                result = self._run(first, last, require_approval, produced)
+            except Cancelled as exc:
+                result = RunResult("cancelled", str(exc), produced)
+            except P2CError as exc:
+                self.bus.emit(Notice(level="error", message=str(exc)))
+                self.bus.emit(RunFinished(ok=False, message=str(exc), total=self.store.spent()))
+                raise
+            self.bus.emit(RunFinished(ok=result.state != "cancelled", message=result.message, total=self.store.spent()))
+            return result
+
+    def _run(self, first: int, last: int, require_approval: bool, produced: list[str]) -> RunResult:
+        todo_planning = [s for s in PLANNING[first:] if STEPS.index(s) <= last and self._needs(s)]
+        estimate = len(todo_planning) + self._file_steps_needed(first, last, self.files())
+        self.bus.emit(
+            RunStarted(
+                run_dir=str(self.store.root),
+                model=self.settings.model,
+                backend=self.settings.backend,
+                steps=estimate,
+            )
+        )
+        progress = _Counter(self.bus, estimate)
+        for step in PLANNING:
+            index = STEPS.index(step)
+            if index < first or index > last or not self._needs(step):
+                continue
+            pending = self._unapproved(["paper", *PLANNING[: PLANNING.index(step)]]) if require_approval else []
+            if pending:
+                return self._pause(pending, step, produced)
+            self._check_cancel()
+            ctx = self._context()
+            entry = PLANNERS[step](ctx)
+            self._saved(entry, produced, progress)
+        if last < STEPS.index("analysis"):
+            return RunResult("stopped", f"Stopped after {STEPS[last]} as asked.", produced)
+        logic = self._checked_logic()
+        self._drop_orphans(logic)
+        files = logic.order
+        progress.remaining(self._file_steps_needed(first, last, files))
+        if first <= STEPS.index("analysis"):
+            todo = [f for f in files if self._needs(f"analysis/{f}")]
+            if todo:
+                pending = self._unapproved(["paper", *PLANNING]) if require_approval else []
+                if pending:
+                    return self._pause(pending, "analysis", produced)
+                self._schedule([f"analysis/{f}" for f in todo], {}, produced, progress)
+        if last < STEPS.index("code"):
+            return RunResult("stopped", "Stopped after analysis as asked.", produced)
+        todo = [f for f in files if self._needs(f"code/{f}")]
+        if todo:
+            pending = self._unapproved([f"analysis/{f}" for f in files]) if require_approval else []
+            if pending:
+                return self._pause(pending, "code", produced)
+            deps = {f"code/{f}": [f"code/{d}" for d in logic.dependencies(f) if d in todo] for f in todo}
+            self._schedule([f"code/{f}" for f in todo], deps, produced, progress)
+        self._sync_repo_config()
+        return RunResult("done", f"The repository is in {self.store.root / 'repo'}", produced)
+
+    def _file_steps_needed(self, first: int, last: int, files: list[str]) -> int:
+        analysis = [f for f in files if first <= STEPS.index("analysis") <= last and self._needs(f"analysis/{f}")]
+        code = [f for f in files if last == STEPS.index("code") and (f in analysis or self._needs(f"code/{f}"))]
+        return len(analysis) + len(code)
+
+    def _schedule(
+        self, artifacts: list[str], deps: dict[str, list[str]], produced: list[str], progress: _Counter
+    ) -> None:
+        """Run file steps concurrently; a step starts as soon as the steps it depends on are saved."""
+        remaining = list(artifacts)
+        running: dict[Future[Entry], str] = {}
+        done: set[str] = set()
+        errors: list[BaseException] = []
+        ctx = self._context()
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="p2c") as pool:
+            while remaining or running:
+                if not errors and not self._cancel.is_set():
+                    for artifact in [a for a in remaining if all(d in done for d in deps.get(a, []))]:
+                        if len(running) >= self.settings.concurrency:
+                            break
+                        remaining.remove(artifact)
+                        running[pool.submit(self._file_step, ctx, artifact)] = artifact
+                if not running:
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    artifact = running.pop(future)
+                    try:
+                        entry = future.result()
+                    except BaseException as exc:  # noqa: BLE001 - re-raised below after the others finish
+                        errors.append(exc)
+                        continue
+                    done.add(artifact)
+                    self._saved(entry, produced, progress)
+        if errors:
+            raise errors[0]
+        self._check_cancel()
+
+    def _file_step(self, ctx: StageContext, artifact: str) -> Entry:
+        stage, _, path = artifact.partition("/")
+        return analyze_file(ctx, path) if stage == "analysis" else code_file(ctx, path)
+
+    def _saved(self, entry: Entry, produced: list[str], progress: _Counter) -> None:
+        produced.append(entry.artifact)
+        self.bus.emit(
+            ArtifactSaved(artifact=entry.artifact, path=str(self.store.root / entry.path), status=entry.status)
+        )
+        progress.step()
+        self.store.refresh(self.order())
+
+    def _pause(self, pending: list[str], stage: str, produced: list[str]) -> RunResult:
+        self.bus.emit(AwaitingApproval(pending=tuple(pending), next_stage=stage))
+        message = (
+            f"Paused before {stage}: approve {', '.join(pending)} first (`p2c approve {self.store.root} ARTIFACT`)."
+        )
+        return RunResult("paused", message, produced, pending)
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled("Cancelled; everything saved so far is kept. Run again to resume.")
+
+    def _needs(self, artifact: str) -> bool:
+        entry = self.store.entry(artifact)
+        if entry is None or entry.status == "stale":
+            return True
+        if entry.status == "edited" and entry.inputs_changed:
+            self.bus.warn(
+                f"{artifact} was edited by you and what it depends on has changed since; your edit is kept. "
+                f"Use --from {stage_of(artifact)} --overwrite-edited to regenerate it.",
+                artifact,
+            )
+        return False
+
+    def _unapproved(self, artifacts: list[str]) -> list[str]:
+        pending = []
+        for artifact in artifacts:
+            entry = self.store.entry(artifact)
+            if entry is None or entry.status not in ("approved", "edited"):
+                pending.append(artifact)
+        return pending
+
+    def _redo_from(self, step: str, overwrite_edited: bool) -> None:
+        index = STEPS.index(step)
+        targets = [a for a in self.order() if a != "paper" and STEPS.index(stage_of(a)) >= index]
+        edited = [a for a in targets if (e := self.store.entry(a)) is not None and e.status == "edited"]
+        if edited and not overwrite_edited:
+            raise EditedArtifactError(
+                f"--from {step} would overwrite what you edited: {', '.join(edited)}. "
+                "Pass --overwrite-edited to regenerate them anyway, or start later in the pipeline."
+            )
+        for artifact in targets:
+            if self.store.entry(artifact) is not None:
+                self.store.set_status(artifact, "stale")
+
+    def _checked_logic(self) -> LogicDesign:
+        ctx = self._context()
+        design, logic = ctx.design(), ctx.logic()
+        try:
+            checked, _ = logic.check_against(design)
+        except PlanError as exc:
+            raise PlanError(
+                f"The logic design does not match the architecture design: {exc} "
+                f"Fix {self.store.root / 'planning/logic.json'} or rerun with --from logic."
+            ) from None
+        return checked
+
+    def _drop_orphans(self, logic: LogicDesign) -> None:
+        """Files no longer planned: forget generated ones, keep (and mention) the user's edits."""
+        planned = set(logic.order)
+        for entry in self.store.entries():
+            stage, _, path = entry.artifact.partition("/")
+            if stage in ("analysis", "code") and path not in planned:
+                keep = entry.status == "edited"
+                self.store.forget(entry.artifact, delete_file=not keep)
+                if keep:
+                    self.bus.warn(f"{entry.path} is no longer planned; your edited copy is left in place.")
+
+    def _sync_repo_config(self) -> None:
+        text = self.store.read("config")
+        target = self.store.root / "repo" / "config.yaml"
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            atomic_write(target, text)
+
+    # --- human gates -------------------------------------------------------------------------------
+    def resolve(self, name: str) -> list[str]:
+        """An artifact id, a stage name, or a repository path -> artifact ids."""
+        order = self.order()
+        if name in order:
+            return [name]
+        stage = ALIASES.get(name, name)
+        if stage == "plan" and name == "planning":
+            return list(PLANNING)
+        if stage in ("analysis", "code"):
+            return [a for a in order if stage_of(a) == stage]
+        for prefix in ("code/", "analysis/"):
+            if f"{prefix}{name}" in order:
+                return [f"{prefix}{name}"]
+        raise RunError(f"No artifact {name!r} in {self.store.root}. Known: {', '.join(order)}.")
+
+    def approve(self, name: str) -> list[str]:
+        with self.store.locked():
+            self.store.refresh(self.order())
+            artifacts = self.resolve(name)
+            for artifact in artifacts:
+                entry = self.store.entry(artifact)
+                if entry is None:
+                    raise RunError(f"{artifact} has not been generated yet; run `p2c run {self.store.root}` first.")
+                if entry.status == "stale":
+                    raise RunError(
+                        f"{artifact} is stale: regenerate it before approving (`p2c run {self.store.root}`)."
+                    )
+                if entry.status != "edited":
+                    self.store.set_status(artifact, "approved")
+            return artifacts
+
+    def edit(self, artifact: str, text: str) -> Entry:
+        """Save the user's version of an artifact after validating it; dependents become stale."""
+        with self.store.locked():
+            entry = self.store.entry(artifact)
+            if entry is None:
+                raise RunError(f"{artifact} does not exist yet; generate it before editing.")
+            extra = validate_edit(artifact, text, self)
+            saved = self.store.save(artifact, text, entry.inputs, entry.model, entry.usage, "edited", extra)
+            self.store.refresh(self.order())
+            return saved
+
+    def regenerate(self, artifact: str, feedback: str | None = None, overwrite_edited: bool = False) -> Entry:
+        """Generate one artifact again (optionally with feedback); its dependents become stale."""
+        with self.store.locked():
+            self.store.refresh(self.order())
+            entry = self.store.entry(artifact)
+            if entry is not None and entry.status == "edited" and not overwrite_edited:
+                raise EditedArtifactError(f"{artifact} holds your edits; confirm overwriting them to regenerate it.")
+            ctx = self._context()
+            stage, _, path = artifact.partition("/")
+            if stage in PLANNERS:
+                saved = PLANNERS[stage](ctx, feedback)
+            elif stage == "analysis":
+                saved = analyze_file(ctx, path, feedback)
+            elif stage == "code":
+                saved = code_file(ctx, path, feedback)
+            else:
+                raise RunError(f"{artifact} cannot be regenerated.")
+            self.bus.emit(ArtifactSaved(artifact=artifact, path=str(self.store.root / saved.path), status=saved.status))
+            self.store.refresh(self.order())
+            return saved
+
+
+def validate_edit(artifact: str, text: str, pipeline: Pipeline) -> dict[str, str]:
+    """Check an edited artifact the way the pipeline would read it; return derived files to rewrite."""
+    try:
+        if artifact == "design":
+            return diagram_files(ArchitectureDesign.model_validate_json(text))
+        if artifact == "logic":
+            design = ArchitectureDesign.model_validate_json(pipeline.store.read("design"))
+            LogicDesign.model_validate_json(text).check_against(design)
+        elif artifact == "config":
+            parse_config(text)
+    except ValidationError as exc:
+        raise PlanError(f"Your edit of {artifact} is invalid: {describe_validation(exc)}") from None
+    if not text.strip():
+        raise PlanError(f"Your edit of {artifact} is empty; write the artifact or regenerate it.")
+    return {}
+
+
+class _Counter:
+    """Counts finished steps for Progress events; the total grows once the file list is known."""
+
+    def __init__(self, bus: EventBus, total: int) -> None:
+        self.bus, self.done, self.total = bus, 0, total
+        self._lock = threading.Lock()
+
+    def remaining(self, count: int) -> None:
+        with self._lock:
+            self.total = self.done + count
+
+    def step(self) -> None:
+        with self._lock:
+            self.done += 1
+            self.total = max(self.total, self.done)
+            self.bus.emit(Progress(done=self.done, total=self.total))
+
+
+@contextlib.contextmanager
+def collecting(events: list[Event]) -> Iterator[Callable[[Event], None]]:
+    """A sink that appends to a list: handy in tests and notebooks."""
+    yield events.append

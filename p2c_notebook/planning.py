@@ -1,0 +1,67 @@
+"""Planning: overall plan -> architecture design -> logic design -> config.yaml, one conversation."""
+
+from __future__ import annotations
+
+import json
+
+from p2c_notebook.artifacts import ArchitectureDesign, Config, LogicDesign
+from p2c_notebook.context import StageContext, feedback_messages
+from p2c_notebook.diagrams import diagram_files
+from p2c_notebook.parsing import extract_json, extract_markdown, extract_yaml
+from p2c_notebook.store import Entry
+
+INPUTS = {
+    "plan": ["paper"],
+    "design": ["paper", "plan"],
+    "logic": ["paper", "plan", "design"],
+    "config": ["paper", "plan", "design", "logic"],
+}
+
+
+def make_plan(ctx: StageContext, feedback: str | None = None) -> Entry:
+    messages = feedback_messages(ctx, "plan", ctx.prompts.planning("plan", {}), feedback)
+    text, usage = ctx.ask("plan", "plan", "", messages, extract_markdown)
+    return ctx.store.save("plan", text, ctx.input_hashes(INPUTS["plan"]), ctx.backend.model, usage)
+
+
+def _design(reply: str) -> ArchitectureDesign:
+    return ArchitectureDesign.model_validate(extract_json(reply))
+
+
+def make_design(ctx: StageContext, feedback: str | None = None) -> Entry:
+    messages = feedback_messages(ctx, "design", ctx.prompts.planning("design", ctx.answers("design")), feedback)
+    design, usage = ctx.ask("design", "design", "", messages, _design, ArchitectureDesign)
+    for warning in design.check():
+        ctx.bus.warn(f"Design: {warning}", "design")
+    text = design.model_dump_json(indent=2) + "\n"
+    return ctx.store.save(
+        "design",
+        text,
+        ctx.input_hashes(INPUTS["design"]),
+        ctx.backend.model,
+        usage,
+        extra_files=diagram_files(design),
+    )
+
+
+def make_logic(ctx: StageContext, feedback: str | None = None) -> Entry:
+    design = ctx.design()
+    warnings: list[str] = []
+
+    def parse(reply: str) -> LogicDesign:
+        logic, notes = LogicDesign.model_validate(extract_json(reply)).check_against(design)
+        warnings[:] = notes
+        return logic
+
+    messages = feedback_messages(ctx, "logic", ctx.prompts.planning("logic", ctx.answers("logic")), feedback)
+    logic, usage = ctx.ask("logic", "logic", "", messages, parse, LogicDesign)
+    for warning in warnings:
+        ctx.bus.warn(warning, "logic")
+    text = json.dumps(logic.model_dump(), indent=2, ensure_ascii=False) + "\n"
+    return ctx.store.save("logic", text, ctx.input_hashes(INPUTS["logic"]), ctx.backend.model, usage)
+
+
+def make_config(ctx: StageContext, feedback: str | None = None) -> Entry:
+    messages = feedback_messages(ctx, "config", ctx.prompts.planning("config", ctx.answers("config")), feedback)
+    config, usage = ctx.ask("config", "config", "", messages, lambda r: Config(text=extract_yaml(r)))
+    return ctx.store.save("config", config.text, ctx.input_hashes(INPUTS["config"]), ctx.backend.model, usage)

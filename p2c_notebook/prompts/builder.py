@@ -1,0 +1,169 @@
+"""One prompt builder: renders templates and assembles the shared conversation prefix.
+
+Every analysis and coding call starts with the same byte-identical prefix (instructions, paper, plan,
+design, logic, config) and puts the per-file part last, so providers' prefix caches hit.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import Any
+
+from pydantic import BaseModel
+
+PLANNING_STEPS = ("plan", "design", "logic", "config")
+
+Messages = list[dict[str, str]]
+
+
+@cache
+def _template(name: str) -> Template:
+    text = resources.files("p2c_notebook.prompts").joinpath(f"{name}.md").read_text(encoding="utf-8")
+    return Template(text.strip())
+
+
+def render(name: str, **values: str) -> str:
+    """Render prompts/<name>.md; a missing value is a programming error, so it raises KeyError."""
+    return _template(name).substitute(values)
+
+
+def schema_text(model: type[BaseModel]) -> str:
+    return json.dumps(model.model_json_schema(), separators=(",", ":"), sort_keys=True)
+
+
+class PromptBuilder:
+    """Builds chat messages from saved artifact texts (as the user approved or edited them)."""
+
+    def __init__(self, paper_text: str, schemas: dict[str, type[BaseModel]]) -> None:
+        self._paper_text = paper_text
+        self._schemas = schemas
+
+    def task(self, step: str) -> str:
+        if step == "plan":
+            return render("plan", paper_block=render("paper", paper=self._paper_text))
+        if step in self._schemas:
+            return render(step, schema=schema_text(self._schemas[step]))
+        return render(step)
+
+    def conversation(self, answers: dict[str, str], upto: str | None = None) -> Messages:
+        """The planning conversation: system, then task/answer pairs for each planning step before `upto`.
+
+        With upto=None every planning step must be answered: that is the shared prefix of later stages.
+        """
+        messages: Messages = [{"role": "system", "content": render("system")}]
+        for step in PLANNING_STEPS:
+            if step == upto:
+                break
+            messages.append({"role": "user", "content": self.task(step)})
+            messages.append({"role": "assistant", "content": answers[step]})
+        return messages
+
+    def planning(self, step: str, answers: dict[str, str]) -> Messages:
+        return [*self.conversation(answers, upto=step), {"role": "user", "content": self.task(step)}]
+
+    def analysis(self, answers: dict[str, str], path: str, role: str, depends_on: list[str]) -> Messages:
+        task = render("analysis", path=path, role=role, depends_on=", ".join(depends_on) or "no other file")
+        return [*self.conversation(answers), {"role": "user", "content": task}]
+
+    def code(
+        self,
+        answers: dict[str, str],
+        path: str,
+        role: str,
+        analysis: str,
+        direct: dict[str, str],
+        interfaces: dict[str, str],
+    ) -> Messages:
+        """A coding call: full code of direct dependencies, interfaces of their own dependencies."""
+        blocks = [render("dependency_file", path=p, code=c.rstrip()) for p, c in direct.items()]
+        blocks += [render("interface_file", path=p, code=c.rstrip()) for p, c in interfaces.items()]
+        deps = render("dependencies", files="\n".join(blocks)) if blocks else ""
+        task = render(
+            "code",
+            path=path,
+            role=role,
+            analysis=analysis.strip(),
+            dependency_code=deps,
+            language=language_for(path),
+        )
+        return [*self.conversation(answers), {"role": "user", "content": task}]
+
+    @staticmethod
+    def with_repair(messages: Messages, reply: str, error: str) -> Messages:
+        return [
+            *messages,
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": render("repair", error=error)},
+        ]
+
+    @staticmethod
+    def with_feedback(messages: Messages, previous: str, feedback: str) -> Messages:
+        return [
+            *messages,
+            {"role": "assistant", "content": previous},
+            {"role": "user", "content": render("feedback", feedback=feedback.strip())},
+        ]
+
+
+_LANGUAGES = {
+    ".py": "python",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".json": "json",
+    ".sh": "bash",
+    ".md": "markdown",
+    ".toml": "toml",
+    ".txt": "text",
+    ".cfg": "ini",
+    ".ini": "ini",
+}
+
+
+def language_for(path: str) -> str:
+    """The fence language for a file: non-Python files are not fenced as Python."""
+    for suffix, language in _LANGUAGES.items():
+        if path.endswith(suffix):
+            return language
+    return "text"
+
+
+def interface_of(path: str, code: str) -> str:
+    """Signatures and docstrings only: enough to call a module without paying for its body."""
+    if not path.endswith(".py"):
+        return code
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines: list[str] = []
+
+    def signature(node: ast.FunctionDef | ast.AsyncFunctionDef, indent: str) -> None:
+        prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+        returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+        lines.append(f"{indent}{prefix} {node.name}({ast.unparse(node.args)}){returns}: ...")
+
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            signature(node, "")
+        elif isinstance(node, ast.ClassDef):
+            bases = ", ".join(ast.unparse(b) for b in node.bases)
+            lines.append(f"class {node.name}({bases}):" if bases else f"class {node.name}:")
+            members = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            for member in members:
+                signature(member, "    ")
+            if not members:
+                lines.append("    ...")
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and len(ast.unparse(node)) < 120:
+            lines.append(ast.unparse(node))
+    return "\n".join(lines)
+
+
+def canonical_json(value: Any) -> str:
+    """Artifacts re-enter prompts in one canonical form so the prefix stays byte-identical."""
+    return json.dumps(value, indent=2, ensure_ascii=False)

@@ -1,0 +1,106 @@
+"""Terminal rendering of pipeline events: a progress bar with live token and cost totals."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+from p2c_notebook.events import (
+    ArtifactSaved,
+    AwaitingApproval,
+    Event,
+    Notice,
+    Progress,
+    RunFinished,
+    RunStarted,
+    StageStarted,
+    TokenDelta,
+    UsageReported,
+)
+from p2c_notebook.usage import Usage
+
+
+class TerminalRenderer:
+    """Renders events on a terminal (one redrawn status line) or a log (one line per saved artifact)."""
+
+    def __init__(self, stream: TextIO | None = None, verbose: bool = False, width: int = 24) -> None:
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+        self.width = width
+        self.live = self.stream.isatty() and not verbose
+        self.total = Usage()
+        self.done = 0
+        self.steps = 0
+        self.in_flight: dict[str, float] = {}
+        self.started = time.monotonic()
+        self._streamed = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self._handle(event)
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.steps = event.steps
+            self._line(f"Run {event.run_dir}: {event.steps} artifact(s) to generate with {event.model}")
+        elif isinstance(event, StageStarted):
+            self.in_flight[event.artifact] = time.monotonic()
+            if self.verbose:
+                self._line(f"--- {event.artifact} ---")
+            self._status()
+        elif isinstance(event, TokenDelta):
+            self._streamed += len(event.text)
+            if self.verbose:
+                self.stream.write(event.text)
+                self.stream.flush()
+            elif self.live:
+                self._status()
+        elif isinstance(event, UsageReported):
+            self.total = event.total
+            self._status()
+        elif isinstance(event, ArtifactSaved):
+            self.in_flight.pop(event.artifact, None)
+            self._line(f"saved {event.artifact} -> {event.path}")
+        elif isinstance(event, Progress):
+            self.done, self.steps = event.done, event.total
+            self._status()
+        elif isinstance(event, Notice):
+            prefix = {"info": "", "warning": "warning: ", "error": "error: "}[event.level]
+            self._line(prefix + event.message)
+        elif isinstance(event, AwaitingApproval):
+            self._line(f"waiting for approval of {', '.join(event.pending)} before {event.next_stage}")
+        elif isinstance(event, RunFinished):
+            self.total = event.total
+            self._clear()
+
+    def bar(self) -> str:
+        steps = max(self.steps, 1)
+        filled = int(self.width * min(self.done, steps) / steps)
+        flight = ", ".join(sorted(self.in_flight)[:3])
+        more = f" +{len(self.in_flight) - 3}" if len(self.in_flight) > 3 else ""
+        return (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.steps} "
+            f"{self.total.describe()} {flight}{more}"
+        )
+
+    def _status(self) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[2K" + self.bar()[:200])
+            self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        self._clear()
+        if self.verbose and self._streamed:
+            text = "\n" + text
+            self._streamed = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self._status()

@@ -1,0 +1,108 @@
+"""Settings: config file < environment (OPENAI_*, then P2C_*) < explicit arguments (CLI flags, magics)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from p2c_notebook.errors import ConfigError
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+_ENV = {
+    "OPENAI_API_KEY": "api_key",
+    "OPENAI_BASE_URL": "base_url",
+    "P2C_API_KEY": "api_key",
+    "P2C_BASE_URL": "base_url",
+    "P2C_MODEL": "model",
+    "P2C_BACKEND": "backend",
+    "P2C_REASONING_EFFORT": "reasoning_effort",
+    "P2C_MAX_TOKENS": "max_tokens",
+    "P2C_TEMPERATURE": "temperature",
+    "P2C_CONCURRENCY": "concurrency",
+    "P2C_STRUCTURED_OUTPUT": "structured_output",
+    "P2C_STREAM": "stream",
+    "P2C_TIMEOUT": "timeout",
+    "P2C_MAX_RETRIES": "max_retries",
+}
+
+
+class Settings(BaseModel):
+    """How to reach the model. Provider quirks live here, not in branches through the code."""
+
+    backend: str = Field(default="openai", description="openai | scripted:SCENARIO.yaml")
+    model: str = DEFAULT_MODEL
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    max_tokens: int = Field(default=8192, gt=0)
+    token_parameter: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    temperature: float | None = None
+    structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
+    stream: bool = True
+    timeout: float = Field(default=600.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    concurrency: int = Field(default=4, ge=1)
+    prices: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
+
+    def is_reasoning_model(self) -> bool:
+        name = self.model.split("/")[-1]
+        return name.startswith(("o1", "o3", "o4", "gpt-5"))
+
+    def public(self) -> dict[str, Any]:
+        """What may be written to a manifest or shown: everything but the key."""
+        data = self.model_dump(exclude={"api_key", "prices"})
+        data["api_key"] = "set" if self.api_key else None
+        return data
+
+
+def config_path() -> Path:
+    override = os.environ.get("P2C_CONFIG")
+    if override:
+        return Path(override).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "p2c-notebook" / "config.yaml"
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read the settings file {path}: {exc}. Fix or remove it.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"The settings file {path} must be a mapping of key: value.")
+    return data
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, key in _ENV.items():  # P2C_* come after OPENAI_* in the table, so they win
+        if environ.get(name):
+            values[key] = environ[name]
+    return values
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    file: Path | None = None,
+) -> Settings:
+    """Merge the three sources; None values in `overrides` mean "not given"."""
+    environ = dict(os.environ) if environ is None else environ
+    merged: dict[str, Any] = {}
+    merged.update(_from_file(file or config_path()))
+    merged.update(_from_env(environ))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(
+            f"Invalid settings ({problems}). Check your flags, P2C_* variables and {config_path()}."
+        ) from None

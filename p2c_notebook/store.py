@@ -1,0 +1,308 @@
+"""The run folder: artifacts as human-readable files plus a manifest, written atomically.
+
+The manifest is the state. Statuses are derived from recorded facts: a file whose hash differs from the
+recorded one was edited by the user; an artifact whose inputs changed (or are themselves stale) is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from p2c_notebook.errors import RunError
+from p2c_notebook.paths import safe_relative_path
+from p2c_notebook.usage import Usage
+
+Status = Literal["generated", "approved", "edited", "stale"]
+MANIFEST = "manifest.json"
+PLANNING = ("plan", "design", "logic", "config")
+FILES = {
+    "paper": "paper/paper.md",
+    "plan": "planning/plan.md",
+    "design": "planning/design.json",
+    "logic": "planning/logic.json",
+    "config": "planning/config.yaml",
+}
+
+
+def sha256(data: str | bytes) -> str:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Temp file in the same folder + fsync + os.replace: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def artifact_file(artifact: str) -> str:
+    """Where an artifact lives inside the run folder (relative path)."""
+    if artifact in FILES:
+        return FILES[artifact]
+    kind, _, path = artifact.partition("/")
+    path = safe_relative_path(path)
+    if kind == "analysis":
+        return f"analysis/{path}.md"
+    if kind == "code":
+        return f"repo/{path}"
+    raise RunError(
+        f"Unknown artifact {artifact!r}: use paper, plan, design, logic, config, analysis/FILE or code/FILE."
+    )
+
+
+def stage_of(artifact: str) -> str:
+    return artifact.partition("/")[0]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One artifact as the manifest records it."""
+
+    artifact: str
+    path: str
+    sha256: str
+    status: Status
+    inputs: dict[str, str]
+    model: str
+    usage: Usage
+    updated: str
+    inputs_changed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "status": self.status,
+            "inputs": self.inputs,
+            "model": self.model,
+            "usage": self.usage.to_dict(),
+            "updated": self.updated,
+            "inputs_changed": self.inputs_changed,
+        }
+
+    @classmethod
+    def from_dict(cls, artifact: str, data: dict[str, Any]) -> Entry:
+        return cls(
+            artifact=artifact,
+            path=str(data["path"]),
+            sha256=str(data["sha256"]),
+            status=data.get("status", "generated"),
+            inputs=dict(data.get("inputs", {})),
+            model=str(data.get("model", "")),
+            usage=Usage.from_dict(data.get("usage", {})),
+            updated=str(data.get("updated", "")),
+            inputs_changed=bool(data.get("inputs_changed", False)),
+        )
+
+
+class RunStore:
+    """Reads and writes one run folder. Thread-safe: files are generated concurrently."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._lock = threading.RLock()
+        self._data: dict[str, Any] = {
+            "version": 1,
+            "created": now(),
+            "artifacts": {},
+            "spent": Usage().to_dict(),
+        }
+        manifest = self.root / MANIFEST
+        if manifest.exists():
+            try:
+                self._data = json.loads(manifest.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise RunError(
+                    f"The manifest {manifest} is unreadable ({exc}). Restore it or start a new run."
+                ) from None
+            if not isinstance(self._data, dict) or "artifacts" not in self._data:
+                raise RunError(f"{manifest} is not a p2c-notebook manifest. Choose another run folder.")
+
+    @staticmethod
+    def is_run(path: Path | str) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    # --- manifest -------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        atomic_write(self.root / MANIFEST, json.dumps(self._data, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._data
+
+    def set_meta(self, **values: Any) -> None:
+        with self._lock:
+            self._data.update(values)
+            self._flush()
+
+    def entry(self, artifact: str) -> Entry | None:
+        raw = self._data["artifacts"].get(artifact)
+        return Entry.from_dict(artifact, raw) if raw else None
+
+    def entries(self) -> list[Entry]:
+        return [Entry.from_dict(a, d) for a, d in self._data["artifacts"].items()]
+
+    def spent(self) -> Usage:
+        """Everything paid for in this run folder, re-asks and failed attempts included."""
+        return Usage.from_dict(self._data.get("spent", {}))
+
+    def add_spent(self, usage: Usage) -> None:
+        with self._lock:
+            self._data["spent"] = (self.spent() + usage).to_dict()
+            self._flush()
+
+    # --- artifacts ------------------------------------------------------------------------------
+    def read(self, artifact: str) -> str:
+        entry = self.entry(artifact)
+        if entry is None:
+            raise RunError(f"{artifact} has not been generated yet in {self.root}. Run `p2c run` first.")
+        try:
+            return (self.root / entry.path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RunError(f"Cannot read {entry.path} in {self.root}: {exc}.") from None
+
+    def hash_of(self, artifact: str) -> str | None:
+        entry = self.entry(artifact)
+        return entry.sha256 if entry else None
+
+    def save(
+        self,
+        artifact: str,
+        content: str,
+        inputs: dict[str, str],
+        model: str = "",
+        usage: Usage | None = None,
+        status: Status = "generated",
+        extra_files: dict[str, str] | None = None,
+    ) -> Entry:
+        """Write the artifact file (and derived files) atomically, then record it in the manifest."""
+        rel = artifact_file(artifact)
+        target = self._inside(rel)
+        for extra_rel, extra in (extra_files or {}).items():
+            atomic_write(self._inside(extra_rel), extra)
+        atomic_write(target, content)
+        entry = Entry(artifact, rel, sha256(content), status, dict(inputs), model, usage or Usage(), now())
+        with self._lock:
+            self._data["artifacts"][artifact] = entry.to_dict()
+            self._flush()
+        return entry
+
+    def set_status(self, artifact: str, status: Status) -> None:
+        with self._lock:
+            entry = self._data["artifacts"].get(artifact)
+            if entry is None:
+                raise RunError(f"{artifact} does not exist in {self.root} yet; nothing to mark {status}.")
+            entry["status"] = status
+            entry["updated"] = now()
+            self._flush()
+
+    def forget(self, artifact: str, delete_file: bool) -> None:
+        with self._lock:
+            raw = self._data["artifacts"].pop(artifact, None)
+            self._flush()
+        if raw and delete_file:
+            with contextlib.suppress(OSError):
+                (self.root / raw["path"]).unlink()
+
+    def _inside(self, rel: str) -> Path:
+        """Resolve a run-relative path, refusing anything (symlinks included) that leads outside."""
+        root = self.root.resolve()
+        target = (root / rel).resolve()
+        if target != root and root not in target.parents:
+            raise RunError(f"Refusing to write {rel}: it resolves outside the run folder {self.root}.")
+        return target
+
+    # --- derived status -------------------------------------------------------------------------
+    def refresh(self, order: list[str]) -> list[str]:
+        """Detect user edits and propagate staleness along `order` (dependencies first).
+
+        Returns messages about what changed, for the caller to emit as notices.
+        """
+        notes: list[str] = []
+        with self._lock:
+            artifacts: dict[str, dict[str, Any]] = self._data["artifacts"]
+            current: dict[str, str] = {}
+            for name, raw in list(artifacts.items()):
+                path = self.root / raw["path"]
+                try:
+                    digest = sha256(path.read_bytes())
+                except OSError:
+                    notes.append(f"{raw['path']} is missing; {name} will be generated again.")
+                    del artifacts[name]
+                    continue
+                if digest != raw["sha256"]:
+                    raw["sha256"] = digest
+                    raw["status"] = "edited"
+                    raw["updated"] = now()
+                    notes.append(f"{name} was edited; everything that depends on it is now stale.")
+                current[name] = digest
+            stale: set[str] = set()
+            for name in order + [a for a in artifacts if a not in order]:
+                record = artifacts.get(name)
+                if record is None:
+                    continue
+                raw = record
+                changed = any(current.get(dep) != digest or dep in stale for dep, digest in raw["inputs"].items())
+                if raw["status"] == "edited":
+                    raw["inputs_changed"] = changed
+                    continue
+                if changed or raw["status"] == "stale":  # stale stays stale until regenerated
+                    stale.add(name)
+                    raw["status"] = "stale"
+            self._flush()
+        return notes
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run folder; a second writer gets a clear error.
+
+        The kernel drops the lock when the process dies, so a killed run leaves no stale lock.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / ".lock"
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the duration of the context
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:  # pragma: no cover - Windows: best effort, no lock
+                pass
+            except OSError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                raise RunError(
+                    f"The run {self.root} is in use by {owner}. Wait for it to finish, or stop it first."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()

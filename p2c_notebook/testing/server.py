@@ -1,0 +1,585 @@
+"""A scripted OpenAI-compatible HTTP server, so notebooks and tests run offline and deterministically.
+
+Replies and faults come from a `Scenario`, keyed on the `X-P2C-Stage`, `X-P2C-File` and `X-P2C-Attempt`
+headers the pipeline sends. Only the standard library's threaded HTTP server is used, so it runs anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, TypedDict
+
+from p2c_notebook.errors import P2CError
+from p2c_notebook.testing.scenario import CONTENT_FAULTS, Fault, ResponseRule, Scenario, load_scenario
+from p2c_notebook.tokens import estimate_tokens
+
+_CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+_MALFORMED = '{"file_list": ['
+_WORDS = re.compile(r"\S+\s*|\s+")
+_WORDS_PER_CHUNK = 3
+_HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+class RecordedRequest(TypedDict):
+    """One chat request as the server saw it (never the Authorization header or API key)."""
+
+    index: int
+    timestamp: float
+    path: str
+    stage: str
+    file: str
+    attempt: int | None
+    model: str
+    messages: list[Any]
+    response_format: Any
+    stream: bool
+    max_tokens: int | None
+    max_completion_tokens: int | None
+    reasoning_effort: str | None
+    temperature: float | None
+    seed: int | None
+    fault: str | None
+
+
+@dataclass
+class _Answer:
+    """What to send back for one request, decided atomically under the server lock."""
+
+    status: int = 200
+    error: dict[str, Any] | None = None
+    text: str = ""
+    fault: Fault | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    index: int = 0
+
+
+def _error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _status_error(fault: Fault) -> dict[str, Any]:
+    if fault.status == 429:
+        return _error(fault.message or "Rate limit reached (scripted fault).", "requests", "rate_limit_exceeded")
+    if fault.status >= 500:
+        return _error(fault.message or "The server had an error (scripted fault).", "server_error")
+    return _error(fault.message or f"Scripted HTTP {fault.status} fault.", "invalid_request_error")
+
+
+def _content_text(content: Any) -> str:
+    """Message content is a string or a list of parts; only text parts count."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    """Binary search over slice comparisons: C-speed even for paper-sized prompts."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _covered_text(roles: list[str], texts: list[str], shared: int) -> str:
+    """The message contents inside the first `shared` serialised characters, joined like `prompt_tokens`."""
+    covered: list[str] = []
+    pos = 0
+    for role, text in zip(roles, texts, strict=True):
+        pos += len(role) + 1
+        if pos >= shared:
+            break
+        covered.append(text[: shared - pos])
+        pos += len(text) + 1
+    return "\n".join(covered)
+
+
+def _to_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _chunks(text: str) -> list[str]:
+    """Split a reply into pieces of a few tokens that concatenate back to exactly `text`."""
+    words = _WORDS.findall(text)
+    return ["".join(words[i : i + _WORDS_PER_CHUNK]) for i in range(0, len(words), _WORDS_PER_CHUNK)]
+
+
+class ScriptedServer:
+    """Serve a scenario on a background thread; use as a context manager or call `start()` / `stop()`."""
+
+    def __init__(
+        self,
+        scenario: Scenario | Mapping[str, Any] | str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        verbose: bool = False,
+    ) -> None:
+        self.scenario = load_scenario(scenario)
+        self.host = host
+        self.port = port
+        self.verbose = verbose
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._extra_faults: list[Fault] = []
+        self._extra_responses: list[ResponseRule] = []
+        self._hits: dict[int, int] = {}
+        self._requests: list[RecordedRequest] = []
+        self._prompts: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Bind (port 0 = any free port), serve on a daemon thread, and return the base URL."""
+        if self._httpd is None:
+            self._stopping.clear()
+            self._httpd = _HTTPServer((self.host, self.port), self)
+            self.port = self._httpd.server_address[1]
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, args=(0.05,), name="p2c-scripted", daemon=True
+            )
+            self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving, wake sleeping handlers and drop open connections."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> ScriptedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """`http://HOST:PORT/v1`, the value to give the OpenAI client as `base_url`."""
+        if self._httpd is None:
+            raise RuntimeError("The scripted server is not running; call start() first.")
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- script state ----------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of the chat requests received so far, oldest first."""
+        with self._lock:
+            return [RecordedRequest(**r) for r in self._requests]
+
+    def add_fault(self, fault: Fault | Mapping[str, Any]) -> None:
+        """Add a fault ahead of all existing ones."""
+        parsed = fault if isinstance(fault, Fault) else self.scenario.parse_fault(fault)
+        with self._lock:
+            self._extra_faults.insert(0, parsed)
+
+    def add_response(self, response: ResponseRule | Mapping[str, Any]) -> None:
+        """Add a response entry ahead of all existing ones."""
+        parsed = response if isinstance(response, ResponseRule) else self.scenario.parse_response(response)
+        with self._lock:
+            self._extra_responses.insert(0, parsed)
+
+    def reset(self) -> None:
+        """Back to the scenario as loaded: forget requests, counters, prefix cache and runtime additions."""
+        with self._lock:
+            self._extra_faults.clear()
+            self._extra_responses.clear()
+            self._hits.clear()
+            self._requests.clear()
+            self._prompts.clear()
+
+    def _hit(self, rule: object) -> int:
+        """Count one more match of `rule`; return how many there were before."""
+        seen = self._hits.get(id(rule), 0)
+        self._hits[id(rule)] = seen + 1
+        return seen
+
+    def _decide(self, path: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> _Answer:
+        """Record the request and pick its answer; `headers` holds the lower-cased X-P2C-* headers."""
+        stage = headers.get("x-p2c-stage", "")
+        file = headers.get("x-p2c-file", "")
+        attempt = _to_int(headers.get("x-p2c-attempt"))
+        model = str(body.get("model", ""))
+        messages = body.get("messages")
+        messages = messages if isinstance(messages, list) else []
+        texts = [_content_text(m.get("content")) if isinstance(m, dict) else "" for m in messages]
+        roles = [str(m.get("role", "")) if isinstance(m, dict) else "" for m in messages]
+        serial = "".join(f"{role}\n{text}\n" for role, text in zip(roles, texts, strict=True))
+        prompt_tokens = estimate_tokens("\n".join(texts))
+        with self._lock:
+            shared = max((_common_prefix_len(serial, p) for p in self._prompts), default=0)
+            self._prompts.append(serial)
+            answer = self._choose(stage, file, attempt, model)
+            answer.prompt_tokens = prompt_tokens
+            cached = estimate_tokens(_covered_text(roles, texts, shared))
+            answer.cached_tokens = min(prompt_tokens, cached)
+            answer.index = len(self._requests)
+            self._requests.append(
+                RecordedRequest(
+                    index=answer.index,
+                    timestamp=time.time(),
+                    path=path,
+                    stage=stage,
+                    file=file,
+                    attempt=attempt,
+                    model=model,
+                    messages=messages,
+                    response_format=body.get("response_format"),
+                    stream=bool(body.get("stream")),
+                    max_tokens=body.get("max_tokens"),
+                    max_completion_tokens=body.get("max_completion_tokens"),
+                    reasoning_effort=body.get("reasoning_effort"),
+                    temperature=body.get("temperature"),
+                    seed=body.get("seed"),
+                    fault=answer.fault.kind if answer.fault else None,
+                )
+            )
+        return answer
+
+    def _choose(self, stage: str, file: str, attempt: int | None, model: str) -> _Answer:
+        """Model check, then faults (each counts every match), then the first matching response."""
+        if not self.scenario.accepts_model(model):
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return _Answer(404, _error(message, "invalid_request_error", "model_not_found"))
+        fault: Fault | None = None
+        for candidate in [*self._extra_faults, *self.scenario.faults]:
+            if candidate.matches(stage, file, attempt) and candidate.active_for(self._hit(candidate)):
+                fault = fault or candidate
+        if fault is not None and fault.kind == "status":
+            return _Answer(fault.status, _status_error(fault), fault=fault)
+        if fault is not None and fault.kind not in CONTENT_FAULTS:
+            return _Answer(fault=fault)
+        for rule in [*self._extra_responses, *self.scenario.responses]:
+            if rule.matches(stage, file, attempt):
+                # A faulted delivery does not use up a reply of a `replies` sequence.
+                seen = self._hits.get(id(rule), 0) if fault else self._hit(rule)
+                return _Answer(text=rule.reply_at(seen).text, fault=fault)
+        message = f"no scripted response for stage={stage} file={file}"
+        return _Answer(400, _error(message, "invalid_request_error", "no_scripted_response"))
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless the server stops first; False means stop answering."""
+        return seconds <= 0 or not self._stopping.wait(seconds)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Threaded server that tracks open connections so `stop()` can drop them, and stays quiet."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], owner: ScriptedServer) -> None:
+        self.owner = owner
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            open_now = list(self.connections)
+        for conn in open_now:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if self.owner.verbose:
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection; HTTP/1.1 keep-alive, chunked transfer for streams so truncation is detectable."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # small SSE writes must not wait for delayed ACKs (40 ms each)
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        if self.server.owner.verbose:
+            super().log_message(format, *args)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (OSError, ValueError):  # client went away, or stop() dropped the connection
+            self.close_connection = True
+
+    # -- routing ---------------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        owner, path = self.server.owner, self.path.split("?", 1)[0].rstrip("/")
+        if path in ("/v1/models", "/models"):
+            names = [m for m in owner.scenario.models if not any(ch in m for ch in "*?[")] or ["scripted"]
+            self._json(200, {"object": "list", "data": [self._model(n) for n in names]})
+        elif path.startswith(("/v1/models/", "/models/")):
+            name = path.rsplit("/", 1)[1]
+            if owner.scenario.accepts_model(name):
+                self._json(200, self._model(name))
+            else:
+                self._json(
+                    404,
+                    _error(f"The model `{name}` does not exist.", "invalid_request_error", "model_not_found"),
+                )
+        elif path == "/_p2c/requests":
+            self._json(200, owner.requests)
+        else:
+            self._json(404, _error(f"Unknown path {path}", "invalid_request_error", "unknown_url"))
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        owner, path = self.server.owner, self.path.split("?", 1)[0].rstrip("/")
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._json(400, _error("The request body is not valid JSON.", "invalid_request_error"))
+            return
+        if not isinstance(body, dict):
+            self._json(400, _error("The request body must be a JSON object.", "invalid_request_error"))
+        elif path in _CHAT_PATHS:
+            self._chat(path, body)
+        elif path == "/_p2c/reset":
+            owner.reset()
+            self._json(200, {"ok": True})
+        elif path in ("/_p2c/faults", "/_p2c/responses"):
+            try:
+                (owner.add_fault if path.endswith("faults") else owner.add_response)(body)
+            except P2CError as exc:
+                self._json(400, _error(str(exc), "invalid_request_error"))
+            else:
+                self._json(200, {"ok": True})
+        else:
+            self._json(404, _error(f"Unknown path {path}", "invalid_request_error", "unknown_url"))
+
+    # -- chat completions ------------------------------------------------------------------------------
+
+    def _chat(self, path: str, body: dict[str, Any]) -> None:
+        owner = self.server.owner
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-p2c-")}
+        answer = owner._decide(path, headers, body)
+        kind = answer.fault.kind if answer.fault else None
+        if kind == "reset":
+            self._reset()
+            return
+        if not owner._sleep(owner.scenario.latency):
+            self._drop()
+            return
+        if kind == "timeout" and not owner._sleep(owner.scenario.fault_sleep):
+            self._drop()
+            return
+        if kind == "html":
+            self._send(502, _HTML_502, "text/html; charset=utf-8")
+            return
+        if answer.error is not None:
+            extra = {}
+            if answer.fault is not None and answer.fault.retry_after is not None:
+                extra["Retry-After"] = f"{answer.fault.retry_after:g}"
+            self._json(answer.status, answer.error, extra)
+            return
+        text = answer.text
+        if kind == "malformed":
+            text = answer.fault.content if answer.fault and answer.fault.content is not None else _MALFORMED
+        elif kind == "empty":
+            text = ""
+        pieces = _chunks(text)
+        finish = "stop"
+        if kind == "length":
+            pieces, finish = pieces[: len(pieces) // 2], "length"
+        completion = estimate_tokens("".join(pieces))
+        usage: dict[str, Any] | None = {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": answer.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": answer.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+        if kind == "no_usage":
+            usage = None
+        meta = {
+            "id": f"chatcmpl-p2c-{answer.index}",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+        }
+        if body.get("stream"):
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            self._stream(meta, pieces, finish, usage if include_usage else None, truncate=kind == "truncate")
+        else:
+            self._complete(meta, "".join(pieces), finish, usage, completion, truncate=kind == "truncate")
+
+    def _complete(
+        self,
+        meta: dict[str, Any],
+        text: str,
+        finish: str,
+        usage: dict[str, Any] | None,
+        tokens: int,
+        truncate: bool,
+    ) -> None:
+        message = {"role": "assistant", "content": text, "refusal": None}
+        payload: dict[str, Any] = {
+            **meta,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        if not self.server.owner._sleep(self.server.owner.scenario.token_latency * tokens):
+            self._drop()
+            return
+        data = json.dumps(payload).encode()
+        if not truncate:
+            self._send(200, data, "application/json")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+
+    def _stream(
+        self,
+        meta: dict[str, Any],
+        pieces: list[str],
+        finish: str,
+        usage: dict[str, Any] | None,
+        truncate: bool,
+    ) -> None:
+        owner = self.server.owner
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
+        with_usage = {"usage": None} if usage is not None else {}
+
+        def event(delta: dict[str, Any], finish_reason: str | None = None) -> None:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            self._chunk(f"data: {json.dumps({**base, 'choices': [choice], **with_usage})}\n\n")
+
+        event({"role": "assistant", "content": ""})
+        for piece in pieces[: len(pieces) // 2] if truncate else pieces:
+            if not owner._sleep(owner.scenario.token_latency * estimate_tokens(piece)):
+                self._drop()
+                return
+            event({"content": piece})
+        if truncate:  # no terminating chunk: the client sees an incomplete body
+            self.close_connection = True
+            return
+        event({}, finish)
+        if usage is not None:
+            self._chunk(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n")
+        self._chunk("data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    # -- low level -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _model(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "p2c-scripted"}
+
+    def _chunk(self, text: str) -> None:
+        data = text.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _send(self, status: int, data: bytes, content_type: str, extra: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _json(self, status: int, payload: Any, extra: Mapping[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", extra)
+
+    def _drop(self) -> None:
+        """Give up on this connection without another byte (server stopping)."""
+        self.close_connection = True
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP RST: linger 0, then the last reference closes the socket."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()
+        self.connection.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a scenario in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m p2c_notebook.testing.server", description=__doc__)
+    parser.add_argument("--scenario", required=True, help="scenario YAML/JSON file")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+    try:
+        server = ScriptedServer(args.scenario, args.host, args.port, verbose=args.verbose)
+        url = server.start()
+    except (P2CError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"scripted server listening on {url}", flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Shared fixtures: a scripted OpenAI-compatible server on 127.0.0.1 and small papers on disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2c_notebook.settings import Settings
+from p2c_notebook.testing import ScriptedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TRANSFORMER = SHARED / "papers" / "transformer"
+EXAMPLE = ROOT / "examples" / "mixup"
+API_KEY = "sk-test-SECRET-0123456789abcdef"
+
+DESIGN = {
+    "implementation_approach": "numpy only; a tiny linear model trained with SGD.",
+    "file_list": ["main.py", "models/net.py", "data.py"],
+    "classes": [
+        {
+            "name": "Net",
+            "file": "models/net.py",
+            "attributes": [{"name": "w", "type": "ndarray"}],
+            "methods": [{"name": "forward", "args": "x: ndarray", "returns": "ndarray"}],
+        },
+        {"name": "Data", "file": "data.py", "methods": [{"name": "load", "args": "", "returns": "ndarray"}]},
+    ],
+    "relations": [{"source": "Net", "target": "Data", "kind": "uses"}],
+    "sequence": {
+        "participants": ["Main", "Net", "Data"],
+        "messages": [
+            {"source": "Main", "target": "Data", "call": "load()", "returns": "x"},
+            {"source": "Main", "target": "Net", "call": "forward(x)", "returns": "y"},
+        ],
+    },
+    "open_questions": ["Which seed?"],
+}
+LOGIC = {
+    "files": [
+        {"path": "data.py", "role": "makes the data", "depends_on": []},
+        {"path": "models/net.py", "role": "the model", "depends_on": ["data.py"]},
+        {"path": "main.py", "role": "entry point", "depends_on": ["models/net.py", "data.py"]},
+    ],
+    "required_packages": ["numpy"],
+    "shared_knowledge": "config keys: lr, epochs",
+    "open_questions": [],
+}
+CODE = {
+    "data.py": "def load():\n    return [1.0, 2.0, 3.0]\n",
+    "models/net.py": "from data import load\n\n\nclass Net:\n    def forward(self, x):\n        return [2 * v for v in x]\n",
+    "main.py": "from data import load\nfrom models.net import Net\n\nprint(Net().forward(load()))\n",
+}
+
+
+def small_scenario(**overrides: Any) -> dict[str, Any]:
+    """A three-file scenario (one file in a sub-folder) that answers every stage validly."""
+    responses: list[dict[str, Any]] = [
+        {"stage": "plan", "content": "# Plan\n\n## Methodology\nA tiny linear model trained with SGD on toy data."},
+        {"stage": "design", "content": json.dumps(overrides.pop("design", DESIGN))},
+        {"stage": "logic", "content": json.dumps(overrides.pop("logic", LOGIC))},
+        {"stage": "config", "content": "```yaml\nlr: 0.1\nepochs: 3\n```"},
+    ]
+    for path, code in CODE.items():
+        responses.append({"stage": "analysis", "file": path, "content": f"## {path}\n\nImplements {path} as designed."})
+        responses.append({"stage": "code", "file": path, "content": f"```python\n{code}```"})
+    scenario: dict[str, Any] = {"model": "*", "responses": responses}
+    scenario.update(overrides)
+    return scenario
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Start scripted servers for a test: `server = serve(scenario_dict_or_path)`."""
+    servers: list[ScriptedServer] = []
+
+    def start(scenario: Any) -> ScriptedServer:
+        server = ScriptedServer(scenario)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def settings_for(server: ScriptedServer, **extra: Any) -> Settings:
+    values: dict[str, Any] = {"base_url": server.base_url, "api_key": API_KEY, "model": "gpt-4o-mini"}
+    values.update(extra)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def paper_md(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.md"
+    path.write_text(
+        "# Toy Linear Models\n\n## Abstract\n\nWe fit a linear model with SGD.\n\n"
+        "## 1 Method\n\nMinimise $$L = (y - wx)^2$$ with learning rate 0.1 for 3 epochs.\n",
+        encoding="utf-8",
+    )
+    return path

@@ -1,0 +1,289 @@
+"""The pipeline over the wire: real openai client, scripted server on 127.0.0.1, real run folders."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import API_KEY, CODE, DESIGN, small_scenario, settings_for
+from p2c_notebook.errors import EditedArtifactError, PlanError, ReplyError, RunError
+from p2c_notebook.events import ArtifactSaved, AwaitingApproval, Event, TokenDelta, UsageReported
+from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.store import sha256
+
+ALL = [
+    "paper",
+    "plan",
+    "design",
+    "logic",
+    "config",
+    *(f"analysis/{f}" for f in ["data.py", "models/net.py", "main.py"]),
+    *(f"code/{f}" for f in ["data.py", "models/net.py", "main.py"]),
+]
+
+
+def calls(server: Any) -> Counter[tuple[str, str]]:
+    return Counter((r["stage"], r["file"]) for r in server.requests)
+
+
+def start(paper: Path, run: Path, server: Any, events: list[Event] | None = None, **extra: Any) -> Pipeline:
+    sinks = (events.append,) if events is not None else ()
+    return Pipeline.start(paper, run, settings=settings_for(server, **extra), sinks=sinks)
+
+
+def test_full_run_writes_every_artifact_and_the_repository(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    events: list[Event] = []
+    with start(paper_md, tmp_path / "run", server, events) as pipeline:
+        result = pipeline.run()
+    assert result.state == "done"
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert sorted(manifest["artifacts"]) == sorted(ALL)
+    for path, code in CODE.items():
+        assert (run / "repo" / path).read_text() == code
+    assert (run / "repo/config.yaml").read_text().startswith("lr: 0.1")
+    for name in ("class_diagram.mmd", "sequence_diagram.mmd", "class_diagram.puml", "sequence_diagram.puml"):
+        assert (run / "planning" / name).stat().st_size > 0
+    assert (run / "analysis/models/net.py.md").exists()
+    entry = manifest["artifacts"]["code/main.py"]
+    assert set(entry["inputs"]) >= {"analysis/main.py", "code/models/net.py", "code/data.py", "config"}
+    assert entry["model"] == "gpt-4o-mini" and entry["usage"]["prompt_tokens"] > 0
+    assert entry["usage"]["cost_usd"] is not None
+    assert any(isinstance(e, TokenDelta) for e in events)
+    assert sum(isinstance(e, ArtifactSaved) for e in events) == len(ALL) - 1
+    assert any(isinstance(e, UsageReported) and e.usage.cached_tokens > 0 for e in events)
+    assert all(v == 1 for v in calls(server).values())
+
+
+def test_rerun_of_a_finished_run_makes_no_call(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run()
+    before = len(server.requests)
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        assert pipeline.run().state == "done"
+    assert len(server.requests) == before
+
+
+def test_coding_prompt_holds_dependencies_not_the_whole_repository(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run()
+    by_file = {r["file"]: r for r in server.requests if r["stage"] == "code"}
+    data_prompt = by_file["data.py"]["messages"][-1]["content"]
+    net_prompt = by_file["models/net.py"]["messages"][-1]["content"]
+    assert "class Net" not in data_prompt and "def load" in net_prompt
+    prefixes = {json.dumps(r["messages"][:-1]) for r in server.requests if r["stage"] in ("analysis", "code")}
+    assert len(prefixes) == 1, "analysis and coding calls must share one byte-identical prefix"
+
+
+def test_editing_config_marks_exactly_analysis_and_code_stale(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    run = tmp_path / "run"
+    with start(paper_md, run, server) as pipeline:
+        pipeline.run()
+    (run / "planning/config.yaml").write_text("lr: 0.05\nepochs: 3\n")
+    pipeline = Pipeline.open(run, settings=settings_for(server))
+    status = {r.artifact: r.status for r in pipeline.rows()}
+    assert status["config"] == "edited"
+    assert {a for a, s in status.items() if s == "stale"} == {a for a in ALL if a.startswith(("analysis/", "code/"))}
+    assert {status[a] for a in ("paper", "plan", "design", "logic")} <= {"generated", "approved"}
+    before = calls(server)
+    pipeline.run()
+    pipeline.close()
+    after = calls(server) - before
+    assert set(after) == {(s, f) for s in ("analysis", "code") for f in CODE}
+    assert (run / "planning/config.yaml").read_text() == "lr: 0.05\nepochs: 3\n"
+    assert (run / "repo/config.yaml").read_text() == "lr: 0.05\nepochs: 3\n"
+
+
+def test_editing_one_analysis_invalidates_only_its_dependents(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    run = tmp_path / "run"
+    with start(paper_md, run, server) as pipeline:
+        pipeline.run()
+        pipeline.edit("analysis/models/net.py", "## net\n\nUse a bias term too, please.\n")
+        stale = {r.artifact for r in pipeline.rows() if r.status == "stale"}
+    assert stale == {"code/models/net.py", "code/main.py"}
+
+
+def test_from_stage_refuses_to_overwrite_edits_without_permission(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    run = tmp_path / "run"
+    with start(paper_md, run, server) as pipeline:
+        pipeline.run()
+    (run / "repo/main.py").write_text("print('mine')\n")
+    with start(paper_md, run, server) as pipeline:
+        with pytest.raises(EditedArtifactError, match="code/main.py"):
+            pipeline.run(from_stage="code")
+        assert (run / "repo/main.py").read_text() == "print('mine')\n"
+        pipeline.run(from_stage="code", overwrite_edited=True)
+    assert (run / "repo/main.py").read_text() == CODE["main.py"]
+
+
+def test_from_stage_redoes_that_stage_and_later_only(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run()
+        before = calls(server)
+        pipeline.run(from_stage="analysis")
+    assert {s for s, _ in calls(server) - before} == {"analysis", "code"}
+
+
+def test_approval_gates_pause_before_each_stage(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    events: list[Event] = []
+    with start(paper_md, tmp_path / "run", server, events) as pipeline:
+        first = pipeline.run(require_approval=True)
+        assert first.state == "paused" and first.pending == ["plan"]
+        assert any(isinstance(e, AwaitingApproval) for e in events)
+        for artifact in ("plan", "design", "logic", "config"):
+            pipeline.approve(artifact)
+            pipeline.run(require_approval=True)
+        paused = pipeline.run(require_approval=True)
+        assert paused.state == "paused" and all(p.startswith("analysis/") for p in paused.pending)
+        pipeline.approve("analysis")
+        assert pipeline.run(require_approval=True).state == "done"
+
+
+def test_until_stops_after_the_named_stage(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        assert pipeline.run(until="planning").state == "stopped"
+    assert {s for s, _ in calls(server)} == {"plan"}
+
+
+@pytest.mark.parametrize("bad", ["../evil.py", "/tmp/x.py", "a/../../b.py", "C:/win.py", "~/home.py"])
+def test_design_with_an_escaping_path_is_rejected(serve: Any, paper_md: Path, tmp_path: Path, bad: str) -> None:
+    design = {**DESIGN, "file_list": [*DESIGN["file_list"], bad]}
+    server = serve(small_scenario(design=design))
+    run = tmp_path / "out" / "run"
+    with start(paper_md, run, server) as pipeline, pytest.raises(ReplyError) as info:
+        pipeline.run()
+    assert "inside the repository" in str(info.value) or "home folder" in str(info.value)
+    assert [r["attempt"] for r in server.requests if r["stage"] == "design"] == [1, 2]
+    outside = [p for p in (tmp_path).rglob("*") if run not in p.parents and p != run and p != tmp_path / "out"]
+    assert outside == [tmp_path / "toy.md"] or sorted(outside) == sorted([tmp_path / "toy.md"])
+    assert not Path("/tmp/x.py").exists() or bad != "/tmp/x.py"
+    assert "design" not in json.loads((run / "manifest.json").read_text())["artifacts"]
+
+
+def test_case_colliding_files_are_rejected(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    design = {**DESIGN, "file_list": [*DESIGN["file_list"], "Main.py"]}
+    server = serve(small_scenario(design=design))
+    with start(paper_md, tmp_path / "run", server) as pipeline, pytest.raises(ReplyError, match="same file"):
+        pipeline.run()
+
+
+def test_malformed_reply_is_reasked_once_then_fails_clearly(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    scenario = small_scenario()
+    scenario["responses"].insert(0, {"stage": "design", "content": '{"file_list": ['})
+    server = serve(scenario)
+    with start(paper_md, tmp_path / "run", server) as pipeline, pytest.raises(ReplyError) as info:
+        pipeline.run()
+    assert "unusable twice" in str(info.value) and "not valid JSON" in str(info.value)
+    design_calls = [r for r in server.requests if r["stage"] == "design"]
+    assert [r["attempt"] for r in design_calls] == [1, 2]
+    assert "could not be used" in design_calls[1]["messages"][-1]["content"]
+    assert (tmp_path / "run/planning/plan.md").exists(), "the plan, already paid for, is kept"
+
+
+def test_malformed_reply_then_valid_reply_recovers(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    scenario = small_scenario()
+    good = scenario["responses"][1]["content"]
+    scenario["responses"][1] = {"stage": "design", "replies": [{"content": "not json at all"}, {"content": good}]}
+    server = serve(scenario)
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        assert pipeline.run().state == "done"
+
+
+def test_dependency_cycle_is_rejected(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    logic = {
+        "files": [
+            {"path": "data.py", "role": "d", "depends_on": ["main.py"]},
+            {"path": "models/net.py", "role": "n", "depends_on": ["data.py"]},
+            {"path": "main.py", "role": "m", "depends_on": ["models/net.py"]},
+        ]
+    }
+    server = serve(small_scenario(logic=logic))
+    with start(paper_md, tmp_path / "run", server) as pipeline, pytest.raises(ReplyError, match="cycle"):
+        pipeline.run()
+
+
+def test_python_with_a_syntax_error_is_reasked(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    scenario = small_scenario()
+    scenario["responses"].insert(0, {"stage": "code", "file": "data.py", "replies": [
+        {"content": "```python\ndef load(:\n```"},
+        {"content": "```python\n" + CODE["data.py"] + "```"},
+    ]})
+    server = serve(scenario)
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run()
+    for path in CODE:
+        ast.parse((tmp_path / "run/repo" / path).read_text())
+
+
+def test_unknown_model_completes_with_cost_unknown(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server, model="my-own-finetune") as pipeline:
+        assert pipeline.run().state == "done"
+        assert pipeline.store.spent().cost is None
+        assert "cost unknown" in pipeline.store.spent().describe()
+
+
+def test_no_api_key_anywhere_in_the_run_folder(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    scenario = small_scenario()
+    design = scenario["responses"][1]
+    scenario["responses"].insert(0, {"stage": "design", "replies": [{"content": "junk"}, {"content": design["content"]}]})
+    server = serve(scenario)
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run()
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "run.log" for p in files)
+    for path in files:
+        assert API_KEY.encode() not in path.read_bytes(), path
+
+
+def test_second_writer_gets_a_clear_error(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    pipeline = start(paper_md, tmp_path / "run", server)
+    with pipeline.store.locked():
+        other = Pipeline.open(tmp_path / "run", settings=settings_for(server))
+        with pytest.raises(RunError, match="in use"):
+            other.run()
+    pipeline.close()
+
+
+def test_invalid_edit_is_refused_and_the_file_kept(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run(until="config")
+        before = (tmp_path / "run/planning/config.yaml").read_text()
+        with pytest.raises(PlanError, match="config.yaml does not parse"):
+            pipeline.edit("config", "lr: [unclosed\n")
+        assert (tmp_path / "run/planning/config.yaml").read_text() == before
+
+
+def test_regenerate_with_feedback_sends_the_feedback(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run()
+        pipeline.regenerate("code/main.py", feedback="add a __main__ guard")
+    last = server.requests[-1]
+    assert last["stage"] == "code" and "add a __main__ guard" in last["messages"][-1]["content"]
+    assert last["messages"][-2]["content"] == CODE["main.py"]
+
+
+def test_manifest_hashes_match_files(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run()
+    run = tmp_path / "run"
+    for name, entry in json.loads((run / "manifest.json").read_text())["artifacts"].items():
+        assert sha256((run / entry["path"]).read_bytes()) == entry["sha256"], name
