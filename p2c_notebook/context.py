@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backend import Backend, ChatRequest, Messages
-from p2c_notebook.errors import PlanError, ReplyError, RunError
+from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
 from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
@@ -38,6 +39,7 @@ class StageContext:
     bus: EventBus
     settings: Settings
     prompts: PromptBuilder
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     # --- reading saved artifacts (as the user approved or edited them) ---------------------------
     def design(self) -> ArchitectureDesign:
@@ -101,8 +103,15 @@ class StageContext:
         )
         where = f"{stage}" + (f" of {file}" if file else "")
         error = ""
+        def on_delta(text: str) -> None:
+            if self.cancel.is_set():  # abandons the stream: the artifact in progress is discarded
+                raise Cancelled(f"Cancelled while generating {artifact}; everything saved before is kept.")
+            self.bus.emit(TokenDelta(artifact, text))
+
         for attempt in (1, 2):
-            completion = self.backend.complete(request, lambda text: self.bus.emit(TokenDelta(artifact, text)))
+            if self.cancel.is_set():
+                raise Cancelled(f"Cancelled before {artifact}; everything saved before is kept.")
+            completion = self.backend.complete(request, on_delta)
             total += completion.usage
             self.store.add_spent(completion.usage)
             self.bus.emit(UsageReported(artifact=artifact, usage=completion.usage, total=self.store.spent()))

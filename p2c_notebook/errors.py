@@ -54,3 +54,9 @@ class RunError(P2CError):
 
 class EditedArtifactError(RunError):
     """Regenerating would overwrite an artifact the user edited."""
+
+
+class Cancelled(P2CError):
+    """The user cancelled; the artifact in progress is discarded, everything saved is kept."""
+
+    exit_code = 130

@@ -22,7 +22,7 @@ from p2c_notebook.backend import Backend, make_backend
 from p2c_notebook.coding import code_file
 from p2c_notebook.context import StageContext, describe_validation
 from p2c_notebook.diagrams import diagram_files
-from p2c_notebook.errors import ConfigError, EditedArtifactError, P2CError, PlanError, RunError
+from p2c_notebook.errors import Cancelled, ConfigError, EditedArtifactError, P2CError, PlanError, RunError
 from p2c_notebook.events import (
     ArtifactSaved,
     AwaitingApproval,
@@ -69,10 +69,6 @@ class Row:
     path: str
     usage: Usage
     inputs_changed: bool = False
-
-
-class Cancelled(P2CError):
-    """The user cancelled; everything saved so far is kept."""
 
 
 class Pipeline:
@@ -153,7 +149,8 @@ class Pipeline:
     def _context(self) -> StageContext:
         paper = self.store.read("paper")
         schemas: dict[str, type[BaseModel]] = {"design": ArchitectureDesign, "logic": LogicDesign}
-        return StageContext(self.store, self.backend, self.bus, self.settings, PromptBuilder(paper, schemas))
+        prompts = PromptBuilder(paper, schemas)
+        return StageContext(self.store, self.backend, self.bus, self.settings, prompts, self._cancel)
 
     # --- what exists --------------------------------------------------------------------------------
     def files(self) -> list[str]:

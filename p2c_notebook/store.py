@@ -277,6 +277,12 @@ class RunStore:
             self._flush()
         return notes
 
+    def _remove_temp_files(self) -> None:
+        """Half-written temp files of a killed writer are never artifacts: remove them."""
+        for leftover in self.root.rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on the run folder; a second writer gets a clear error.
@@ -303,6 +309,7 @@ class RunStore:
             handle.truncate()
             handle.write(f"pid {os.getpid()}")
             handle.flush()
+            self._remove_temp_files()
             yield
         finally:
             handle.close()

@@ -287,3 +287,25 @@ def test_manifest_hashes_match_files(serve: Any, paper_md: Path, tmp_path: Path)
     run = tmp_path / "run"
     for name, entry in json.loads((run / "manifest.json").read_text())["artifacts"].items():
         assert sha256((run / entry["path"]).read_bytes()) == entry["sha256"], name
+
+
+def test_cancel_discards_the_artifact_in_progress_and_keeps_the_rest(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    server = serve(small_scenario(token_latency=0.01))
+    pipeline = start(paper_md, tmp_path / "run", server, concurrency=1)
+
+    def cancel_on_first_code_token(event: Event) -> None:
+        if isinstance(event, TokenDelta) and event.artifact.startswith("code/"):
+            pipeline.cancel()
+
+    pipeline.bus.subscribe(cancel_on_first_code_token)
+    result = pipeline.run()
+    assert result.state == "cancelled"
+    saved = {e.artifact for e in pipeline.store.entries()}
+    assert {f"analysis/{f}" for f in CODE} <= saved
+    assert not any(a.startswith("code/") for a in saved)
+    assert not (tmp_path / "run/repo/data.py").exists()
+    pipeline.bus = type(pipeline.bus)()
+    assert pipeline.run().state == "done"
+    pipeline.close()

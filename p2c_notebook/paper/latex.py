@@ -307,15 +307,42 @@ _DROP_ARG = (
     "label|vspace\\*?|hspace\\*?|includegraphics|bibliographystyle|bibliography|thispagestyle|"
     "pagestyle|setlength|addtolength|setcounter|addcontentsline|usepackage|newcommand|renewcommand|"
     "input|graphicspath|cline|cmidrule|hypersetup|definecolor|affiliation|author|icmlauthor|"
-    "icmlaffiliation|icmlcorrespondingauthor|icmlkeywords|keywords|pdfinfo|resizebox|scalebox"
+    "icmlaffiliation|icmlcorrespondingauthor|icmlkeywords|keywords|pdfinfo|resizebox|scalebox|rule|"
+    "specialrule|addlinespace|arrayrulecolor|rowcolor|columncolor|cellcolor"
 )
 _DROP = (
     "centering|small|footnotesize|scriptsize|tiny|normalsize|large|Large|LARGE|huge|Huge|bf|it|em|rm|"
     "sc|tt|sf|noindent|newpage|clearpage|pagebreak|linebreak|medskip|smallskip|bigskip|vfill|hfill|"
     "maketitle|tableofcontents|appendix|raggedright|raggedleft|protect|xspace|par|nobreak|"
     "phantomsection|FloatBarrier|balance|onecolumn|twocolumn|hline|toprule|midrule|bottomrule|"
-    "printbibliography|and|newline|qquad|quad|indent|null|relax|selectfont|normalfont|titlebreak"
+    "printbibliography|and|newline|qquad|quad|indent|null|relax|selectfont|normalfont|titlebreak|"
+    "boldmath|unboldmath|hfil|vfil|strut|displaystyle|textstyle"
 )
+
+
+_ENV_ARGS = {"tabular": 1, "tabular*": 2, "tabularx": 2, "minipage": 1, "wrapfigure": 2, "wraptable": 2}
+_ENV_ARGS.update({"array": 1, "subfigure": 1, "multicols": 1, "adjustbox": 1, "tabulary": 2})
+
+
+def _drop_env_args(text: str) -> str:
+    """Remove `\\begin{tabular}{lcc}`-style markers together with their brace arguments."""
+    out: list[str] = []
+    position = 0
+    for match in re.finditer(r"\\begin\s*\{([^}]*)\}", text):
+        if match.start() < position or match.group(1) not in _ENV_ARGS:
+            continue
+        end = match.end()
+        option = re.match(r"\s*\[[^\]]*\]", text[end:])
+        end += option.end() if option else 0
+        for _ in range(_ENV_ARGS[match.group(1)]):
+            group = _group(text, end)
+            if group is None:
+                break
+            end = group[1]
+        out.append(text[position : match.start()])
+        position = end
+    out.append(text[position:])
+    return "".join(out)
 
 
 def _plain(text: str, labels: dict[str, str]) -> str:
@@ -329,7 +356,7 @@ def _plain(text: str, labels: dict[str, str]) -> str:
     )
     text = re.sub(r"\\href\s*\{[^}]*\}\s*\{([^}]*)\}", r"\1", text)
     text = re.sub(r"\\(?:textcolor|colorbox)\s*\{[^}]*\}\s*\{([^{}]*)\}", r"\1", text)
-    text = re.sub(r"\\(?:multicolumn|multirow)\s*\{[^}]*\}\s*\{[^}]*\}\s*\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\\paragraph\*?\s*\{([^{}]*)\}\s*", r"\n\n\1 ", text)
     for _ in range(4):
         found = _command_arg(text, "footnote")
         if not found:
@@ -339,11 +366,13 @@ def _plain(text: str, labels: dict[str, str]) -> str:
         text, count = re.subn(rf"\\(?:{_UNWRAP})\s*(?:\[[^\]]*\])?\s*\{{([^{{}}]*)\}}", r"\1", text)
         if not count:
             break
-    text = re.sub(rf"\\(?:{_DROP_ARG})(?![A-Za-z])\*?\s*(?:\[[^\]]*\])?\s*(?:\{{[^{{}}]*\}}\s*){{0,2}}", "", text)
     text = re.sub(rf"\\(?:{_DROP})(?![A-Za-z])\s*", " ", text)
+    text = re.sub(rf"\\(?:{_DROP_ARG})(?![A-Za-z])\*?\s*(?:\[[^\]]*\])?(?:\s*\{{[^{{}}]*\}}){{0,3}}", "", text)
+    text = re.sub(r"\\multicolumn\s*\{[^}]*\}\s*\{[^}]*\}\s*\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\\multirow\s*(?:\[[^\]]*\])?\s*\{[^}]*\}\s*(?:\{[^}]*\}|\*)\s*\{([^{}]*)\}", r"\1", text)
     text = re.sub(r"\\item\s*\[([^\]]*)\]", r"\n- \1:", text)
     text = re.sub(r"\\item(?![A-Za-z])", "\n- ", text)
-    text = re.sub(r"\\begin\s*\{(?:tabular\*?|tabularx|minipage|wrapfigure|wraptable|array)\}(?:\[[^\]]*\])?", "", text)
+    text = _drop_env_args(text)
     text = re.sub(r"\\begin\{[^}]*\}(?:\[[^\]]*\])?|\\end\{[^}]*\}", "\n", text)
     text = re.sub(r"(?<!\\)&", " | ", text)
     text = re.sub(r"\\\\(?:\[[^\]]*\])?|\\newline", "\n", text)
@@ -376,7 +405,11 @@ def _reflow(text: str) -> str:
                 out[-1] = f"{out[-1]} {line}"
             else:
                 out.append(line)
-        if out:
+        if not out:
+            continue
+        if paragraphs and " | " in out[0] and " | " in paragraphs[-1].rsplit("\n", 1)[-1]:
+            paragraphs[-1] += "\n" + "\n".join(out)  # consecutive table rows stay one block
+        else:
             paragraphs.append("\n".join(out))
     return "\n\n".join(paragraphs)
 
@@ -439,14 +472,14 @@ class _Document:
         counters = {"figure": 0, "table": 0, "algorithm": 0}
 
         def replace(match: re.Match[str]) -> str:
-            env, body = match.group(1), match.group(2)
+            env, body = match.group(1), re.sub(r"^\s*\[[^\]]*\]", "", match.group(2))
             kind = "table" if "table" in env else "algorithm" if "algorithm" in env else "figure"
             counters[kind] += 1
             label = f"{kind.capitalize()} {counters[kind]}"
             for name in re.findall(r"\\label\s*\{([^}]*)\}", body):
                 self.labels[name.strip()] = str(counters[kind])
             found = _command_arg(body, "caption")
-            rest = body
+            rest = re.sub(r"\\label\s*\{[^}]*\}", "", body)
             while found:
                 if found[0].strip():
                     caption = self.restore(_plain(found[0], self.labels))
@@ -502,7 +535,7 @@ def _sections(body: str, doc: _Document) -> list[Section]:
         labels = re.match(r"\s*(?:\\label\s*\{([^}]*)\}\s*)+", body[position:])
         if labels and number:
             for name in re.findall(r"\\label\s*\{([^}]*)\}", labels.group(0)):
-                doc.labels[name.strip()] = number
+                doc.labels.setdefault(name.strip(), number)
         heading = re.sub(r"\s+", " ", _plain(title, doc.labels)).strip()
         current = Section(heading=doc.restore(heading) or "Untitled", number=number, level=level)
     pieces.append((current, body[position:]))

@@ -38,7 +38,7 @@ _MATH_FONT = re.compile(r"CMMI|CMSY|CMEX|CMBSY|MSBM|MSAM|Math|Symbol|STIX|rsfs|E
 _MATH_CHARS = set("=+−±×÷∑∏∫√∞∂∇≤≥≠≈∈∉⊂⊆∪∩∀∃→←↔⇒⇔·∘⊗⊕‖αβγδϵεζηθκλμνξπρστυφϕχψωΓΔΘΛΞΠΣΦΨΩ")
 _CM_ROMAN = re.compile(r"^(?:[A-Z]{6}\+)?(?:CMR\d|LMRoman|SFRM)")
 _RELATIONS = set("=≤≥<>≈≠∈∝≡→⇒←")
-_EQ_TAG = re.compile(r"\(\s*(\d{1,3}[a-z]?|[A-Z]\.\d{1,3})\s*\)\s*$")
+_EQ_TAG = re.compile(r"(?:^|\s)\(\s*(\d{1,3}[a-z]?|[A-Z]\.\d{1,3})\s*\)\s*$")
 _PAGE_NUMBER = re.compile(r"^(?:page\s*)?(?:\d{1,4}|[ivxlc]{1,6})(?:\s*(?:of|/)\s*\d{1,4})?$", re.I)
 _ARXIV_STAMP = re.compile(r"^arXiv:\s?\d{4}\.\d{4,5}(v\d+)?\b")
 _ABSTRACT_RUN_IN = re.compile(r"^abstract\s*[\u2014\u2013:.\-]+\s*", re.I)
@@ -141,7 +141,7 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
             if not text:
                 continue
             sizes: Counter[float] = Counter()
-            letters = bold_letters = chars = math_chars = roman_chars = 0
+            letters = bold_letters = chars = bold_chars = math_chars = roman_chars = 0
             lead_bold: list[str] = []
             leading = True
             for span in spans:
@@ -153,6 +153,7 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
                 span_letters = sum(ch.isalpha() for ch in content)
                 letters += span_letters
                 bold_letters += span_letters if bold else 0
+                bold_chars += count if bold else 0
                 leading = leading and bold
                 if leading:
                     lead_bold.append(content)
@@ -172,7 +173,7 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
                     y1=y1,
                     text=text,
                     size=sizes.most_common(1)[0][0],
-                    bold=bold_letters / letters if letters else 0.0,
+                    bold=bold_letters / letters if letters else bold_chars / max(chars, 1),
                     math=math_chars / chars if chars else 0.0,
                     lead_bold="".join(lead_bold).strip(),
                     roman=roman_chars / chars if chars else 0.0,
@@ -225,9 +226,7 @@ def _fragment(small: _Line, big: _Line) -> bool:
 
 
 def _fits(row: list[_Line], line: _Line) -> bool:
-    overlap = any(
-        min(m.y1, line.y1) - max(m.y0, line.y0) >= 0.5 * min(m.y1 - m.y0, line.y1 - line.y0) for m in row
-    )
+    overlap = any(min(m.y1, line.y1) - max(m.y0, line.y0) >= 0.5 * min(m.y1 - m.y0, line.y1 - line.y0) for m in row)
     if not overlap:
         return False
     for member in row:
@@ -282,10 +281,7 @@ def _layout(lines: list[_Line], page: int) -> list[_Row]:
     weight = {k: sum(len(ln.text) for ln in v) for k, v in sides.items()}
     total = sum(weight.values()) or 1
     two_columns = (
-        weight["L"] >= 0.25 * total
-        and weight["R"] >= 0.25 * total
-        and len(sides["L"]) >= 5
-        and len(sides["R"]) >= 5
+        weight["L"] >= 0.25 * total and weight["R"] >= 0.25 * total and len(sides["L"]) >= 5 and len(sides["R"]) >= 5
     )
     if not two_columns:
         right = sorted(ln.x1 for ln in lines)[int(0.9 * (len(lines) - 1))]
@@ -324,7 +320,8 @@ def _heading(row: _Row, body_size: float) -> tuple[str | None, str, int] | None:
             return None
         return number, title, number.count(".") + 1
     name = normalize_heading(text)
-    if name in COMMON_HEADINGS or (row.size >= body_size + 1.0 and text[0].isupper() and len(words) <= 10):
+    large_bold = row.size >= body_size + 0.5 and row.bold >= 0.8 and not text.endswith(".")
+    if name in COMMON_HEADINGS or (large_bold and text[0].isupper() and len(words) <= 10):
         return None, text.rstrip(".:"), 1
     return None
 
@@ -344,53 +341,90 @@ def _is_equation(row: _Row) -> bool:
     return indented and relation and row.math >= 0.5
 
 
-def _join(lines: list[str]) -> str:
-    """Join the rows of a paragraph, undoing end-of-line hyphenation ("transduc-" + "tion")."""
-    out = ""
-    for line in lines:
-        if not out:
-            out = line
-        elif re.search(r"[a-z]-$", out) and re.match(r"[a-z]", line) and not re.match(r"[a-z]+-", line):
-            out = out[:-1] + line
-        else:
-            out = f"{out} {line}"
-    return out
+def _is_tabular(row: _Row) -> bool:
+    """A table row: cells separated by wide horizontal gaps."""
+    lines = sorted(row.lines, key=lambda ln: ln.x0)
+    return any(b.x0 - a.x1 > 2.5 * row.size for a, b in zip(lines, lines[1:]))
+
+
+@dataclass
+class _Vocabulary:
+    """Words seen inside rows, to tell "sequence-" + "aligned" (keep) from "transduc-" + "tion" (join)."""
+
+    words: set[str] = field(default_factory=set)
+    compounds: set[str] = field(default_factory=set)
+
+    def learn(self, text: str) -> None:
+        tokens = text.lower().split()
+        for token in tokens[1:-1]:
+            word = token.strip(".,;:()[]\"'")
+            if "-" in word:
+                self.compounds.add(word)
+            elif word.isalpha():
+                self.words.add(word)
+
+    def join(self, lines: list[str]) -> str:
+        """Join a paragraph's rows, undoing end-of-line hyphenation where the halves are not words."""
+        out = ""
+        for line in lines:
+            head = re.match(r"[A-Za-z]+", line)
+            tail = re.search(r"([A-Za-z]+)-$", out)
+            if not out:
+                out = line
+            elif tail and head:
+                first, second = tail.group(1).lower(), head.group(0).lower()
+                keep = (
+                    f"{first}-{second}" in self.compounds
+                    or (first in self.words and second in self.words and len(second) > 3)
+                    or not line[0].islower()
+                    or re.match(r"[a-z]+-", line) is not None
+                )
+                out = out + line if keep else out[:-1] + line
+            elif re.search(r"(?:https?://|www\.)\S*[/.\-_]$", out):
+                out += line
+            else:
+                out = f"{out} {line}"
+        return out
 
 
 @dataclass
 class _Builder:
     """Walks rows in reading order and assembles the Paper's parts."""
 
-    body_size: float
+    vocabulary: _Vocabulary
     abstract: list[str] = field(default_factory=list)
     sections: list[Section] = field(default_factory=list)
     captions: list[Caption] = field(default_factory=list)
     equations: list[str] = field(default_factory=list)
     skipped: dict[str, list[int]] = field(default_factory=dict)
     mode: str = "front"  # front | abstract | body | skip:<kind>
-    paragraph: list[str] = field(default_factory=list)
+    kind: str = "text"  # what the open block is: text | caption | equation | table
+    block: list[str] = field(default_factory=list)
     paragraphs: list[str] = field(default_factory=list)
+    footnotes: list[str] = field(default_factory=list)
     caption: Caption | None = None
-    equation: list[str] = field(default_factory=list)
     abstract_size: float = 0.0
 
     def end_paragraph(self) -> None:
-        if self.caption is not None:
-            self.caption.text = _join([self.caption.text, *self.paragraph]).strip() if self.paragraph else (
-                self.caption.text
-            )
+        if self.kind == "caption" and self.caption is not None:
+            self.caption.text = self.vocabulary.join([self.caption.text, *self.block]).strip()
             self.caption = None
-        elif self.equation:
-            equation = " ".join(self.equation)
+        elif self.kind == "equation" and self.block:
+            equation = "\n".join(self.block)
             self.equations.append(equation)
             self.paragraphs.append(equation)
-            self.equation = []
-        elif self.paragraph:
-            self.paragraphs.append(_join(self.paragraph))
-        self.paragraph = []
+        elif self.kind == "table" and self.block:
+            self.paragraphs.append("\n".join(self.block))
+        elif self.block:
+            self.paragraphs.append(self.vocabulary.join(self.block))
+            self.paragraphs.extend(self.footnotes)
+            self.footnotes = []
+        self.block, self.kind = [], "text"
 
     def end_section(self) -> None:
         self.end_paragraph()
+        self.paragraphs.extend(self.footnotes)
+        self.footnotes = []
         text = "\n\n".join(p for p in self.paragraphs if p.strip())
         self.paragraphs = []
         if not text:
@@ -419,34 +453,47 @@ class _Builder:
             self.mode = "body"
             self.sections.append(Section(heading=title, number=number, level=level, page=row.page))
 
-    def add(self, row: _Row, new_paragraph: bool) -> None:
+    def open(self, kind: str, text: str) -> None:
+        self.end_paragraph()
+        self.kind, self.block = kind, [text]
+
+    def add(self, row: _Row, new_paragraph: bool, footnote: bool) -> None:
         text = row.text
         if self.mode.startswith("skip:"):
             self.skip(self.mode[5:], row.page)
             return
         if self.mode == "abstract":
-            if not self.abstract_size:
-                self.abstract_size = row.size
-            if row.size < self.abstract_size - 0.6:
+            self.abstract_size = self.abstract_size or row.size
+            if footnote or row.size < self.abstract_size - 0.6:
                 self.skip("front matter", row.page)
                 return
-        caption = match_caption(text) if new_paragraph else None
+        caption = match_caption(text) if new_paragraph or row.gap is None else None
         if caption:
             self.end_paragraph()
             self.caption = Caption(kind=caption[0], label=caption[1], text=caption[2], page=row.page)
             self.captions.append(self.caption)
-            return
-        if self.caption is None and _is_equation(row):
-            if not self.equation:
-                self.end_paragraph()
-            self.equation.append(text)
-            return
-        if self.equation and row.math >= 0.6 and len(text) <= 30 and (row.gap or 0) < row.size:
-            self.equation.append(text)
-            return
-        if new_paragraph or self.equation:
-            self.end_paragraph()
-        self.paragraph.append(text)
+            self.kind = "caption"
+        elif footnote and self.kind != "caption":
+            if self.footnotes and not re.match(r"[\d*\u2020\u2021\u00a7\u00b6]", text):
+                self.footnotes[-1] = self.vocabulary.join([self.footnotes[-1], text])
+            else:
+                self.footnotes.append(text)
+        elif self.kind != "caption" and _is_equation(row):
+            if self.kind == "equation":
+                self.block.append(text)
+            else:
+                self.open("equation", text)
+        elif self.kind == "equation" and row.math >= 0.6 and len(text) <= 30 and (row.gap or 0) < row.size:
+            self.block[-1] = f"{self.block[-1]} {text}"
+        elif self.kind != "caption" and _is_tabular(row):
+            if self.kind == "table":
+                self.block.append(text)
+            else:
+                self.open("table", text)
+        elif new_paragraph or self.kind in ("equation", "table"):
+            self.open("text", text)
+        else:
+            self.block.append(text)
 
 
 def _new_paragraph(row: _Row, previous: _Row | None) -> bool:
@@ -457,6 +504,20 @@ def _new_paragraph(row: _Row, previous: _Row | None) -> bool:
         return last.endswith((".", ":", "!", "?")) and not row.text[:1].islower()
     height = max(row.y1 - row.y0, 1.0)
     return row.gap > 0.45 * min(height, row.size * 1.3) or row.prev_short or abs(row.size - previous.size) > 1.0
+
+
+def _footnotes(rows: list[_Row], body_size: float) -> set[int]:
+    """Indexes of small-font rows below the last body-size row of their page column (footnotes)."""
+    lowest: dict[tuple[int, float], float] = {}
+    for row in rows:
+        if row.size >= body_size - 0.5:
+            key = (row.page, row.left)
+            lowest[key] = max(lowest.get(key, 0.0), row.y1)
+    return {
+        i
+        for i, row in enumerate(rows)
+        if row.size < body_size - 0.5 and row.y0 >= lowest.get((row.page, row.left), math.inf) - 1
+    }
 
 
 def _title(rows: list[_Row]) -> tuple[str, set[int]]:
@@ -581,10 +642,15 @@ def _structure(
         for i, row in enumerate(rows)
         if i not in title_rows
         and row.page <= first_page + 1
+        and (not title_rows or i > min(title_rows))
         and (headings[i] is not None or _ABSTRACT_RUN_IN.match(row.text))
     ]
-    builder = _Builder(body_size=body_size)
-    start = marks[0] if marks else 0
+    vocabulary = _Vocabulary()
+    for row in rows:
+        vocabulary.learn(row.text)
+    footnotes = _footnotes(rows, body_size)
+    builder = _Builder(vocabulary=vocabulary)
+    start = marks[0] if marks else min(title_rows, default=0)
     if not marks:
         builder.mode = "body"
     previous: _Row | None = None
@@ -601,14 +667,15 @@ def _structure(
         elif run_in and builder.mode == "front":
             builder.end_section()
             builder.mode = "abstract"
-            builder.paragraph.append(row.text[run_in.end() :])
+            builder.block.append(row.text[run_in.end() :])
         elif row.lead_bold and heading_kind(row.lead_bold) == ACKNOWLEDGEMENTS and builder.mode != "front":
             builder.start(row, (None, "Acknowledgements", 1))
         else:
             if builder.mode == "front":
                 builder.mode = "body"
-            builder.add(row, _new_paragraph(row, previous))
-        previous = row
+            builder.add(row, _new_paragraph(row, previous), index in footnotes)
+        if index not in footnotes:
+            previous = row
     builder.end_section()
     dropped = _dropped(builder.skipped, removed)
     if page_count > max_pages:

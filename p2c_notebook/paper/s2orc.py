@@ -24,9 +24,11 @@ def _paragraph_text(paragraph: dict[str, Any], equations: list[str]) -> str:
     """A body paragraph's text with "EQUATION" placeholders replaced by the raw equation strings."""
     text = str(paragraph.get("text") or "")
     spans = paragraph.get("eq_spans")
-    spans = [s for s in spans if isinstance(s, dict) and str(s.get("raw_str") or "").strip()] if isinstance(
-        spans, list
-    ) else []
+    spans = (
+        [s for s in spans if isinstance(s, dict) and str(s.get("raw_str") or "").strip()]
+        if isinstance(spans, list)
+        else []
+    )
     spans.sort(key=lambda s: s.get("start") if isinstance(s.get("start"), int) else 0)
     rendered = [f"{str(s['raw_str']).strip()} {str(s.get('eq_num') or '').strip()}".strip() for s in spans]
     equations.extend(rendered)
@@ -108,6 +110,14 @@ def _abstract(document: dict[str, Any], parse: dict[str, Any]) -> str:
     return str(paragraphs or "").strip()
 
 
+def _title(title: str) -> str:
+    """Drop a notice that PDF parsers glue before long titles ("Provided proper attribution ... works.")."""
+    parts = re.split(r"(?<=[a-z])\.\s+(?=[A-Z])", title)
+    if len(title.split()) > 20 and len(parts) > 1 and 2 <= len(parts[-1].split()) <= 20:
+        return parts[-1].strip()
+    return title
+
+
 def read_s2orc(path: Path) -> Paper:
     """Read an s2orc JSON file (cleaned or raw) into a Paper."""
     text = decode_text(path.read_bytes(), path.name, "JSON")
@@ -133,7 +143,7 @@ def read_s2orc(path: Path) -> Paper:
             dropped.append(name)
     if parse.get("bib_entries") and REFERENCES not in dropped:
         dropped.append(REFERENCES)
-    title = str(document.get("title") or parse.get("title") or "").strip() or path.stem
+    title = _title(str(document.get("title") or parse.get("title") or "").strip()) or path.stem
     if not sections and not _abstract(document, parse):
         raise _shape_error(path.name, "body_text and abstract are empty")
     return Paper(
