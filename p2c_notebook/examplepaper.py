@@ -3,8 +3,9 @@
 Only the LaTeX subset that `examples/mixup/paper.tex` uses is understood: title, author, abstract,
 numbered sections and subsections, equation and align, table (tabular), figure (with an \\fbox
 placeholder), caption, itemize, enumerate, textbf, emph, cite, ref, thebibliography and inline $math$.
-Mathematics is written as plain Unicode text (\\alpha -> α, \\frac{a}{b} -> a/b, with _ and ^ kept), and
-numbered display equations end with their number, so that the PDF has a readable text layer.
+Mathematics is written as plain Unicode text (\\alpha -> α, \\frac{a+b}{c} -> (a+b)/c, with _ and ^
+kept), and numbered display equations end with their number on the same text line, e.g.
+"λ ∼ Beta(α, α)    (4)", so that the PDF has a readable text layer.
 
 The pages are US letter in two columns, the title block spans both columns on page 1, and the output is
 byte-for-byte deterministic. `python -m p2c_notebook.examplepaper` rebuilds examples/mixup/paper.pdf.
@@ -21,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymupdf
+import pymupdf as _pymupdf
 
 from p2c_notebook.errors import PaperError
 
-__all__ = ["build_pdf", "main"]
+pymupdf: Any = _pymupdf  # untyped library: keep its calls out of mypy's strict checks
+
+__all__ = ["build_pdf", "main", "math_to_text", "render_pdf"]
 
 # --- page geometry (points) -------------------------------------------------------------------------
 
@@ -53,10 +56,10 @@ p.ni { text-indent: 0; }
 p.eq { text-indent: 0; white-space: pre; text-align: right; margin: 5pt 0 5pt 0; }
 p.eqc { text-indent: 0; white-space: pre; text-align: center; margin: 5pt 0 5pt 0; }
 p.eqlong { text-indent: 0; text-align: center; margin: 5pt 0 5pt 0; }
-p.caption { text-indent: 0; font-size: 9pt; text-align: justify; margin: 4pt 0 4pt 0; }
+p.caption { text-indent: 0; font-size: 9pt; text-align: justify; margin: 6pt 0 8pt 0; }
 p.box { text-indent: 0; font-size: 9pt; text-align: center; border: 0.6pt solid black;
         padding: 8pt 6pt 8pt 6pt; margin: 4pt 8pt 2pt 8pt; }
-div.float { margin: 8pt 0 8pt 0; }
+div.float { margin: 10pt 0 14pt 0; }
 table.tab { margin-left: auto; margin-right: auto; border-collapse: collapse; font-size: 9pt; }
 table.tab td { padding: 1.5pt 5pt 1.5pt 5pt; }
 td.rule { border-top: 0.6pt solid black; }
@@ -80,7 +83,7 @@ _MATH_SYMBOLS = {
     "Lambda": "Λ", "Xi": "Ξ", "Pi": "Π", "Sigma": "Σ", "Phi": "Φ", "Psi": "Ψ", "Omega": "Ω",
     "sum": "Σ", "prod": "Π", "int": "∫", "nabla": "∇", "partial": "∂", "infty": "∞", "cdot": "·",
     "times": "×", "pm": "±", "mp": "∓", "leq": "≤", "le": "≤", "geq": "≥", "ge": "≥", "neq": "≠",
-    "ne": "≠", "approx": "≈", "sim": "~", "propto": "∝", "equiv": "≡", "in": "∈", "notin": "∉",
+    "ne": "≠", "approx": "≈", "sim": "∼", "propto": "∝", "equiv": "≡", "in": "∈", "notin": "∉",
     "subset": "⊂", "subseteq": "⊆", "cup": "∪", "cap": "∩", "to": "→", "rightarrow": "→",
     "leftarrow": "←", "Rightarrow": "⇒", "mapsto": "↦", "ldots": "…", "cdots": "⋯", "dots": "…",
     "top": "⊤", "prime": "′", "mid": "|", "vert": "|", "lvert": "|", "rvert": "|", "Vert": "‖",
@@ -92,7 +95,7 @@ _MATH_FUNCTIONS = {
     "log", "ln", "exp", "max", "min", "arg", "argmax", "argmin", "sup", "inf", "lim", "sin", "cos",
     "tan", "tanh", "det", "dim", "Pr", "softmax",
 }  # fmt: skip
-_RELATIONS = {"≤", "≥", "≠", "≈", "~", "∈", "∉", "→", "←", "⇒", "∝", "≡", "⊂", "⊆", "↦"}
+_RELATIONS = {"≤", "≥", "≠", "≈", "∼", "∈", "∉", "→", "←", "⇒", "∝", "≡", "⊂", "⊆", "↦"}
 _BLACKBOARD = {"R": "ℝ", "N": "ℕ", "Z": "ℤ", "Q": "ℚ", "C": "ℂ"}
 _ACCENTS = {"tilde": "\u0303", "hat": "\u0302", "widehat": "\u0302", "widetilde": "\u0303", "bar": "\u0304",
             "overline": "\u0304", "dot": "\u0307", "ddot": "\u0308", "vec": "\u20d7"}  # fmt: skip
@@ -188,7 +191,11 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 
 def math_to_text(tex: str) -> str:
-    """Simple LaTeX math as readable Unicode text: \\alpha -> α, \\frac{a}{b} -> (a)/(b), x_{i} -> x_i."""
+    """Simple LaTeX math as readable Unicode text: \\alpha -> α, \\frac{a+b}{c d} -> (a+b)/(c d), x_{i} -> x_i.
+
+    Fractions keep single tokens bare (\\frac{1}{B} -> 1/B); sub- and superscripts keep braces only around
+    more than one token (\\theta_{t+1} -> θ_{t+1}).
+    """
     text = _math(tex)
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(r"([(\[{]) ", r"\1", re.sub(r" ([)\]}])", r"\1", text))
@@ -201,7 +208,7 @@ def _script(content: str) -> str:
 
 def _wrap(content: str) -> str:
     content = content.strip()
-    simple = _SIMPLE_SCRIPT.fullmatch(content) or re.fullmatch(r"\|[^|\s]+\||\([^()\s]+\)", content)
+    simple = _SIMPLE_SCRIPT.fullmatch(content) or re.fullmatch(r"\|[^|\s]+\||\w*\([^()\s]+\)", content)
     return content if simple else "(" + content + ")"
 
 
@@ -219,9 +226,9 @@ def _math(tex: str) -> str:
             name = m.group(1)
             if name is None:
                 sym = m.group(2)
-                out.append({"{": "{", "}": "}", "|": "‖", "\\": " ", ",": " ", ";": " ", ":": " ", "!": ""}.get(
-                    sym, sym
-                ))
+                out.append(
+                    {"{": "{", "}": "}", "|": "‖", "\\": " ", ",": " ", ";": " ", ":": " ", "!": ""}.get(sym, sym)
+                )
                 continue
             if name in ("left", "right") and i < len(tex) and tex[i] == ".":
                 i += 1
@@ -344,10 +351,10 @@ class _Inline:
             else:
                 out.append(html.escape(_TEXT_ESCAPES.get(sym, sym)))
             return i
-        if name in ("textbf", "bfseries"):
+        if name == "textbf":
             arg, i = _group(tex, i)
             out.append(f"<b>{self.convert(arg)}</b>")
-        elif name in ("emph", "textit", "itshape"):
+        elif name in ("emph", "textit"):
             arg, i = _group(tex, i)
             out.append(f"<i>{self.convert(arg)}</i>")
         elif name in ("texttt", "url"):
@@ -542,8 +549,8 @@ class _Parser:
         elif name == "thebibliography":
             _, start = _group(inner, 0)
             pieces = re.split(r"\\bibitem\s*(?:\[[^\]]*\])?\s*\{([^{}]*)\}", inner[start:])
-            items = [(pieces[k].strip(), pieces[k + 1].strip()) for k in range(1, len(pieces) - 1, 2)]
-            self.doc.blocks.append(_Bibliography(items))
+            entries = [(str(pieces[k]).strip(), str(pieces[k + 1]).strip()) for k in range(1, len(pieces) - 1, 2)]
+            self.doc.blocks.append(_Bibliography(entries))
         else:
             self._blocks(inner)
 
@@ -648,11 +655,11 @@ class _Renderer:
             return "\n".join(self._equation_line(src, number) for src, number in block.lines)
         if isinstance(block, _List):
             tag = "ol" if block.ordered else "ul"
-            items = "".join(f"<li>{self.inline.convert(item)}</li>" for item in block.items)
-            return f"<{tag}>{items}</{tag}>"
+            body = "".join(f"<li>{self.inline.convert(item)}</li>" for item in block.items)
+            return f"<{tag}>{body}</{tag}>"
         if isinstance(block, _Float):
             return self._float(block)
-        items = []
+        items: list[str] = []
         for key, text in block.items:
             number = self.doc.citations.get(key, len(items) + 1)
             items.append(f'<p class="bib">[{number}] {self.inline.convert(text)}</p>')
@@ -671,7 +678,9 @@ class _Renderer:
         width = self.widths.get(text, 5.0 * len(text))
         label_width = self.widths.get(label, self.widths.get("(99)", 15.0)) if label else 0.0
         needed = width + (label_width + 3 * space if label else 0.0)
-        scale = min(1.0, 0.98 * COLUMN_WIDTH / needed) if needed > 0 else 1.0
+        # Numbered lines keep a visible indent, which is how readers tell a display from a text line.
+        target = (0.88 if label else 0.96) * COLUMN_WIDTH
+        scale = min(1.0, target / needed) if needed > 0 else 1.0
         if scale < 0.7:
             return f'<p class="eqlong">{body}   {label}</p>'
         style = f' style="font-size: {int(BODY_SIZE * scale * 10) / 10:.1f}pt"' if scale < 1.0 else ""

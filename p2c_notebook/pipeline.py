@@ -224,7 +224,7 @@ class Pipeline:
         self.bus.emit(
             RunStarted(
                 run_dir=str(self.store.root),
-                model=self.settings.model,
+                model=self.backend.description if estimate else self.settings.model,
                 backend=self.settings.backend,
                 steps=estimate,
             )

@@ -52,7 +52,9 @@ LOGIC = {
 }
 CODE = {
     "data.py": "def load():\n    return [1.0, 2.0, 3.0]\n",
-    "models/net.py": "from data import load\n\n\nclass Net:\n    def forward(self, x):\n        return [2 * v for v in x]\n",
+    "models/net.py": (
+        "from data import load\n\n\nclass Net:\n    def forward(self, x):\n        return [2 * v for v in x]\n"
+    ),
     "main.py": "from data import load\nfrom models.net import Net\n\nprint(Net().forward(load()))\n",
 }
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import API_KEY, small_scenario
+
 from p2c_notebook.cli import EXIT_PAUSED, main
 from p2c_notebook.store import sha256
 
@@ -34,7 +34,9 @@ def env(monkeypatch: pytest.MonkeyPatch, serve: Any) -> Any:
     return server
 
 
-def test_run_status_show_and_approve(env: Any, paper_md: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_status_show_and_approve(
+    env: Any, paper_md: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     assert main(["run", str(paper_md), "--out", str(run)]) == 0
     out = capsys.readouterr()
@@ -59,7 +61,11 @@ def test_edited_config_shows_stale_and_rerun_regenerates_only_those(
     (run / "planning/config.yaml").write_text("lr: 0.01\nepochs: 3\n")
     capsys.readouterr()
     main(["status", str(run)])
-    lines = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith(("code/", "analysis/", "plan", "config", "design", "logic")))
+    lines = dict(
+        line.split()[:2]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("code/", "analysis/", "plan", "config", "design", "logic"))
+    )
     assert lines["config"] == "edited" and lines["plan"] == "generated"
     assert all(v == "stale" for k, v in lines.items() if k.startswith(("analysis/", "code/")))
     before = len(env.requests)
@@ -91,8 +97,9 @@ def test_errors_are_one_clear_line_with_an_exit_code(
     assert message in err and "Traceback" not in err
 
 
-def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, paper_md: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_server_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, paper_md: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     monkeypatch.setenv("P2C_CONFIG", "/nonexistent")
     argv = ["run", str(paper_md), "--out", str(tmp_path / "r"), "--base-url", "http://127.0.0.1:9/v1"]
@@ -101,8 +108,9 @@ def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, pa
     assert "Cannot reach the model server" in err and API_KEY not in err
 
 
-def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, paper_md: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_key_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, paper_md: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for key in list(os.environ):
         if key.startswith(("OPENAI_", "P2C_")):
             monkeypatch.delenv(key)

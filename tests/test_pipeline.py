@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import API_KEY, CODE, DESIGN, settings_for, small_scenario
 
-from conftest import API_KEY, CODE, DESIGN, small_scenario, settings_for
 from p2c_notebook.errors import EditedArtifactError, PlanError, ReplyError, RunError
 from p2c_notebook.events import ArtifactSaved, AwaitingApproval, Event, TokenDelta, UsageReported
 from p2c_notebook.pipeline import Pipeline
@@ -218,10 +218,17 @@ def test_dependency_cycle_is_rejected(serve: Any, paper_md: Path, tmp_path: Path
 
 def test_python_with_a_syntax_error_is_reasked(serve: Any, paper_md: Path, tmp_path: Path) -> None:
     scenario = small_scenario()
-    scenario["responses"].insert(0, {"stage": "code", "file": "data.py", "replies": [
-        {"content": "```python\ndef load(:\n```"},
-        {"content": "```python\n" + CODE["data.py"] + "```"},
-    ]})
+    scenario["responses"].insert(
+        0,
+        {
+            "stage": "code",
+            "file": "data.py",
+            "replies": [
+                {"content": "```python\ndef load(:\n```"},
+                {"content": "```python\n" + CODE["data.py"] + "```"},
+            ],
+        },
+    )
     server = serve(scenario)
     with start(paper_md, tmp_path / "run", server) as pipeline:
         pipeline.run()
@@ -240,7 +247,9 @@ def test_unknown_model_completes_with_cost_unknown(serve: Any, paper_md: Path, t
 def test_no_api_key_anywhere_in_the_run_folder(serve: Any, paper_md: Path, tmp_path: Path) -> None:
     scenario = small_scenario()
     design = scenario["responses"][1]
-    scenario["responses"].insert(0, {"stage": "design", "replies": [{"content": "junk"}, {"content": design["content"]}]})
+    scenario["responses"].insert(
+        0, {"stage": "design", "replies": [{"content": "junk"}, {"content": design["content"]}]}
+    )
     server = serve(scenario)
     with start(paper_md, tmp_path / "run", server) as pipeline:
         pipeline.run()

@@ -7,6 +7,7 @@ acknowledgements are dropped; simple markup becomes plain text.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -96,6 +97,8 @@ def _safe_name(name: str) -> str | None:
     normal = posixpath.normpath(name)
     if normal in (".", "") or normal == ".." or normal.startswith("../"):
         return None
+    if normal.startswith("__MACOSX/") or posixpath.basename(normal).startswith("._"):
+        return None  # macOS resource forks, not sources
     return normal
 
 
@@ -119,24 +122,34 @@ def _archive_source(path: Path) -> _Source:
 
     try:
         if data.startswith(b"PK\x03\x04"):
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                for info in archive.infolist():
+            with zipfile.ZipFile(io.BytesIO(data)) as zipped:
+                for info in zipped.infolist():
                     if not info.is_dir():
-                        add(info.filename, info.file_size, lambda info=info: archive.read(info))
+                        add(info.filename, info.file_size, functools.partial(zipped.read, info))
         else:
-            raw = gzip.decompress(data) if data.startswith(b"\x1f\x8b") else data
+            raw = _gunzip(data, path.name) if data.startswith(b"\x1f\x8b") else data
             if raw[257:262] != b"ustar" and not path.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
-                return _MemorySource({path.name.removesuffix(".gz") or "main.tex": raw}, path.name)
+                single = path.name.removesuffix(".gz")
+                return _MemorySource({single if single.endswith(_TEX) else f"{single}.tex": raw}, path.name)
             with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
                 for member in archive.getmembers():
                     if member.isfile():
-                        add(member.name, member.size, lambda m=member: _tar_read(archive, m))
+                        add(member.name, member.size, functools.partial(_tar_read, archive, member))
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, ValueError) as exc:
         raise PaperError(
             f"{path.name} is not a readable .tar.gz/.tgz/.zip LaTeX bundle ({exc}): download the source "
             "again, or unpack it and give the folder."
         ) from exc
     return _MemorySource(contents, path.name)
+
+
+def _gunzip(data: bytes, name: str) -> bytes:
+    """Decompress gzip data, refusing archives that unpack to more than the size limit."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+        raw = handle.read(_MAX_TOTAL + 1)
+    if len(raw) > _MAX_TOTAL:
+        raise PaperError(f"{name} unpacks to more than 200 MB: give the LaTeX source folder instead.")
+    return raw
 
 
 def _tar_read(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
@@ -146,6 +159,7 @@ def _tar_read(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None
 
 def _strip_comments(text: str) -> str:
     """Remove % comments (not \\%), comment environments and \\iffalse ... \\fi blocks."""
+    text = re.sub(r"\\(url|href)\{[^}\n]*\}", lambda m: m.group(0).replace("%", "\\%"), text)
     text = re.sub(r"(?<!\\)((?:\\\\)*)%[^\n]*", r"\1", text)
     text = re.sub(r"\\begin\{comment\}.*?\\end\{comment\}", "", text, flags=re.S)
     return re.sub(r"\\iffalse\b.*?\\fi\b", "", text, flags=re.S)
@@ -207,6 +221,8 @@ class _Expander:
 
         def replace(match: re.Match[str]) -> str:
             target = match.group(2) if match.group(2) is not None else match.group(3)
+            if "#" in target:  # inside a macro definition: not a file name
+                return match.group(0)
             if not target.strip():
                 return ""
             child = self.resolve(target, rel)
@@ -263,14 +279,76 @@ def _command_arg(text: str, command: str) -> tuple[str, int, int] | None:
     return None
 
 
+def _map_command(text: str, command: str, render: Callable[[str], str]) -> str:
+    """Replace every `\\command[opt]{arg}` (balanced braces) by `render(arg)`, in one pass."""
+    out: list[str] = []
+    position = 0
+    for match in re.finditer(rf"\\{command}(?![A-Za-z])\*?\s*(?:\[[^\]]*\])?", text):
+        group = _group(text, match.end()) if match.start() >= position else None
+        if group is None:
+            continue
+        out.extend((text[position : match.start()], render(group[0])))
+        position = group[1]
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _table_cells(text: str) -> str:
+    """Keep only the content of `\\multicolumn{n}{c}{x}` and `\\multirow{n}{*}{x}`."""
+    out: list[str] = []
+    position = 0
+    for match in re.finditer(r"\\(multicolumn|multirow)(?![A-Za-z])", text):
+        if match.start() < position:
+            continue
+        end = match.end()
+        content = None
+        for _ in range(3):
+            end += len(re.match(r"\s*(?:\[[^\]]*\])?\s*\*?", text[end:]).group(0))  # type: ignore[union-attr]
+            group = _group(text, end)
+            if group is None:
+                break
+            content, end = group
+        if content is not None:
+            out.extend((text[position : match.start()], content))
+            position = end
+    out.append(text[position:])
+    return "".join(out)
+
+
 def _remove_command(text: str, command: str) -> str:
-    """Remove every `\\command[opt]{arg}` (balanced braces)."""
-    for _ in range(100):
-        found = _command_arg(text, command)
-        if not found:
-            break
-        text = text[: found[1]] + text[found[2] :]
-    return text
+    return _map_command(text, command, lambda _: "")
+
+
+_PROTECTED = frozenset(
+    [
+        "section",
+        "subsection",
+        "subsubsection",
+        "paragraph",
+        "caption",
+        "label",
+        "ref",
+        "eqref",
+        "cite",
+        "citep",
+        "citet",
+        "begin",
+        "end",
+        "input",
+        "include",
+        "title",
+        "author",
+        "abstract",
+        "item",
+        "footnote",
+        "emph",
+        "textbf",
+        "textit",
+        "appendix",
+        "bibliography",
+        "maketitle",
+    ]
+)
 
 
 def _macros(text: str) -> dict[str, str]:
@@ -280,8 +358,10 @@ def _macros(text: str) -> dict[str, str]:
     for match in re.finditer(pattern, text):
         group = _group(text, match.end())
         name = match.group(1) or match.group(2)
-        if group and "#" not in group[0] and len(group[0]) <= 200 and len(macros) < 500:
-            macros[name] = group[0]
+        body = group[0] if group else ""
+        risky = name in _PROTECTED or re.search(r"#|\\(?:begin|end|section|input|include)\b", body)
+        if group and not risky and len(body) <= 200 and len(macros) < 500:
+            macros[name] = body
     return macros
 
 
@@ -357,22 +437,18 @@ def _plain(text: str, labels: dict[str, str]) -> str:
     text = re.sub(r"\\href\s*\{[^}]*\}\s*\{([^}]*)\}", r"\1", text)
     text = re.sub(r"\\(?:textcolor|colorbox)\s*\{[^}]*\}\s*\{([^{}]*)\}", r"\1", text)
     text = re.sub(r"\\paragraph\*?\s*\{([^{}]*)\}\s*", r"\n\n\1 ", text)
-    for _ in range(4):
-        found = _command_arg(text, "footnote")
-        if not found:
-            break
-        text = f"{text[: found[1]]} ({found[0].strip()}){text[found[2] :]}"
-    for _ in range(8):
-        text, count = re.subn(rf"\\(?:{_UNWRAP})\s*(?:\[[^\]]*\])?\s*\{{([^{{}}]*)\}}", r"\1", text)
-        if not count:
-            break
+    text = _map_command(text, "footnote", lambda note: f" ({note.strip()})")
+    text = _table_cells(text)
+    text = _drop_env_args(text)
     text = re.sub(rf"\\(?:{_DROP})(?![A-Za-z])\s*", " ", text)
     text = re.sub(rf"\\(?:{_DROP_ARG})(?![A-Za-z])\*?\s*(?:\[[^\]]*\])?(?:\s*\{{[^{{}}]*\}}){{0,3}}", "", text)
-    text = re.sub(r"\\multicolumn\s*\{[^}]*\}\s*\{[^}]*\}\s*\{([^{}]*)\}", r"\1", text)
-    text = re.sub(r"\\multirow\s*(?:\[[^\]]*\])?\s*\{[^}]*\}\s*(?:\{[^}]*\}|\*)\s*\{([^{}]*)\}", r"\1", text)
+    for _ in range(8):
+        text, count = re.subn(rf"\\(?:{_UNWRAP})\s*(?:\[[^\]]*\])?\s*\{{([^{{}}]*)\}}", r"\1", text)
+        text, bare = re.subn(r"(?<![\\\w\]])\{([^{}\n]*)\}", r"\1", text)
+        if not count and not bare:
+            break
     text = re.sub(r"\\item\s*\[([^\]]*)\]", r"\n- \1:", text)
     text = re.sub(r"\\item(?![A-Za-z])", "\n- ", text)
-    text = _drop_env_args(text)
     text = re.sub(r"\\begin\{[^}]*\}(?:\[[^\]]*\])?|\\end\{[^}]*\}", "\n", text)
     text = re.sub(r"(?<!\\)&", " | ", text)
     text = re.sub(r"\\\\(?:\[[^\]]*\])?|\\newline", "\n", text)
@@ -624,12 +700,12 @@ def read_latex(path: Path) -> Paper:
     if not data.strip():
         raise PaperError(f"{path.name} is empty: give the main .tex file of the paper.")
     text = _strip_comments(decode_text(data, path.name, "LaTeX source"))
-    if "\\documentclass" not in text and "\\begin{document}" not in text:
-        if not re.search(r"\\(?:sub)*section\*?\s*[\[{]", text):
-            raise PaperError(
-                f"{path.name} does not look like a LaTeX paper: no \\begin{{document}} and no \\section. "
-                "Give the main .tex file (or the whole source folder), or the PDF."
-            )
+    sections = re.search(r"\\(?:sub)*section\*?\s*[\[{]", text)
+    if "\\documentclass" not in text and "\\begin{document}" not in text and not sections:
+        raise PaperError(
+            f"{path.name} does not look like a LaTeX paper: no \\begin{{document}} and no \\section. "
+            "Give the main .tex file (or the whole source folder), or the PDF."
+        )
     paper = _read_source(source, path.name)
     return paper.model_copy(update={"source": path.name})
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymupdf
+import pymupdf as _pymupdf
 
 from p2c_notebook.errors import PaperError
 from p2c_notebook.paper.model import Caption, Paper, Section
@@ -32,6 +32,7 @@ from p2c_notebook.paper.text import (
     normalize_heading,
 )
 
+pymupdf: Any = _pymupdf  # untyped library: keep its calls out of mypy's strict checks
 DEFAULT_MAX_PAGES = 100
 _FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 _MATH_FONT = re.compile(r"CMMI|CMSY|CMEX|CMBSY|MSBM|MSAM|Math|Symbol|STIX|rsfs|EUFM|EUSM|txsy|txmi|pxmi|txex|LMMI|LMSY")
@@ -39,7 +40,7 @@ _MATH_CHARS = set("=+−±×÷∑∏∫√∞∂∇≤≥≠≈∈∉⊂⊆∪�
 _CM_ROMAN = re.compile(r"^(?:[A-Z]{6}\+)?(?:CMR\d|LMRoman|SFRM)")
 _RELATIONS = set("=≤≥<>≈≠∈∝≡→⇒←")
 _EQ_TAG = re.compile(r"(?:^|\s)\(\s*(\d{1,3}[a-z]?|[A-Z]\.\d{1,3})\s*\)\s*$")
-_PAGE_NUMBER = re.compile(r"^(?:page\s*)?(?:\d{1,4}|[ivxlc]{1,6})(?:\s*(?:of|/)\s*\d{1,4})?$", re.I)
+_PAGE_NUMBER = re.compile(r"^(?:[Pp]age\s*)?(?:\d{1,4}|[ivxlc]{1,6})(?:\s*(?:of|/)\s*\d{1,4})?$")
 _ARXIV_STAMP = re.compile(r"^arXiv:\s?\d{4}\.\d{4,5}(v\d+)?\b")
 _ABSTRACT_RUN_IN = re.compile(r"^abstract\s*[\u2014\u2013:.\-]+\s*", re.I)
 
@@ -89,7 +90,7 @@ class _Row:
 
     def _weighted(self, attr: str) -> float:
         total = sum(len(ln.text) for ln in self.lines) or 1
-        return sum(getattr(ln, attr) * len(ln.text) for ln in self.lines) / total
+        return float(sum(getattr(ln, attr) * len(ln.text) for ln in self.lines)) / total
 
     @property
     def size(self) -> float:
@@ -230,9 +231,9 @@ def _fits(row: list[_Line], line: _Line) -> bool:
     if not overlap:
         return False
     for member in row:
-        if min(member.x1, line.x1) - max(member.x0, line.x0) > 1.0:
-            if not (_fragment(line, member) or _fragment(member, line)):
-                return False
+        crossing = min(member.x1, line.x1) - max(member.x0, line.x0) > 1.0
+        if crossing and not (_fragment(line, member) or _fragment(member, line)):
+            return False
     return True
 
 
@@ -280,8 +281,12 @@ def _layout(lines: list[_Line], page: int) -> list[_Row]:
         sides[side].append(line)
     weight = {k: sum(len(ln.text) for ln in v) for k, v in sides.items()}
     total = sum(weight.values()) or 1
-    two_columns = (
-        weight["L"] >= 0.25 * total and weight["R"] >= 0.25 * total and len(sides["L"]) >= 5 and len(sides["R"]) >= 5
+    two_columns = (  # little text crosses the middle, and both sides hold text
+        weight["F"] <= 0.4 * total
+        and weight["L"] >= 0.1 * total
+        and weight["R"] >= 0.03 * total
+        and len(sides["L"]) >= 3
+        and len(sides["R"]) >= 2
     )
     if not two_columns:
         right = sorted(ln.x1 for ln in lines)[int(0.9 * (len(lines) - 1))]
@@ -316,8 +321,8 @@ def _heading(row: _Row, body_size: float) -> tuple[str | None, str, int] | None:
     match = re.match(r"^((?:\d{1,2}|[A-Z])(?:\.\d{1,2}){0,3})\.?\s+([^\W\d_][^\n]*)$", text)
     if match and not match.group(2).endswith("."):
         number, title = match.group(1), match.group(2).strip()
-        if number.isalpha() and row.size < body_size + 1.0 and row.bold < 0.8:
-            return None
+        if number.isalpha() and row.size < body_size + 0.5:
+            return None  # "A Simple Baseline" in bold is a run-in phrase; appendix "A Proofs" is larger
         return number, title, number.count(".") + 1
     name = normalize_heading(text)
     large_bold = row.size >= body_size + 0.5 and row.bold >= 0.8 and not text.endswith(".")
@@ -344,7 +349,7 @@ def _is_equation(row: _Row) -> bool:
 def _is_tabular(row: _Row) -> bool:
     """A table row: cells separated by wide horizontal gaps."""
     lines = sorted(row.lines, key=lambda ln: ln.x0)
-    return any(b.x0 - a.x1 > 2.5 * row.size for a, b in zip(lines, lines[1:]))
+    return any(b.x0 - a.x1 > 2.5 * row.size for a, b in zip(lines, lines[1:], strict=False))
 
 
 @dataclass
@@ -443,7 +448,7 @@ class _Builder:
     def start(self, row: _Row, heading: tuple[str | None, str, int]) -> None:
         self.end_section()
         number, title, level = heading
-        kind = heading_kind(title) if number is None or title.lower() != "abstract" else ABSTRACT
+        kind = heading_kind(title)
         if kind == ABSTRACT and not self.sections:
             self.mode = "abstract"
         elif kind in (REFERENCES, ACKNOWLEDGEMENTS):
@@ -654,11 +659,16 @@ def _structure(
     if not marks:
         builder.mode = "body"
     previous: _Row | None = None
+    front: list[list[str]] = []
     for index, row in enumerate(rows):
         if index in title_rows:
             continue
         if index < start:
             builder.skip("front matter", row.page)
+            if _new_paragraph(row, previous) or not front:
+                front.append([])
+            front[-1].append(row.text)
+            previous = row
             continue
         heading = headings[index]
         run_in = _ABSTRACT_RUN_IN.match(row.text)
@@ -677,6 +687,9 @@ def _structure(
         if index not in footnotes:
             previous = row
     builder.end_section()
+    unlabelled = max((vocabulary.join(p) for p in front), key=len, default="")
+    if not builder.abstract and len(unlabelled) >= 400:  # an abstract without an "Abstract" heading
+        builder.abstract.append(unlabelled)
     dropped = _dropped(builder.skipped, removed)
     if page_count > max_pages:
         dropped.append(f"pages {max_pages + 1}-{page_count} (over the {max_pages}-page limit)")

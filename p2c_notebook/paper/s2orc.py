@@ -32,7 +32,7 @@ def _paragraph_text(paragraph: dict[str, Any], equations: list[str]) -> str:
     spans.sort(key=lambda s: s.get("start") if isinstance(s.get("start"), int) else 0)
     rendered = [f"{str(s['raw_str']).strip()} {str(s.get('eq_num') or '').strip()}".strip() for s in spans]
     equations.extend(rendered)
-    for span, equation in reversed(list(zip(spans, rendered))):
+    for span, equation in reversed(list(zip(spans, rendered, strict=True))):
         start, end = span.get("start"), span.get("end")
         if isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(text):
             text = text[:start] + equation + text[end:]

@@ -264,14 +264,12 @@ def read_markdown(path: Path) -> Paper:
         seen_heading = True
         builder.heading(heading, max(1, level - title_level))
     emit()
-    if not title:
-        title = next((ln.strip() for ln in lines if ln.strip()), path.stem)[:200]
+    if not seen_heading:  # no headings at all: read it like plain text
+        return _read_plain(text, path, "markdown")
     return _finish(builder, title, path, "markdown")
 
 
-def read_text(path: Path) -> Paper:
-    """Read a plain-text paper: first non-empty line = title; "Abstract" and numbered heading lines."""
-    text = _load(path, "plain text")
+def _read_plain(text: str, path: Path, source_format: str) -> Paper:
     lines = text.split("\n")
     start = next(i for i, ln in enumerate(lines) if ln.strip())
     title = lines[start].strip()[:300]
@@ -279,11 +277,11 @@ def read_text(path: Path) -> Paper:
     block: list[str] = []
     for index in range(start + 1, len(lines)):
         line = lines[index].strip()
-        previous_blank = not lines[index - 1].strip()
-        is_heading = previous_blank and (
-            heading_kind(line) is not None
-            or (_PLAIN_HEADING.match(line) is not None and len(line.split()) <= 12)
-            or (normalize_heading(line) in COMMON_HEADINGS and len(line) < 60)
+        alone = not lines[index - 1].strip() and (index + 1 == len(lines) or not lines[index + 1].strip())
+        is_heading = bool(line) and (
+            (alone and heading_kind(line) is not None)
+            or (alone and _PLAIN_HEADING.match(line) is not None and len(line.split()) <= 12)
+            or (alone and normalize_heading(line) in COMMON_HEADINGS and len(line) < 60)
         )
         if is_heading:
             for paragraph in _paragraphs(block):
@@ -294,4 +292,9 @@ def read_text(path: Path) -> Paper:
             block.append(lines[index])
     for paragraph in _paragraphs(block):
         builder.paragraph(paragraph)
-    return _finish(builder, title, path, "text")
+    return _finish(builder, title, path, source_format)
+
+
+def read_text(path: Path) -> Paper:
+    """Read a plain-text paper: first non-empty line = title; "Abstract" and numbered heading lines."""
+    return _read_plain(_load(path, "plain text"), path, "text")
