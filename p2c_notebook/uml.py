@@ -318,7 +318,8 @@ class PlantUMLRenderer:
 
     def _environment(self) -> dict[str, str]:
         """A minimal environment: no API keys or tokens reach Java, even if the sandbox failed."""
-        env = {key: os.environ[key] for key in ("PATH", "JAVA_HOME", "TMPDIR", "SYSTEMROOT") if key in os.environ}
+        keep = ("PATH", "HOME", "JAVA_HOME", "TMPDIR", "SYSTEMROOT", "FONTCONFIG_PATH")
+        env = {key: os.environ[key] for key in keep if key in os.environ}
         env["LANG"] = env["LC_ALL"] = "C.UTF-8"
         env["PLANTUML_SECURITY_PROFILE"] = "SANDBOX"
         dot = find_dot()
@@ -402,6 +403,9 @@ class PlantUMLRenderer:
                     if attempt == 2:
                         raise DiagramError("PlantUML stopped while rendering the diagram." + self._tail()) from None
                     continue
+                except BaseException:  # KeyboardInterrupt mid-diagram: its late answer must not become the next one
+                    self._stop(kill=True)
+                    raise
                 if self._fresh:
                     self.last_start_seconds = time.perf_counter() - self._started_at
                     self._fresh = False

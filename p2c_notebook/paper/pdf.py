@@ -38,7 +38,7 @@ _FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 _MATH_FONT = re.compile(r"CMMI|CMSY|CMEX|CMBSY|MSBM|MSAM|Math|Symbol|STIX|rsfs|EUFM|EUSM|txsy|txmi|pxmi|txex|LMMI|LMSY")
 _MATH_CHARS = set("=+−±×÷∑∏∫√∞∂∇≤≥≠≈∈∉⊂⊆∪∩∀∃→←↔⇒⇔·∘⊗⊕‖αβγδϵεζηθκλμνξπρστυφϕχψωΓΔΘΛΞΠΣΦΨΩ")
 _CM_ROMAN = re.compile(r"^(?:[A-Z]{6}\+)?(?:CMR\d|LMRoman|SFRM)")
-_RELATIONS = set("=≤≥<>≈≠∈∝≡→⇒←")
+_RELATIONS = set("=≤≥<>≈≠∈∝≡→⇒←∼~")
 _EQ_TAG = re.compile(r"(?:^|\s)\(\s*(\d{1,3}[a-z]?|[A-Z]\.\d{1,3})\s*\)\s*$")
 _PAGE_NUMBER = re.compile(r"^(?:[Pp]age\s*)?(?:\d{1,4}|[ivxlc]{1,6})(?:\s*(?:of|/)\s*\d{1,4})?$")
 _ARXIV_STAMP = re.compile(r"^arXiv:\s?\d{4}\.\d{4,5}(v\d+)?\b")
@@ -502,7 +502,7 @@ class _Builder:
 
 
 def _new_paragraph(row: _Row, previous: _Row | None) -> bool:
-    if previous is None:
+    if previous is None or row.text[:1] in "\u2022\u25e6\u25aa\u25a0\u25cf":  # bullets start items
         return True
     if row.gap is None:  # top of a column or page: continue a sentence cut by the column break
         last = previous.text

@@ -31,6 +31,7 @@ _CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 _MALFORMED = '{"file_list": ['
 _WORDS = re.compile(r"\S+\s*|\s+")
 _WORDS_PER_CHUNK = 3
+_POLL_S = 0.02  # how often serve_forever checks for stop(); stop() waits up to this long
 _HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 
 
@@ -161,7 +162,7 @@ class ScriptedServer:
             self._httpd = _HTTPServer((self.host, self.port), self)
             self.port = self._httpd.server_address[1]
             self._thread = threading.Thread(
-                target=self._httpd.serve_forever, args=(0.05,), name="p2c-scripted", daemon=True
+                target=self._httpd.serve_forever, args=(_POLL_S,), name="p2c-scripted", daemon=True
             )
             self._thread.start()
         return self.base_url
@@ -278,8 +279,8 @@ class ScriptedServer:
             return _Answer(404, _error(message, "invalid_request_error", "model_not_found"))
         fault: Fault | None = None
         for candidate in [*self._extra_faults, *self.scenario.faults]:
-            if candidate.matches(stage, file, attempt) and candidate.active_for(self._hit(candidate)):
-                fault = fault or candidate
+            if candidate.matches(stage, file, attempt) and candidate.active_for(self._hit(candidate)) and fault is None:
+                fault = candidate
         if fault is not None and fault.kind == "status":
             return _Answer(fault.status, _status_error(fault), fault=fault)
         if fault is not None and fault.kind not in CONTENT_FAULTS:
@@ -290,7 +291,8 @@ class ScriptedServer:
                 seen = self._hits.get(id(rule), 0) if fault else self._hit(rule)
                 return _Answer(text=rule.reply_at(seen).text, fault=fault)
         message = f"no scripted response for stage={stage} file={file}"
-        return _Answer(400, _error(message, "invalid_request_error", "no_scripted_response"))
+        late = fault if fault is not None and fault.kind == "timeout" else None  # still answers late
+        return _Answer(400, _error(message, "invalid_request_error", "no_scripted_response"), fault=late)
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless the server stops first; False means stop answering."""
@@ -570,12 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         done.set()
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # also when started in the background, where SIGINT is ignored
     print(f"scripted server listening on {url}", flush=True)
     try:
         while not done.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
     return 0

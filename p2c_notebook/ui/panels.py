@@ -1,0 +1,397 @@
+"""One panel per artifact: status badge, rendered content, and the Approve / Edit / Regenerate controls.
+
+Panels are views; what they do goes through their owner (the Walkthrough), which holds the pipeline.
+Every message shown comes from a P2CError (written for people) or is one line; model text is escaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import ipywidgets as widgets  # type: ignore[import-untyped]
+from pydantic import ValidationError
+
+from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
+from p2c_notebook.diagrams import (
+    class_diagram_mermaid,
+    class_diagram_plantuml,
+    sequence_diagram_mermaid,
+    sequence_diagram_plantuml,
+)
+from p2c_notebook.errors import EditedArtifactError, P2CError
+from p2c_notebook.pipeline import Row
+from p2c_notebook.store import atomic_write
+from p2c_notebook.ui import render
+from p2c_notebook.ui.repo import build_zip, download_html, repo_files, tree_html
+
+NO_UML = "Static SVG diagrams need p2c_notebook.uml, which this installation does not have."
+
+
+class PanelOwner(Protocol):
+    """What a panel asks of the walkthrough."""
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    def read(self, artifact: str) -> str: ...
+
+    def approve(self, artifact: str) -> list[str]: ...
+
+    def edit(self, artifact: str, text: str) -> list[str]: ...
+
+    def regenerate(
+        self, artifact: str, feedback: str | None = None, overwrite_edited: bool = False, block: bool = False
+    ) -> None: ...
+
+
+def load_uml() -> ModuleType | None:
+    """p2c_notebook.uml, imported on first use; None where it is not installed."""
+    try:
+        return importlib.import_module("p2c_notebook.uml")
+    except ImportError:
+        return None
+
+
+def close_tree(widget: Any) -> None:
+    """Close a widget and everything inside it, so replaced content does not linger in the kernel."""
+    for child in getattr(widget, "children", ()):
+        close_tree(child)
+    widget.close()
+
+
+def show(widget: Any, visible: bool) -> None:
+    widget.layout.display = None if visible else "none"
+
+
+def html(value: str = "", *classes: str) -> Any:
+    box = widgets.HTML(value=value)
+    for name in classes:
+        box.add_class(name)
+    return box
+
+
+def button(description: str, tooltip: str, css: str, style: str = "") -> Any:
+    widget = widgets.Button(description=description, tooltip=tooltip, button_style=style)
+    widget.add_class(css)
+    return widget
+
+
+class ArtifactPanel:
+    """The panel of one artifact; `widget` is its VBox (classes p2c-panel, p2c-panel-<slug>)."""
+
+    def __init__(self, artifact: str, owner: PanelOwner) -> None:
+        self.artifact = artifact
+        self.stage = artifact.partition("/")[0]
+        self.owner = owner
+        self.status = "missing"
+        self.digest: str | None = None
+        self.render_seconds = 0.0
+        self.title = html(f"<span>{render.esc(render.title_of(artifact))}</span>", "p2c-title")
+        self.badge = html("missing", "p2c-badge", "p2c-badge-missing")
+        self.usage = html("", "p2c-usage")
+        self.approve_button = button("Approve", f"Approve {artifact} so the next stage may use it", "p2c-approve")
+        self.edit_button = button("Edit", f"Edit {artifact} by hand", "p2c-edit")
+        self.regenerate_button = button("Regenerate", f"Generate {artifact} again, with the feedback", "p2c-regenerate")
+        self.confirm_button = button("Confirm", "Regenerate and overwrite your edits", "p2c-confirm", "danger")
+        self.feedback = widgets.Textarea(
+            placeholder="Feedback for Regenerate (optional): what should change?",
+            rows=2,
+            layout=widgets.Layout(width="100%"),
+        )
+        self.feedback.add_class("p2c-feedback")
+        self.message = html("", "p2c-message")
+        self.content = widgets.VBox()
+        self.content.add_class("p2c-content")
+        self.editor = widgets.Textarea(rows=16, layout=widgets.Layout(width="100%"))
+        self.editor.add_class("p2c-editor")
+        self.save_button = button("Save", "Validate and save your version", "p2c-save", "primary")
+        self.cancel_button = button("Cancel", "Close the editor without saving", "p2c-edit-cancel")
+        self.editor_box = widgets.VBox([self.editor, widgets.HBox([self.save_button, self.cancel_button])])
+        self.editor_box.add_class("p2c-editor-box")
+        show(self.editor_box, False)
+        show(self.confirm_button, False)
+        head = widgets.HBox([self.title, self.badge, self.usage])
+        head.add_class("p2c-panel-head")
+        actions = widgets.HBox([self.approve_button, self.edit_button, self.regenerate_button, self.confirm_button])
+        actions.add_class("p2c-actions")
+        self.widget = widgets.VBox(
+            [head, self.content, self.editor_box, self.message, self.feedback, actions],
+        )
+        for name in ("p2c-panel", f"p2c-panel-{render.slug(artifact)}", f"p2c-stage-{self.stage}"):
+            self.widget.add_class(name)
+        self.approve_button.on_click(lambda _: self._guard(self._approve))
+        self.edit_button.on_click(lambda _: self._guard(self._open_editor))
+        self.save_button.on_click(lambda _: self._guard(self._save))
+        self.cancel_button.on_click(lambda _: self._close_editor())
+        self.regenerate_button.on_click(lambda _: self._guard(lambda: self._regenerate(False)))
+        self.confirm_button.on_click(lambda _: self._guard(lambda: self._regenerate(True)))
+        self._set_status("missing")
+        self._fill_missing()
+
+    # --- state from the run folder -------------------------------------------------------------------
+    def update(self, row: Row, digest: str | None, busy: bool) -> None:
+        """Bring the panel in line with a manifest row; content is re-rendered only when the file changed."""
+        if row.status != self.status:
+            self._set_status(row.status)
+        note = " · inputs changed since your edit" if row.inputs_changed else ""
+        usage = render.usage_line(row.usage) + note
+        if self.usage.value != render.esc(usage):
+            self.usage.value = render.esc(usage)
+        self.set_busy(busy)
+        if digest != self.digest:
+            self.digest = digest
+            started = time.perf_counter()
+            self._fill()
+            self.render_seconds = time.perf_counter() - started
+
+    def set_busy(self, busy: bool) -> None:
+        exists = self.status != "missing"
+        self.approve_button.disabled = busy or self.status not in ("generated",)
+        self.edit_button.disabled = busy or not exists
+        self.regenerate_button.disabled = busy or not exists
+        self.confirm_button.disabled = busy
+        self.save_button.disabled = busy
+
+    def _set_status(self, status: str) -> None:
+        self.badge.remove_class(f"p2c-badge-{self.status}")
+        self.widget.remove_class(f"p2c-status-{self.status}")
+        self.status = status
+        self.badge.add_class(f"p2c-badge-{status}")
+        self.widget.add_class(f"p2c-status-{status}")
+        self.badge.value = render.esc(status)
+        if status != "edited":
+            show(self.confirm_button, False)
+
+    def _fill(self) -> None:
+        old = list(self.content.children)
+        if self.digest is None:
+            self._fill_missing()
+        else:
+            try:
+                text = self.owner.read(self.artifact)
+            except P2CError as exc:
+                self.content.children = [html(f"<p class='p2c-error'>{render.esc(render.one_line(str(exc)))}</p>")]
+            else:
+                self.content.children = self._views(text)
+        for child in old:
+            close_tree(child)
+
+    def _fill_missing(self) -> None:
+        hint = "Not generated yet: click <b>Run next stage</b>."
+        self.content.children = [html(f"<p class='p2c-hint'>{hint}</p>")]
+
+    def _views(self, text: str) -> list[Any]:
+        if self.stage == "design":
+            return self._design_views(text)
+        if self.stage == "logic":
+            return self._logic_views(text)
+        return [html(render.artifact_html(self.artifact, text), "p2c-rendered")]
+
+    def _design_views(self, text: str) -> list[Any]:
+        try:
+            design = ArchitectureDesign.model_validate_json(text)
+        except ValidationError as exc:
+            return self._invalid(text, exc)
+        run = self.owner.run_dir
+        return [
+            html(render.design_html(design), "p2c-rendered"),
+            DiagramView(
+                "Class diagram", "class_diagram", class_diagram_mermaid(design), class_diagram_plantuml(design), run
+            ).widget,
+            DiagramView(
+                "Sequence diagram",
+                "sequence_diagram",
+                sequence_diagram_mermaid(design),
+                sequence_diagram_plantuml(design),
+                run,
+            ).widget,
+        ]
+
+    def _logic_views(self, text: str) -> list[Any]:
+        try:
+            logic = LogicDesign.model_validate_json(text)
+        except ValidationError as exc:
+            return self._invalid(text, exc)
+        graph = dependency_graph(logic, self.owner.run_dir / "planning" / "dependencies.svg")
+        return [html(render.logic_html(logic), "p2c-rendered"), html(graph, "p2c-graph")]
+
+    def _invalid(self, text: str, exc: ValidationError) -> list[Any]:
+        problem = f"This file does not match the schema ({exc.error_count()} problem(s)); edit it or regenerate it."
+        return [
+            html(f"<p class='p2c-error'>{render.esc(problem)}</p>"),
+            html(render.artifact_html(self.artifact, text)),
+        ]
+
+    # --- actions ---------------------------------------------------------------------------------------
+    def _guard(self, action: Callable[[], str | None]) -> None:
+        """The edge for button clicks: a P2CError becomes its message, anything else one line."""
+        try:
+            note = action()
+        except EditedArtifactError:
+            self.ask_confirmation()
+        except P2CError as exc:
+            self.show_error(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a click must never dump a traceback into the page
+            self.show_error(render.unexpected(exc))
+        else:
+            if note:
+                self.show_note(note)
+
+    def show_error(self, text: str) -> None:
+        self.message.value = f"<span class='p2c-error'>{render.esc(render.one_line(text))}</span>"
+
+    def show_note(self, text: str) -> None:
+        self.message.value = f"<span class='p2c-note'>{render.esc(render.one_line(text))}</span>"
+
+    def clear_message(self) -> None:
+        self.message.value = ""
+
+    def ask_confirmation(self) -> None:
+        show(self.confirm_button, True)
+        self.show_error(f"{self.artifact} holds your edits: click Confirm to regenerate it and lose them.")
+
+    def _approve(self) -> str:
+        approved = self.owner.approve(self.artifact)
+        return f"Approved {', '.join(approved)}."
+
+    def _open_editor(self) -> str | None:
+        self.editor.value = self.owner.read(self.artifact)
+        show(self.editor_box, True)
+        self.clear_message()
+        return None
+
+    def _close_editor(self) -> None:
+        show(self.editor_box, False)
+        self.clear_message()
+
+    def _save(self) -> str:
+        stale = self.owner.edit(self.artifact, self.editor.value)
+        show(self.editor_box, False)
+        return "Saved your edit." + (f" Now stale: {len(stale)} artifact(s) that depend on it." if stale else "")
+
+    def _regenerate(self, confirmed: bool) -> str | None:
+        if self.status == "edited" and not confirmed:
+            self.ask_confirmation()
+            return None
+        show(self.confirm_button, False)
+        feedback = self.feedback.value.strip() or None
+        self.show_note(f"Regenerating {self.artifact}…")  # before the job starts: it may finish at once
+        self.owner.regenerate(self.artifact, feedback, overwrite_edited=confirmed)
+        return None
+
+
+def dependency_graph(logic: LogicDesign, save_to: Path) -> str:
+    """The file dependency graph as an image (also saved into the run folder), or why there is none."""
+    uml = load_uml()
+    if uml is None:
+        return f"<p class='p2c-hint'>{render.esc(NO_UML)}</p>"
+    try:
+        svg = str(uml.dependency_graph_svg(logic))
+        atomic_write(save_to, svg)
+    except Exception as exc:  # noqa: BLE001 - DiagramError (missing Graphviz...) or OSError: one line
+        message = render.one_line(str(exc) or repr(exc))
+        return f"<p class='p2c-error'>No dependency graph: {render.esc(message)}</p>"
+    return render.svg_img(svg, "File dependency graph")
+
+
+class DiagramView:
+    """A diagram from the design: Mermaid rendered by JupyterLab, and a static PlantUML SVG on request."""
+
+    def __init__(self, title: str, name: str, mermaid: str, plantuml: str, run_dir: Path) -> None:
+        self.name = name
+        self.svg_path = run_dir / "planning" / f"{name}.svg"
+        self.mermaid = widgets.Output()
+        self.mermaid.add_class("p2c-mermaid")
+        # JupyterLab 4 renders text/vnd.mermaid itself (offline); other front ends show the source.
+        bundle = {"text/vnd.mermaid": mermaid, "text/plain": mermaid}
+        self.mermaid.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+        self.source = widgets.Textarea(value=plantuml, rows=6, layout=widgets.Layout(width="100%"))
+        self.source.add_class("p2c-diagram-source")
+        self.render_button = button(
+            "Render SVG", f"Render the PlantUML source to {self.svg_path.name}", "p2c-render-svg"
+        )
+        self.result = html("", "p2c-diagram-svg")
+        self.render_button.on_click(lambda _: self.render())
+        self.widget = widgets.VBox(
+            [
+                html(f"<b>{render.esc(title)}</b>"),
+                self.mermaid,
+                html(
+                    "<span class='p2c-hint'>PlantUML source (editable; Render SVG saves it to the run folder):</span>"
+                ),
+                self.source,
+                self.render_button,
+                self.result,
+            ]
+        )
+        self.widget.add_class("p2c-diagram")
+        self.widget.add_class(f"p2c-diagram-{name.replace('_', '-')}")
+        with contextlib.suppress(OSError):  # an SVG rendered since the design last changed is still current
+            design = run_dir / "planning" / "design.json"
+            if self.svg_path.stat().st_mtime >= design.stat().st_mtime:
+                self.result.value = render.svg_img(self.svg_path.read_text(encoding="utf-8"), title)
+
+    def render(self) -> None:
+        uml = load_uml()
+        if uml is None:
+            self.result.value = f"<p class='p2c-hint'>{render.esc(NO_UML)}</p>"
+            return
+        try:
+            svg = str(uml.render_plantuml(self.source.value))
+            atomic_write(self.svg_path, svg)
+        except Exception as exc:  # noqa: BLE001 - DiagramError or an OSError: shown next to the source
+            message = render.one_line(str(exc) or repr(exc))
+            self.result.value = f"<p class='p2c-error'>This diagram does not render: {render.esc(message)}</p>"
+            return
+        self.result.value = render.svg_img(svg, self.name)
+
+
+class RepoPanel:
+    """The generated repository: its file tree and a "Download zip" button."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.repo = run_dir / "repo"
+        self.tree = html("", "p2c-repo-tree")
+        self.badge = html("", "p2c-badge", "p2c-badge-missing")
+        self.download_button = button("Download zip", "Zip the repository into the run folder", "p2c-download")
+        self.link = html("", "p2c-download-box")
+        self.message = html("", "p2c-message")
+        self.download_button.on_click(lambda _: self.download())
+        head = widgets.HBox([html("<span>Repository</span>", "p2c-title"), self.badge])
+        head.add_class("p2c-panel-head")
+        self.widget = widgets.VBox([head, self.tree, widgets.HBox([self.download_button]), self.link, self.message])
+        for name in ("p2c-panel", "p2c-panel-repo"):
+            self.widget.add_class(name)
+        self._files: list[str] | None = None
+
+    def update(self, done: int, total: int) -> None:
+        files = repo_files(self.repo)
+        if files != self._files:
+            self._files = files
+            self.tree.value = tree_html(self.repo)
+        state = "approved" if total and done == total else ("generated" if done else "missing")
+        for status in render.STATUSES:
+            self.badge.remove_class(f"p2c-badge-{status}")
+        self.badge.add_class(f"p2c-badge-{state}")
+        self.badge.value = render.esc(f"{done}/{total} files")
+        self.download_button.disabled = not files
+
+    def download(self) -> None:
+        try:
+            archive = build_zip(self.repo, self.run_dir / f"{self.run_dir.name}-repo.zip")
+            self.link.value = download_html(archive)
+            self.message.value = ""
+        except P2CError as exc:
+            self.message.value = f"<span class='p2c-error'>{render.esc(render.one_line(str(exc)))}</span>"
+        except OSError as exc:
+            self.message.value = f"<span class='p2c-error'>{render.esc(render.unexpected(exc))}</span>"

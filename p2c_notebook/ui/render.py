@@ -1,0 +1,258 @@
+"""Safe HTML for the widgets: every piece of model or user text is escaped before it becomes markup.
+
+Nothing here imports ipywidgets, so the magics can use it in a terminal IPython too.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import re
+from importlib import resources
+from pathlib import Path
+
+from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
+from p2c_notebook.usage import Usage
+
+STATUSES = ("missing", "generated", "approved", "edited", "stale")
+_SLUG = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def slug(artifact: str) -> str:
+    """A CSS-class-safe name: `code/models/net.py` -> `code-models-net-py`."""
+    return _SLUG.sub("-", artifact).strip("-") or "artifact"
+
+
+def title_of(artifact: str) -> str:
+    titles = {
+        "paper": "Paper",
+        "plan": "Overall plan",
+        "design": "Architecture design",
+        "logic": "Logic design",
+        "config": "config.yaml",
+    }
+    if artifact in titles:
+        return titles[artifact]
+    stage, _, path = artifact.partition("/")
+    return f"{'Analysis' if stage == 'analysis' else 'Code'}: {path}"
+
+
+def usage_line(usage: Usage) -> str:
+    if not usage.calls:
+        return ""
+    calls = f"{usage.calls} call" + ("s" if usage.calls != 1 else "")
+    return f"{calls}, {usage.describe()}"
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Error messages for a panel: whitespace collapsed, cut to a readable length."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def unexpected(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return one_line(f"Unexpected error ({type(exc).__name__}){': ' + first if first else ''}")
+
+
+# --- code -----------------------------------------------------------------------------------------
+def highlight(code: str, filename: str = "", language: str = "") -> str:
+    """Syntax-highlighted HTML (Pygments escapes the text); a plain escaped <pre> without Pygments."""
+    try:
+        from pygments import highlight as pyg_highlight  # type: ignore[import-untyped]
+        from pygments.formatters import HtmlFormatter  # type: ignore[import-untyped]
+        from pygments.lexers import TextLexer, get_lexer_by_name, get_lexer_for_filename  # type: ignore[import-untyped]
+        from pygments.util import ClassNotFound  # type: ignore[import-untyped]
+    except ImportError:
+        return f'<pre class="p2c-code">{esc(code)}</pre>'
+    try:
+        lexer = get_lexer_by_name(language) if language else get_lexer_for_filename(filename or "x.txt")
+    except ClassNotFound:
+        lexer = TextLexer()
+    result: str = pyg_highlight(code, lexer, HtmlFormatter(cssclass="p2c-highlight"))
+    return result
+
+
+@functools.lru_cache(maxsize=1)
+def stylesheet() -> str:
+    """p2c.css (shipped as `p2c_notebook.assets`, or widgets/ in a checkout) plus Pygments' colours."""
+    css = ""
+    try:
+        css = resources.files("p2c_notebook.assets").joinpath("p2c.css").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        fallback = Path(__file__).resolve().parents[2] / "widgets" / "p2c.css"
+        if fallback.is_file():
+            css = fallback.read_text(encoding="utf-8")
+    try:
+        from pygments.formatters import HtmlFormatter
+
+        css += "\n" + str(HtmlFormatter().get_style_defs(".p2c-highlight"))
+    except ImportError:
+        pass
+    return css
+
+
+# --- Markdown: a small, escaping subset (headings, lists, quotes, fences, tables, emphasis, links) ---
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+.-]*)")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_BULLET = re.compile(r"^\s*[-*+]\s+(.*)$")
+_NUMBERED = re.compile(r"^\s*\d+[.)]\s+(.*)$")
+_RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$")
+_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|__(?=\S)(.+?)(?<=\S)__")
+_ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*]+?)(?<=\S)\*(?![\w*])|(?<![\w_])_(?=\S)([^_]+?)(?<=\S)_(?![\w_])")
+_LINK = re.compile(r"\[([^\]]+)\]\((https?://[^\s)]+)\)")
+
+
+def _inline(text: str) -> str:
+    parts = re.split(r"(`[^`]+`)", text)
+    out = []
+    for part in parts:
+        if len(part) > 1 and part.startswith("`") and part.endswith("`"):
+            out.append(f"<code>{esc(part[1:-1])}</code>")
+            continue
+        chunk = esc(part)  # after this there is no < > " ' left to abuse; the tags below are ours
+        chunk = _LINK.sub(r'<a href="\2" target="_blank" rel="noopener noreferrer">\1</a>', chunk)
+        chunk = _BOLD.sub(lambda m: f"<strong>{m.group(1) or m.group(2)}</strong>", chunk)
+        chunk = _ITALIC.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", chunk)
+        out.append(chunk)
+    return "".join(out)
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+def markdown_html(text: str) -> str:
+    """Markdown to HTML where no input text can become a tag, attribute or script."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    out: list[str] = []
+    para: list[str] = []
+    items: list[str] = []
+    list_tag = ""
+
+    def flush() -> None:
+        nonlocal list_tag
+        if para:
+            out.append(f"<p>{_inline(' '.join(para))}</p>")
+            para.clear()
+        if items:
+            out.append(f"<{list_tag}>" + "".join(f"<li>{i}</li>" for i in items) + f"</{list_tag}>")
+            items.clear()
+            list_tag = ""
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        fence = _FENCE.match(line)
+        if fence:
+            flush()
+            marker, language = fence.group(1), fence.group(2)
+            body: list[str] = []
+            i += 1
+            while i < len(lines) and not lines[i].strip().startswith(marker):
+                body.append(lines[i])
+                i += 1
+            out.append(highlight("\n".join(body) + "\n", language=language) if language else _pre(body))
+            i += 1
+            continue
+        if "|" in line and i + 1 < len(lines) and _TABLE_SEP.match(lines[i + 1]):
+            flush()
+            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(line))
+            rows = []
+            i += 2
+            while i < len(lines) and "|" in lines[i] and lines[i].strip():
+                rows.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(lines[i])) + "</tr>")
+                i += 1
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            continue
+        heading, bullet, numbered = _HEADING.match(line), _BULLET.match(line), _NUMBERED.match(line)
+        if not line.strip():
+            flush()
+        elif heading:
+            flush()
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif _RULE.match(line):
+            flush()
+            out.append("<hr>")
+        elif bullet or numbered:
+            tag = "ul" if bullet else "ol"
+            if para or (items and list_tag != tag):
+                flush()
+            list_tag = tag
+            items.append(_inline((bullet or numbered).group(1)))  # type: ignore[union-attr]
+        elif line.lstrip().startswith(">"):
+            flush()
+            out.append(f"<blockquote>{_inline(line.lstrip()[1:].strip())}</blockquote>")
+        elif items and line.startswith((" ", "\t")):
+            items[-1] += " " + _inline(line.strip())
+        else:
+            if items:
+                flush()
+            para.append(line.strip())
+        i += 1
+    flush()
+    return '<div class="p2c-markdown">' + "\n".join(out) + "</div>"
+
+
+def _pre(lines: list[str]) -> str:
+    return f'<pre class="p2c-code">{esc(chr(10).join(lines))}</pre>'
+
+
+# --- planning artifacts ------------------------------------------------------------------------------
+def design_html(design: ArchitectureDesign) -> str:
+    files = "".join(f"<li><code>{esc(f)}</code></li>" for f in design.file_list)
+    parts = [
+        "<h4>Implementation approach</h4>",
+        markdown_html(design.implementation_approach),
+        f"<h4>Files ({len(design.file_list)})</h4><ul class='p2c-files'>{files}</ul>",
+    ]
+    if design.open_questions:
+        questions = "".join(f"<li>{esc(q)}</li>" for q in design.open_questions)
+        parts.append(f"<h4>Open questions</h4><ul>{questions}</ul>")
+    return "".join(parts)
+
+
+def logic_html(logic: LogicDesign) -> str:
+    rows = "".join(
+        f"<tr><td>{n}</td><td><code>{esc(f.path)}</code></td><td>{esc(f.role)}</td>"
+        f"<td>{', '.join(f'<code>{esc(d)}</code>' for d in f.depends_on) or '—'}</td></tr>"
+        for n, f in enumerate(logic.files, 1)
+    )
+    parts = [
+        "<table class='p2c-table p2c-logic-table'><thead><tr><th>#</th><th>File</th><th>Role</th>"
+        f"<th>Depends on</th></tr></thead><tbody>{rows}</tbody></table>"
+    ]
+    if logic.required_packages:
+        packages = ", ".join(f"<code>{esc(p)}</code>" for p in logic.required_packages)
+        parts.append(f"<p><strong>Required packages:</strong> {packages}</p>")
+    if logic.shared_knowledge.strip():
+        parts.append("<h4>Shared knowledge</h4>" + markdown_html(logic.shared_knowledge))
+    if logic.open_questions:
+        questions = "".join(f"<li>{esc(q)}</li>" for q in logic.open_questions)
+        parts.append(f"<h4>Open questions</h4><ul>{questions}</ul>")
+    return "".join(parts)
+
+
+def svg_img(svg: str, alt: str) -> str:
+    """An SVG as an <img>: scripts inside an image never run, whatever the SVG holds."""
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return f'<img alt="{esc(alt)}" src="data:image/svg+xml;base64,{data}">'
+
+
+def artifact_html(artifact: str, text: str) -> str:
+    """The read-only rendering of one artifact (also used by `%p2c show`)."""
+    stage, _, path = artifact.partition("/")
+    if stage in ("plan", "analysis", "paper"):
+        return markdown_html(text)
+    if stage == "config":
+        return highlight(text, "config.yaml")
+    if stage in ("design", "logic"):
+        return highlight(text, f"{stage}.json")
+    return highlight(text, path)

@@ -1,0 +1,446 @@
+"""The walkthrough widget: the run folder as panels, and the controls that advance it.
+
+The widget's state comes from the run folder (`pipeline.rows()` and the files on disk), so re-running the
+cell after a kernel restart shows the run as it is. Runs happen on a background thread so the kernel stays
+responsive; `wait()` (or `block=True`) joins it. Events from the pipeline drive the live views.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets  # type: ignore[import-untyped]
+
+from p2c_notebook.errors import Cancelled, EditedArtifactError, P2CError, RunError
+from p2c_notebook.events import (
+    ArtifactSaved,
+    AwaitingApproval,
+    Event,
+    Notice,
+    Progress,
+    RunFinished,
+    RunStarted,
+    StageStarted,
+    TokenDelta,
+    UsageReported,
+)
+from p2c_notebook.pipeline import STEPS, Pipeline, Row, RunResult
+from p2c_notebook.settings import load_settings
+from p2c_notebook.store import RunStore, stage_of
+from p2c_notebook.ui import render
+from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, show
+from p2c_notebook.usage import Usage
+
+STAGE_NAMES = {
+    "plan": "overall plan",
+    "design": "architecture design",
+    "logic": "logic design",
+    "config": "config.yaml",
+    "analysis": "analysis",
+    "code": "code",
+}
+STREAM_INTERVAL = 0.1  # seconds between redraws of the streamed text
+STREAM_TAIL = 3000  # characters of streamed text kept on screen
+
+
+class Walkthrough:
+    """A widget over one Pipeline. Display it (it is displayable) or embed `.widget` in a layout."""
+
+    def __init__(self, pipeline: Pipeline, auto_approve: bool = False) -> None:
+        self.pipeline = pipeline
+        self.panels: dict[str, ArtifactPanel] = {}
+        self.last_result: RunResult | None = None
+        self.last_error: str | None = None
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._closed = False
+        self._cancel_requested = False
+        self._streams: dict[str, str] = {}
+        self._streaming = ""
+        self._stream_drawn = 0.0
+        self._notices: list[tuple[str, str]] = []
+
+        self.style = html(f"<style>{render.stylesheet()}</style>", "p2c-style")
+        self.header = html(self._header(), "p2c-header")
+        self.run_button = button("Run next stage", "Generate the next stage's artifacts", "p2c-run-next", "primary")
+        self.next_label = html("", "p2c-next", "p2c-hint")
+        self.auto_approve = widgets.Checkbox(value=auto_approve, description="Auto-approve", indent=False)
+        self.auto_approve.add_class("p2c-auto-approve")
+        self.stale_button = button("Re-run stale", "Regenerate every stale artifact", "p2c-rerun-stale", "warning")
+        self.cancel_button = button("Cancel", "Stop after the calls in flight; saved work is kept", "p2c-cancel-run")
+        self.refresh_button = button("Refresh", "Re-read the run folder from disk", "p2c-refresh")
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="0/0")
+        self.progress.add_class("p2c-progress")
+        self.meter = html("", "p2c-meter")
+        self.status_line = html("", "p2c-status-line")
+        self.notices = html("", "p2c-notices")
+        self.stream = html("", "p2c-stream")
+        show(self.stream, False)
+        toolbar = widgets.HBox(
+            [
+                self.run_button,
+                self.next_label,
+                self.auto_approve,
+                self.stale_button,
+                self.cancel_button,
+                self.refresh_button,
+            ]
+        )
+        toolbar.add_class("p2c-toolbar")
+        meters = widgets.HBox([self.progress, self.meter])
+        meters.add_class("p2c-toolbar")
+        self.progress_box = widgets.VBox([toolbar, meters, self.status_line, self.notices, self.stream])
+        self.progress_box.add_class("p2c-progress-box")
+        self.panel_box = widgets.VBox()
+        self.panel_box.add_class("p2c-panels")
+        self.repo_panel = RepoPanel(self.run_dir)
+        self.widget = widgets.VBox([self.style, self.header, self.progress_box, self.panel_box, self.repo_panel.widget])
+        self.widget.add_class("p2c-walkthrough")
+        self.progress_view = widgets.VBox([self.style, self.progress_box])
+        self.progress_view.add_class("p2c-walkthrough")
+
+        self.run_button.on_click(lambda _: self._click(self.run_stage))
+        self.stale_button.on_click(lambda _: self._click(self.rerun_stale))
+        self.cancel_button.on_click(lambda _: self.cancel())
+        self.refresh_button.on_click(lambda _: self._click(self.refresh))
+        pipeline.bus.subscribe(self._on_event)
+        self.refresh()
+
+    # --- display ---------------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Close the widgets and stop listening to the pipeline (which stays open)."""
+        self._closed = True
+        close_tree(self.progress_view)
+        close_tree(self.widget)
+
+    # --- the run folder --------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.pipeline.store.root
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    def panel(self, artifact: str) -> ArtifactPanel:
+        return self.panels[artifact]
+
+    def read(self, artifact: str) -> str:
+        return self.pipeline.store.read(artifact)
+
+    def refresh(self) -> None:
+        """Re-read the run folder (user edits on disk included) and redraw what changed."""
+        self._apply(self.pipeline.rows())
+
+    def _recorded_rows(self) -> list[Row]:
+        """Rows as the manifest records them, without re-hashing files: cheap and safe mid-run."""
+        known = {e.artifact: e for e in self.pipeline.store.entries()}
+        rows = []
+        for artifact in self.pipeline.order():
+            entry = known.get(artifact)
+            if entry is None:
+                rows.append(Row(artifact, "missing", "", Usage(calls=0)))
+            else:
+                rows.append(Row(artifact, entry.status, entry.path, entry.usage, entry.inputs_changed))
+        return rows
+
+    def _apply(self, rows: list[Row]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            rows = [r for r in rows if r.artifact != "paper"]
+            order = [r.artifact for r in rows]
+            if order != list(self.panels):
+                self._rebuild(order)
+            busy = self.busy
+            for row in rows:
+                entry = self.pipeline.store.entry(row.artifact)
+                self.panels[row.artifact].update(row, entry.sha256 if entry else None, busy)
+            nxt = self.next_stage(rows)
+            self.run_button.disabled = busy or nxt is None
+            self.next_label.value = render.esc(f"next: {STAGE_NAMES[nxt]}" if nxt else "all artifacts generated")
+            show(self.stale_button, any(r.status == "stale" for r in rows))
+            self.stale_button.disabled = busy
+            self.cancel_button.disabled = not busy
+            self._draw_meter(self.pipeline.store.spent())
+            code = [r for r in rows if stage_of(r.artifact) == "code"]
+            self.repo_panel.update(sum(r.status != "missing" for r in code), len(code))
+
+    def _rebuild(self, order: list[str]) -> None:
+        old = self.panels
+        self.panels = {a: old.pop(a) if a in old else ArtifactPanel(a, self) for a in order}
+        self.panel_box.children = [p.widget for p in self.panels.values()]
+        for gone in old.values():
+            close_tree(gone.widget)
+
+    def next_stage(self, rows: list[Row] | None = None) -> str | None:
+        """The first stage with a missing or stale artifact (None when everything is generated)."""
+        rows = rows if rows is not None else self.pipeline.rows()
+        todo = {stage_of(r.artifact) for r in rows if r.status in ("missing", "stale")}
+        if "logic" not in todo and not any(stage_of(r.artifact) == "code" for r in rows):
+            todo.update(("analysis", "code"))  # the file list is unknown until the logic design exists
+        return next((step for step in STEPS if step in todo), None)
+
+    # --- actions (each raises P2CError; the buttons show it in the page) -------------------------------
+    def approve(self, artifact: str) -> list[str]:
+        self._require_idle()
+        approved = self.pipeline.approve(artifact)
+        self.refresh()
+        return approved
+
+    def edit(self, artifact: str, text: str) -> list[str]:
+        """Save the user's version (validated by the pipeline); returns the artifacts it made stale."""
+        self._require_idle()
+        before = {r.artifact for r in self.pipeline.rows() if r.status == "stale"}
+        self.pipeline.edit(artifact, text)
+        rows = self.pipeline.rows()
+        self._apply(rows)
+        return [r.artifact for r in rows if r.status == "stale" and r.artifact not in before]
+
+    def regenerate(
+        self, artifact: str, feedback: str | None = None, overwrite_edited: bool = False, block: bool = False
+    ) -> None:
+        """Generate one artifact again on the background thread; `feedback` goes to the model."""
+        panel = self.panels.get(artifact)
+
+        def work() -> str:
+            self.pipeline.regenerate(artifact, feedback, overwrite_edited)
+            if panel is not None:
+                panel.feedback.value = ""
+                panel.show_note(f"Regenerated {artifact}" + (" with your feedback." if feedback else "."))
+            return f"Regenerated {artifact}; what depends on it is now stale."
+
+        self._start(f"Regenerating {artifact}", work, panel, block)
+
+    def run(
+        self,
+        from_stage: str | None = None,
+        until: str | None = None,
+        require_approval: bool | None = None,
+        overwrite_edited: bool = False,
+        block: bool = False,
+    ) -> None:
+        """`Pipeline.run` on the background thread; approval is required unless Auto-approve is ticked."""
+        require = not self.auto_approve.value if require_approval is None else require_approval
+
+        def work() -> str:
+            result = self.pipeline.run(from_stage, until, require, overwrite_edited)
+            self.last_result = result
+            if result.state == "paused":
+                return (
+                    f"Waiting for approval of {', '.join(result.pending)}: click Approve in their panels "
+                    "(or tick Auto-approve), then Run next stage."
+                )
+            return result.message
+
+        label = f"Running until {STAGE_NAMES.get(until or 'code', until)}"
+        self._start(label, work, None, block)
+
+    def run_stage(self, stage: str | None = None, block: bool = False) -> None:
+        """Run one stage (default: the next one) — what the "Run next stage" button does."""
+        stage = stage or self.next_stage()
+        if stage is None:
+            raise RunError(f"Nothing left to do: the repository is in {self.run_dir / 'repo'}.")
+        self.run(until=stage, block=block)
+
+    def rerun_stale(self, block: bool = False) -> None:
+        stale = [r.artifact for r in self.pipeline.rows() if r.status == "stale"]
+        if not stale:
+            raise RunError("Nothing is stale.")
+        last = max((stage_of(a) for a in stale), key=STEPS.index)
+        self.run(until=last, block=block)
+
+    def cancel(self) -> None:
+        """Ask the running job to stop after the calls in flight; what is saved stays saved."""
+        self._cancel_requested = True
+        self.pipeline.cancel()
+        if self.busy:
+            self._status("Cancelling after the calls in flight…", "hint")
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Join the background job; an interrupt (Ctrl-C, kernel interrupt) cancels it cleanly."""
+        thread = self._thread
+        if thread is not None:
+            try:
+                thread.join(timeout)
+            except KeyboardInterrupt:
+                self.cancel()
+                thread.join()
+        return self.last_result
+
+    # --- the background job ----------------------------------------------------------------------------
+    def _require_idle(self) -> None:
+        if self._closed:
+            raise RunError("This walkthrough was closed; create a new one to continue.")
+        if self.busy:
+            raise RunError("A run is in progress: wait for it to finish, or click Cancel.")
+
+    def _start(self, label: str, work: Callable[[], str], panel: ArtifactPanel | None, block: bool) -> None:
+        with self._lock:
+            self._require_idle()
+            self._running = True
+            self._cancel_requested = False
+            self.last_error = None
+            self._streams.clear()
+            self._notices.clear()
+            self.notices.value = ""
+            self._thread = threading.Thread(target=self._job, args=(work, panel), name="p2c-walkthrough", daemon=True)
+        self._status(label + "…", "hint")
+        self._set_busy(True)
+        self._thread.start()
+        if block:
+            self.wait()
+
+    def _job(self, work: Callable[[], str], panel: ArtifactPanel | None) -> None:
+        message, level = "", "note"
+        try:
+            message = work()
+        except Cancelled as exc:
+            message, level = str(exc), "hint"
+        except EditedArtifactError as exc:
+            message, level = str(exc), "error"
+            if panel is not None:
+                panel.ask_confirmation()  # says it in the panel, with the Confirm button
+                panel = None
+        except P2CError as exc:
+            message, level = str(exc), "error"
+        except Exception as exc:  # noqa: BLE001 - the thread's edge: one line in the page, never a traceback
+            message, level = render.unexpected(exc), "error"
+        if level == "error":
+            self.last_error = render.one_line(message)
+            if panel is not None:
+                panel.show_error(message)
+        with self._lock:
+            self._running = False
+        self._draw_stream(force=True)
+        try:
+            self.refresh()
+        except P2CError as exc:
+            message, level = f"{message} (then: {exc})", "error"
+        self._status(message, level)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_button.disabled = busy
+        self.stale_button.disabled = busy
+        self.cancel_button.disabled = not busy
+        for panel in self.panels.values():
+            panel.set_busy(busy)
+
+    def _click(self, action: Callable[[], object]) -> None:
+        """The edge for toolbar buttons."""
+        try:
+            action()
+        except P2CError as exc:
+            self._status(str(exc), "error")
+        except Exception as exc:  # noqa: BLE001 - never a traceback in the page
+            self._status(render.unexpected(exc), "error")
+
+    def _status(self, text: str, level: str) -> None:
+        if self._closed:
+            return
+        self.status_line.value = f"<span class='p2c-{level}'>{render.esc(render.one_line(text, 600))}</span>"
+
+    # --- live views from pipeline events ---------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        """The pipeline's sink: runs on its threads, so it only updates a few widgets and never raises."""
+        if self._closed:
+            return
+        try:
+            self._handle(event)
+        except Exception as exc:  # noqa: BLE001 - a display problem must not break the run
+            self._status(f"(display) {render.unexpected(exc)}", "error")
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, TokenDelta):
+            with self._lock:
+                text = self._streams.get(event.artifact, "") + event.text
+                self._streams[event.artifact] = text[-STREAM_TAIL:]
+                self._streaming = event.artifact
+            self._draw_stream()
+        elif isinstance(event, StageStarted):
+            with self._lock:
+                self._streams[event.artifact] = ""
+                self._streaming = event.artifact
+            self._draw_stream(force=True)
+        elif isinstance(event, RunStarted):
+            if self._cancel_requested:  # Cancel clicked before the run cleared the pipeline's flag
+                self.pipeline.cancel()
+            self._draw_progress(0, event.steps)
+        elif isinstance(event, Progress):
+            self._draw_progress(event.done, event.total)
+        elif isinstance(event, UsageReported):
+            self._draw_meter(event.total)
+        elif isinstance(event, ArtifactSaved):
+            self._draw_stream(force=True)
+            self._apply(self._recorded_rows())
+        elif isinstance(event, Notice) and event.level != "error":  # errors reach the status line
+            with self._lock:
+                self._notices = [*self._notices[-4:], (event.level, event.message)]
+                items = "".join(
+                    f"<div class='p2c-notice-{level}'>{render.esc(render.one_line(text, 300))}</div>"
+                    for level, text in self._notices
+                )
+            self.notices.value = items
+        elif isinstance(event, AwaitingApproval):
+            self._status(f"Waiting for approval of {', '.join(event.pending)} before {event.next_stage}.", "hint")
+        elif isinstance(event, RunFinished):
+            self._draw_meter(event.total)
+            self._draw_stream(force=True)
+
+    def _draw_progress(self, done: int, total: int) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, self.progress.max)
+        self.progress.description = f"{done}/{total}"
+
+    def _draw_meter(self, total: Usage) -> None:
+        text = f"Tokens for this run: {total.describe()}"
+        if self.meter.value != render.esc(text):
+            self.meter.value = render.esc(text)
+
+    def _draw_stream(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._stream_drawn < STREAM_INTERVAL:
+            return
+        self._stream_drawn = now
+        with self._lock:
+            artifact, text = self._streaming, self._streams.get(self._streaming, "")
+        if not artifact:
+            return
+        show(self.stream, True)
+        title = f"{'Streaming' if self.busy else 'Last reply'}: {artifact}"
+        self.stream.value = f"<div class='p2c-hint'>{render.esc(title)}</div><pre>{render.esc(text)}</pre>"
+
+    def _header(self) -> str:
+        paper = self.pipeline.store.meta.get("paper", {})
+        source = Path(str(paper.get("source", ""))).name if isinstance(paper, dict) else ""
+        parts = [
+            "<b>p2c walkthrough</b>",
+            f"run <code>{render.esc(str(self.run_dir))}</code>",
+            f"model <code>{render.esc(self.pipeline.settings.model)}</code>",
+        ]
+        if source:
+            parts.insert(1, f"paper <code>{render.esc(source)}</code>")
+        return " · ".join(parts)
+
+
+def walkthrough(
+    paper_or_run: Path | str, out: Path | str | None = None, auto_approve: bool = False, **settings: Any
+) -> Walkthrough:
+    """Open a run folder (or start one from a paper) and return its walkthrough widget.
+
+    `settings` are overrides for `load_settings` (model, base_url, api_key, backend, ...).
+    """
+    resolved = load_settings(settings)
+    if RunStore.is_run(paper_or_run):
+        pipeline = Pipeline.open(paper_or_run, settings=resolved)
+    else:
+        pipeline = Pipeline.start(paper_or_run, out, settings=resolved)
+    return Walkthrough(pipeline, auto_approve=auto_approve)

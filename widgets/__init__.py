@@ -1,0 +1,1 @@
+"""Front-end assets of the notebook widgets (installed as `p2c_notebook.assets`)."""
