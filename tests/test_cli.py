@@ -156,3 +156,17 @@ def test_sigkill_during_coding_then_rerun_repeats_no_saved_call(serve: Any, pape
         if path.suffix == ".py":
             ast.parse(path.read_text())
     assert not list(run.rglob("*.tmp"))
+
+
+def test_api_key_never_reaches_output_run_folder_or_logs(
+    env: Any, paper_md: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    env.add_fault({"stage": "logic", "kind": "malformed"})
+    assert main(["run", str(paper_md), "--out", str(run), "-v"]) == 0
+    main(["status", str(run)])
+    out = capsys.readouterr()
+    assert API_KEY not in out.out + out.err
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path

@@ -318,3 +318,19 @@ def test_cancel_discards_the_artifact_in_progress_and_keeps_the_rest(
     pipeline.bus = type(pipeline.bus)()
     assert pipeline.run().state == "done"
     pipeline.close()
+
+
+def test_server_without_structured_output_falls_back_to_tolerant_parsing(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    scenario = small_scenario()
+    scenario["faults"] = [
+        {"stage": "design", "kind": "status", "status": 400, "message": "response_format json_schema is not supported"}
+    ]
+    server = serve(scenario)
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        assert pipeline.run().state == "done"
+    design_calls = [r for r in server.requests if r["stage"] == "design"]
+    assert design_calls[0]["response_format"]["type"] == "json_schema"
+    assert design_calls[1]["response_format"] is None
+    assert all(r["response_format"] is None for r in server.requests if r["stage"] == "logic")
