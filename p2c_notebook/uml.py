@@ -285,12 +285,11 @@ class PlantUMLRenderer:
                 return
             if kill:
                 proc.kill()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                try:
-                    if stream is not None:
-                        stream.close()
-                except OSError:
-                    pass
+            try:  # end of input ends plantuml -pipe; its output pipes are closed by the pump threads at EOF
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            except OSError:
+                pass
             try:
                 proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
@@ -447,9 +446,11 @@ class _Died(Exception):
 
 
 def _pump_bytes(stream: IO[bytes], sink: queue.Queue[bytes | None]) -> None:
+    """Move Java's stdout into a queue as it arrives (None at EOF), so reads can time out portably."""
+    fd = stream.fileno()
     try:
         while True:
-            chunk = os.read(stream.fileno(), 65536)
+            chunk = os.read(fd, 65536)
             if not chunk:
                 break
             sink.put(chunk)
@@ -457,14 +458,18 @@ def _pump_bytes(stream: IO[bytes], sink: queue.Queue[bytes | None]) -> None:
         pass
     finally:
         sink.put(None)
+        stream.close()
 
 
 def _pump_lines(stream: IO[bytes], sink: collections.deque[str]) -> None:
+    """Keep Java's stderr drained (a full pipe would block it) and its last lines for error messages."""
     try:
         for raw in stream:
             sink.append(raw.decode("utf-8", errors="replace").rstrip())
     except (OSError, ValueError):
         pass
+    finally:
+        stream.close()
 
 
 _DEFAULT: PlantUMLRenderer | None = None

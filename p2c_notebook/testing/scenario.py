@@ -98,6 +98,12 @@ class ResponseRule(Reply, _Rule):
     def _sequence_given(self) -> int:
         return int(self.replies is not None)
 
+    @model_validator(mode="after")
+    def _first_reply(self) -> ResponseRule:
+        if self.replies is not None:
+            self._text = self.replies[0].text
+        return self
+
     def reply_at(self, index: int) -> Reply:
         """The reply for the `index`-th (0-based) matching request."""
         if self.replies is None:

@@ -307,7 +307,10 @@ class P2CMagics(Magics):
 
     def _cmd_status(self, args: argparse.Namespace, cell: str | None) -> None:
         pipeline = self.require()
-        rows = [r for r in pipeline.rows() if r.artifact != "paper"]
+        busy = self.walkthrough is not None and self.walkthrough.busy
+        # mid-run, read the manifest as recorded; the running pipeline keeps it current
+        recorded = self.walkthrough.recorded_rows() if self.walkthrough is not None and busy else pipeline.rows()
+        rows = [r for r in recorded if r.artifact != "paper"]
         width = max(len(r.artifact) for r in rows)
         lines, cells = [], []
         for row in rows:
@@ -326,7 +329,7 @@ class P2CMagics(Magics):
             f"<tbody>{''.join(cells)}</tbody></table><p>{render.esc(footer)}</p>"
         )
         display({"text/plain": "\n".join([*lines, footer]), "text/html": table}, raw=True)
-        if self.walkthrough is not None and not self.walkthrough.busy:
+        if self.walkthrough is not None and not busy:
             self.walkthrough.refresh()
 
     def _cmd_show(self, args: argparse.Namespace, cell: str | None) -> None:

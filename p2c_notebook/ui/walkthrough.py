@@ -140,7 +140,7 @@ class Walkthrough:
         """Re-read the run folder (user edits on disk included) and redraw what changed."""
         self._apply(self.pipeline.rows())
 
-    def _recorded_rows(self) -> list[Row]:
+    def recorded_rows(self) -> list[Row]:
         """Rows as the manifest records them, without re-hashing files: cheap and safe mid-run."""
         known = {e.artifact: e for e in self.pipeline.store.entries()}
         rows = []
@@ -380,7 +380,7 @@ class Walkthrough:
             self._draw_meter(event.total)
         elif isinstance(event, ArtifactSaved):
             self._draw_stream(force=True)
-            self._apply(self._recorded_rows())
+            self._apply(self.recorded_rows())
         elif isinstance(event, Notice) and event.level != "error":  # errors reach the status line
             with self._lock:
                 self._notices = [*self._notices[-4:], (event.level, event.message)]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the tests need (Debian/Ubuntu): a Java runtime for PlantUML, Graphviz's dot.
+# Installs only what is missing, so a second run costs nothing.
+set -euo pipefail
+need=()
+command -v java >/dev/null || need+=(default-jre-headless)
+command -v dot >/dev/null || need+=(graphviz)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if ! command -v apt-get >/dev/null; then
+  echo "Please install: ${need[*]} (Java runtime, Graphviz) with your system's package manager." >&2
+  exit 1
+fi
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
