@@ -103,6 +103,7 @@ class StageContext:
         )
         where = f"{stage}" + (f" of {file}" if file else "")
         error = ""
+
         def on_delta(text: str) -> None:
             if self.cancel.is_set():  # abandons the stream: the artifact in progress is discarded
                 raise Cancelled(f"Cancelled while generating {artifact}; everything saved before is kept.")

@@ -167,7 +167,9 @@ class Pipeline:
         return ["paper", *PLANNING, *(f"analysis/{f}" for f in files), *(f"code/{f}" for f in files)]
 
     def rows(self) -> list[Row]:
-        self.store.refresh(self.order())
+        """Each artifact's status as the files on disk say now (read-only: safe while another process runs)."""
+        self.store.reload()
+        self.store.refresh(self.order(), persist=False)
         rows = []
         known = {e.artifact: e for e in self.store.entries()}
         for artifact in self.order():
@@ -290,7 +292,11 @@ class Pipeline:
                         running[pool.submit(self._file_step, ctx, artifact)] = artifact
                 if not running:
                     break
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                try:
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    self._cancel.set()  # streams in flight stop at their next token
+                    raise
                 for future in finished:
                     artifact = running.pop(future)
                     try:

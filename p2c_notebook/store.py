@@ -132,16 +132,26 @@ class RunStore:
             "artifacts": {},
             "spent": Usage().to_dict(),
         }
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the manifest from disk: another process (CLI, second notebook) may have advanced the run.
+
+        Held under the lock that writers in this process hold while they modify and flush.
+        """
         manifest = self.root / MANIFEST
-        if manifest.exists():
+        with self._lock:
+            if not manifest.exists():
+                return
             try:
-                self._data = json.loads(manifest.read_text(encoding="utf-8"))
+                data = json.loads(manifest.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise RunError(
                     f"The manifest {manifest} is unreadable ({exc}). Restore it or start a new run."
                 ) from None
-            if not isinstance(self._data, dict) or "artifacts" not in self._data:
+            if not isinstance(data, dict) or "artifacts" not in data:
                 raise RunError(f"{manifest} is not a p2c-notebook manifest. Choose another run folder.")
+            self._data = data
 
     @staticmethod
     def is_run(path: Path | str) -> bool:
@@ -238,7 +248,7 @@ class RunStore:
         return target
 
     # --- derived status -------------------------------------------------------------------------
-    def refresh(self, order: list[str]) -> list[str]:
+    def refresh(self, order: list[str], persist: bool = True) -> list[str]:
         """Detect user edits and propagate staleness along `order` (dependencies first).
 
         Returns messages about what changed, for the caller to emit as notices.
@@ -274,7 +284,8 @@ class RunStore:
                 if changed or raw["status"] == "stale":  # stale stays stale until regenerated
                     stale.add(name)
                     raw["status"] = "stale"
-            self._flush()
+            if persist:
+                self._flush()
         return notes
 
     def _remove_temp_files(self) -> None:
@@ -309,6 +320,8 @@ class RunStore:
             handle.truncate()
             handle.write(f"pid {os.getpid()}")
             handle.flush()
+            with self._lock:
+                self.reload()
             self._remove_temp_files()
             yield
         finally:

@@ -354,7 +354,7 @@ def test_render_svg_saves_the_diagram_into_the_run_folder(finished: tuple[Any, P
     wt = open_walkthrough(server, run)
     view = next(c for c in wt.panel("design").content.children if "p2c-diagram-class-diagram" in c._dom_classes)
     view.children[4].click()  # Render SVG
-    assert (run / "planning/class_diagram.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert "<svg" in (run / "planning/class_diagram.svg").read_text()
     assert "data:image/svg+xml;base64," in view.children[5].value
 
 
@@ -532,7 +532,7 @@ def test_magics_in_widget_mode_use_the_walkthrough(
     assert wt is not None and list(wt.panels) == ["plan", "design", "logic", "config"]
     p2c(shell, "plan")
     assert "Stopped after config as asked." in capsys.readouterr().out
-    assert {badge(wt, a) for a in ("plan", "design", "logic", "config")} == {frozenset({"p2c-badge-generated"})}
+    assert all(badge(wt, a) == {"p2c-badge-generated"} for a in ("plan", "design", "logic", "config"))
     p2c(shell, "code --background")
     assert "Running in the background" in capsys.readouterr().out
     p2c(shell, "status")  # refused politely while the run is going, or shown when it already finished
@@ -569,7 +569,7 @@ def test_notebook_runs_the_magics_in_a_kernel(serve: Any, paper_md: Path, tmp_pa
         f"%p2c use --base-url {server.base_url} --api-key {API_KEY}",
         f"%p2c load {paper_md} --out run",
         "%p2c plan",
-        "%p2c approve planning\n%p2c run --approve-each",
+        "%p2c approve planning\n%p2c run",
         "wt = get_ipython().magics_manager.registry['P2CMagics'].walkthrough\n"
         "print(sorted({p.status for p in wt.panels.values()}), wt.last_error)",
     ]
