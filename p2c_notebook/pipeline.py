@@ -440,6 +440,7 @@ class Pipeline:
 
     def regenerate(self, artifact: str, feedback: str | None = None, overwrite_edited: bool = False) -> Entry:
         """Generate one artifact again (optionally with feedback); its dependents become stale."""
+        self._cancel.clear()
         with self.store.locked():
             self.store.refresh(self.order())
             entry = self.store.entry(artifact)

@@ -22,6 +22,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import p2c_notebook
 from p2c_notebook.events import Event, StageStarted
 from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.store import artifact_file
 from p2c_notebook.ui import Walkthrough, walkthrough
 from p2c_notebook.ui.magics import P2CMagics
 from p2c_notebook.ui.panels import DiagramView, load_uml
@@ -93,6 +94,7 @@ def test_one_panel_per_artifact_in_pipeline_order(finished: tuple[Any, Path]) ->
     logic_html = "".join(html_values(wt.panel("logic").widget))
     assert "p2c-logic-table" in logic_html and "models/net.py" in logic_html and "the model" in logic_html
     assert "main.py" in wt.repo_panel.tree.value and "3/3 files" in wt.repo_panel.badge.value
+    assert "p2c-badge-complete" in wt.repo_panel.badge._dom_classes
     assert wt.run_button.disabled and "all artifacts generated" in wt.next_label.value
     assert wt.stale_button.layout.display == "none"
     assert "in" in wt.meter.value and "$" in wt.meter.value
@@ -174,7 +176,7 @@ def test_an_invalid_edit_shows_an_error_and_keeps_the_file(
 ) -> None:
     server, run = finished
     wt = open_walkthrough(server, run)
-    path = run / Pipeline.open(run).store.entry(artifact).path  # type: ignore[union-attr]
+    path = run / artifact_file(artifact)
     original = path.read_text()
     panel = wt.panel(artifact)
     panel.edit_button.click()
@@ -273,6 +275,17 @@ def test_cancel_stops_the_running_stage(serve: Any, paper_md: Path, tmp_path: Pa
     assert not wt.busy and wt.cancel_button.disabled and not wt.run_button.disabled
     assert "Cancelled" in wt.status_line.value and wt.last_error is None
     assert "plan" not in manifest(run) and badge(wt, "plan") == {"p2c-badge-missing"}
+
+
+def test_regenerate_works_after_a_cancelled_run(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario(token_latency=0.02))  # the design streams for seconds: Cancel lands mid-run
+    run = make_run(server, paper_md, tmp_path / "run", until="plan")
+    wt = open_walkthrough(server, run)
+    wt.run(until="design", require_approval=False)
+    wt.cancel()
+    wt.wait(timeout=30)
+    wt.regenerate("plan", block=True)
+    assert wt.last_error is None and "Regenerated plan" in wt.status_line.value
 
 
 def test_a_failing_model_server_shows_one_line_not_a_traceback(serve: Any, paper_md: Path, tmp_path: Path) -> None:
@@ -442,9 +455,10 @@ def test_magics_never_show_the_api_key(
     p2c(shell, "status")
     p2c(shell, "use --model gpt-4o")  # reopens the run with the new settings
     p2c(shell, "use")
+    p2c(shell, "use --base-url http://me:hunter2@proxy.invalid/v1")
     captured = capsys.readouterr()
-    assert API_KEY not in captured.out + captured.err
-    assert captured.out.count("key: set") == 3
+    assert API_KEY not in captured.out + captured.err and "hunter2" not in captured.out + captured.err
+    assert captured.out.count("key: set") == 4 and "http://***@proxy.invalid/v1" in captured.out
     assert (tmp_path / "runs/toy/repo/main.py").exists()
     assert API_KEY not in (tmp_path / "runs/toy/logs/run.log").read_text()
 
@@ -535,7 +549,7 @@ def test_magics_in_widget_mode_use_the_walkthrough(
     assert all(badge(wt, a) == {"p2c-badge-generated"} for a in ("plan", "design", "logic", "config"))
     p2c(shell, "code --background")
     assert "Running in the background" in capsys.readouterr().out
-    p2c(shell, "status")  # refused politely while the run is going, or shown when it already finished
+    p2c(shell, "status")  # mid-run it shows the manifest as recorded
     result = wt.wait(timeout=30)
     assert result is not None and result.state == "done" and wt.panel("code/main.py").status == "generated"
     p2c(shell, "approve code")

@@ -379,8 +379,8 @@ class RepoPanel:
         if files != self._files:
             self._files = files
             self.tree.value = tree_html(self.repo)
-        state = "approved" if total and done == total else ("generated" if done else "missing")
-        for status in render.STATUSES:
+        state = "complete" if total and done == total else ("partial" if done else "missing")
+        for status in ("complete", "partial", "missing"):
             self.badge.remove_class(f"p2c-badge-{status}")
         self.badge.add_class(f"p2c-badge-{state}")
         self.badge.value = render.esc(f"{done}/{total} files")

@@ -15,7 +15,6 @@ from pathlib import Path
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.usage import Usage
 
-STATUSES = ("missing", "generated", "approved", "edited", "stale")
 _SLUG = re.compile(r"[^A-Za-z0-9_]+")
 
 

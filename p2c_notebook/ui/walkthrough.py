@@ -137,8 +137,11 @@ class Walkthrough:
         return self.pipeline.store.read(artifact)
 
     def refresh(self) -> None:
-        """Re-read the run folder (user edits on disk included) and redraw what changed."""
-        self._apply(self.pipeline.rows())
+        """Re-read the run folder (user edits on disk included) and redraw what changed.
+
+        While a job runs, the manifest is read as recorded: the running pipeline keeps it current.
+        """
+        self._apply(self.recorded_rows() if self.busy else self.pipeline.rows())
 
     def recorded_rows(self) -> list[Row]:
         """Rows as the manifest records them, without re-hashing files: cheap and safe mid-run."""
@@ -260,10 +263,11 @@ class Walkthrough:
 
     def cancel(self) -> None:
         """Ask the running job to stop after the calls in flight; what is saved stays saved."""
+        if not self.busy:  # the pipeline's flag would outlive this click and stop the next regeneration
+            return
         self._cancel_requested = True
         self.pipeline.cancel()
-        if self.busy:
-            self._status("Cancelling after the calls in flight…", "hint")
+        self._status("Cancelling after the calls in flight…", "hint")
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
         """Join the background job; an interrupt (Ctrl-C, kernel interrupt) cancels it cleanly."""
