@@ -107,6 +107,10 @@ class OpenAIBackend:
             }
         elif request.schema is not None and mode == "json_object":
             params["response_format"] = {"type": "json_object"}
+        elif request.schema is not None and mode == "json_object_schema":
+            params["response_format"] = {"type": "json_object", "schema": request.schema}
+        if s.extra_body:
+            params["extra_body"] = dict(s.extra_body)
         params["extra_headers"] = {
             "X-P2C-Stage": request.stage,
             "X-P2C-File": request.file,
@@ -207,11 +211,49 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def make_backend(settings: Settings) -> Backend:
-    """Build the backend a settings object names."""
+def choose_backend(settings: Settings) -> tuple[str, str]:
+    """(kind, argument) of the backend to build. `auto`: a configured key or base URL means an
+    OpenAI-compatible server; nothing configured means the local model."""
     kind, _, arg = settings.backend.partition(":")
+    if kind == "auto":
+        return ("openai", "") if settings.base_url or settings.api_key else ("local", arg)
+    return kind, arg
+
+
+def make_backend(settings: Settings, notify: Callable[[str], None] | None = None) -> Backend:
+    """Build the backend a settings object names (wrapped in a recorder with `settings.record`).
+
+    `notify` receives one line when the choice is not obvious from the settings (auto -> local model).
+    """
+    backend = _make(settings, notify)
+    if settings.record:
+        from p2c_notebook.replay import RecordingBackend
+
+        secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
+        return RecordingBackend(backend, settings.record, secrets)
+    return backend
+
+
+def _make(settings: Settings, notify: Callable[[str], None] | None) -> Backend:
+    kind, arg = choose_backend(settings)
     if kind == "openai":
         return OpenAIBackend(settings)
+    if kind == "local":
+        from p2c_notebook.local import LocalBackend, describe_choice
+
+        model = arg or settings.local_model
+        if notify and settings.backend.partition(":")[0] == "auto":
+            notify(
+                f"No OPENAI_API_KEY or OPENAI_BASE_URL set: running the local model {describe_choice(model)} "
+                "on this machine; set OPENAI_API_KEY or OPENAI_BASE_URL, or pass --backend openai, to use a server."
+            )
+        return LocalBackend(settings, model)
+    if kind == "replay":
+        if not arg:
+            raise ConfigError("--backend replay needs a cassette file: --backend replay:CASSETTE.jsonl")
+        from p2c_notebook.replay import ReplayBackend
+
+        return ReplayBackend(arg)
     if kind == "scripted":
         if not arg:
             raise ConfigError("--backend scripted needs a scenario file: --backend scripted:SCENARIO.yaml")
@@ -222,4 +264,7 @@ def make_backend(settings: Settings) -> Backend:
         model = settings.model if "model" in settings.model_fields_set else "scripted"
         scripted = settings.model_copy(update={"base_url": base_url, "api_key": None, "model": model})
         return OpenAIBackend(scripted, on_close=server.stop)
-    raise ConfigError(f"Unknown backend {settings.backend!r}: use 'openai' or 'scripted:SCENARIO.yaml'.")
+    raise ConfigError(
+        f"Unknown backend {settings.backend!r}: use auto, openai, local[:MODEL], replay:CASSETTE.jsonl "
+        "or scripted:SCENARIO.yaml."
+    )

@@ -32,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="model name (P2C_MODEL)")
     run.add_argument("--base-url", help="OpenAI-compatible server URL (OPENAI_BASE_URL / P2C_BASE_URL)")
     run.add_argument("--api-key", help="API key (prefer OPENAI_API_KEY: flags end up in shell history)")
-    run.add_argument("--backend", help="openai (default) or scripted:SCENARIO.yaml")
+    run.add_argument(
+        "--backend",
+        help="openai (default), auto, local[:MODEL or .gguf], replay:CASSETTE.jsonl or scripted:SCENARIO.yaml",
+    )
+    run.add_argument("--record", metavar="CASSETTE", help="append every model call to this .jsonl cassette")
     run.add_argument("--from", dest="from_stage", metavar="STAGE", help=f"redo from this stage: {STAGES}")
     run.add_argument("--until", metavar="STAGE", help="stop after this stage")
     run.add_argument(
@@ -70,6 +74,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "base_url": args.base_url,
         "api_key": args.api_key,
         "backend": args.backend,
+        "record": args.record,
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
         "reasoning_effort": args.reasoning_effort,

@@ -6,8 +6,8 @@ import re
 
 from p2c_notebook.artifacts import ArchitectureDesign
 
-_MERMAID_ARROWS = {"inherits": "<|--", "composes": "*--", "aggregates": "o--", "uses": "<.."}
-_PLANTUML_ARROWS = {"inherits": "<|--", "composes": "*--", "aggregates": "o--", "uses": "<.."}
+# Mermaid and PlantUML happen to spell UML relations the same way.
+_ARROWS = {"inherits": "<|--", "composes": "*--", "aggregates": "o--", "uses": "<.."}
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -32,7 +32,7 @@ def class_diagram_mermaid(design: ArchitectureDesign) -> str:
             lines.append(f"        +{_label(method.name)}({_label(method.args)}) {_label(method.returns)}".rstrip())
         lines.append("    }")
     for rel in design.relations:
-        arrow = _MERMAID_ARROWS[rel.kind]
+        arrow = _ARROWS[rel.kind]
         label = f" : {_label(rel.label)}" if _label(rel.label) else ""
         lines.append(f"    {_ident(rel.target)} {arrow} {_ident(rel.source)}{label}")
     return "\n".join(lines) + "\n"
@@ -60,7 +60,7 @@ def class_diagram_plantuml(design: ArchitectureDesign) -> str:
         lines.append("}")
     for rel in design.relations:
         label = f" : {_label(rel.label)}" if _label(rel.label) else ""
-        lines.append(f"{_ident(rel.target)} {_PLANTUML_ARROWS[rel.kind]} {_ident(rel.source)}{label}")
+        lines.append(f"{_ident(rel.target)} {_ARROWS[rel.kind]} {_ident(rel.source)}{label}")
     lines.append("@enduml")
     return "\n".join(lines) + "\n"
 

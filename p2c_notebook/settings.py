@@ -28,13 +28,19 @@ _ENV = {
     "P2C_STREAM": "stream",
     "P2C_TIMEOUT": "timeout",
     "P2C_MAX_RETRIES": "max_retries",
+    "P2C_LOCAL_MODEL": "local_model",
+    "P2C_LOCAL_N_CTX": "local_n_ctx",
+    "P2C_RECORD": "record",
 }
 
 
 class Settings(BaseModel):
     """How to reach the model. Provider quirks live here, not in branches through the code."""
 
-    backend: str = Field(default="openai", description="openai | scripted:SCENARIO.yaml")
+    backend: str = Field(
+        default="openai",
+        description="auto | openai | local[:MODEL_OR_GGUF] | replay:CASSETTE.jsonl | scripted:SCENARIO.yaml",
+    )
     model: str = DEFAULT_MODEL
     base_url: str | None = None
     api_key: SecretStr | None = None
@@ -42,12 +48,17 @@ class Settings(BaseModel):
     max_tokens: int = Field(default=8192, gt=0)
     token_parameter: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
     temperature: float | None = None
-    structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
+    # json_object_schema: llama-cpp-python's {"type": "json_object", "schema": ...} (grammar-constrained)
+    structured_output: Literal["auto", "json_schema", "json_object", "json_object_schema", "off"] = "auto"
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields, e.g. repeat_penalty")
     stream: bool = True
     timeout: float = Field(default=600.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
     concurrency: int = Field(default=4, ge=1)
     prices: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
+    local_model: str | None = Field(default=None, description="registered local model name or a .gguf path")
+    local_n_ctx: int | None = Field(default=None, gt=0, description="context size of the local llama.cpp server")
+    record: str | None = Field(default=None, description="append every model call to this cassette (.jsonl)")
 
     def is_reasoning_model(self) -> bool:
         name = self.model.split("/")[-1]
