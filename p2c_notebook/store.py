@@ -43,8 +43,11 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Temp file in the same folder + fsync + os.replace: a crash leaves the old file or the new one."""
+def atomic_write(path: Path, data: str | bytes, durable: bool = True) -> None:
+    """Temp file in the same folder + os.replace: a crash leaves the old file or the new one.
+
+    `durable` adds an fsync so the file also survives a power loss; bookkeeping writes skip it (5 ms each).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,7 +55,8 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -126,6 +130,7 @@ class RunStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._lock = threading.RLock()
+        self._hashes: dict[str, tuple[int, int, str]] = {}
         self._data: dict[str, Any] = {
             "version": 1,
             "created": now(),
@@ -158,8 +163,19 @@ class RunStore:
         return (Path(path) / MANIFEST).is_file()
 
     # --- manifest -------------------------------------------------------------------------------
-    def _flush(self) -> None:
-        atomic_write(self.root / MANIFEST, json.dumps(self._data, indent=2, sort_keys=True) + "\n")
+    def _flush(self, durable: bool = True) -> None:
+        atomic_write(self.root / MANIFEST, json.dumps(self._data, indent=2, sort_keys=True) + "\n", durable)
+
+    def _digest(self, rel: str) -> str:
+        """sha256 of a run file, re-read only when its size or mtime changed since we last hashed it."""
+        path = self.root / rel
+        stat = path.stat()
+        cached = self._hashes.get(rel)
+        if cached and cached[0] == stat.st_mtime_ns and cached[1] == stat.st_size:
+            return cached[2]
+        digest = sha256(path.read_bytes())
+        self._hashes[rel] = (stat.st_mtime_ns, stat.st_size, digest)
+        return digest
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -184,7 +200,7 @@ class RunStore:
     def add_spent(self, usage: Usage) -> None:
         with self._lock:
             self._data["spent"] = (self.spent() + usage).to_dict()
-            self._flush()
+            self._flush(durable=False)
 
     # --- artifacts ------------------------------------------------------------------------------
     def read(self, artifact: str) -> str:
@@ -217,7 +233,9 @@ class RunStore:
             atomic_write(self._inside(extra_rel), extra)
         atomic_write(target, content)
         entry = Entry(artifact, rel, sha256(content), status, dict(inputs), model, usage or Usage(), now())
+        stat = target.stat()
         with self._lock:
+            self._hashes[rel] = (stat.st_mtime_ns, stat.st_size, entry.sha256)
             self._data["artifacts"][artifact] = entry.to_dict()
             self._flush()
         return entry
@@ -257,10 +275,10 @@ class RunStore:
         with self._lock:
             artifacts: dict[str, dict[str, Any]] = self._data["artifacts"]
             current: dict[str, str] = {}
+            before = json.dumps(artifacts, sort_keys=True)
             for name, raw in list(artifacts.items()):
-                path = self.root / raw["path"]
                 try:
-                    digest = sha256(path.read_bytes())
+                    digest = self._digest(raw["path"])
                 except OSError:
                     notes.append(f"{raw['path']} is missing; {name} will be generated again.")
                     del artifacts[name]
@@ -284,7 +302,7 @@ class RunStore:
                 if changed or raw["status"] == "stale":  # stale stays stale until regenerated
                     stale.add(name)
                     raw["status"] = "stale"
-            if persist:
+            if persist and json.dumps(artifacts, sort_keys=True) != before:
                 self._flush()
         return notes
 
