@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# System packages the tests need (Debian/Ubuntu): a Java runtime for PlantUML, Graphviz's dot.
+# System packages the tests need (Debian/Ubuntu): a Java runtime for PlantUML, Graphviz's dot, and Chromium
+# (with a legible font for its screenshots) for the browser test, which drives it through Playwright.
 # Installs only what is missing, so a second run costs nothing.
 set -euo pipefail
 need=()
 command -v java >/dev/null || need+=(default-jre-headless)
 command -v dot >/dev/null || need+=(graphviz)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if ! command -v apt-get >/dev/null; then
-  echo "Please install: ${need[*]} (Java runtime, Graphviz) with your system's package manager." >&2
+  echo "Please install: ${need[*]} (Java runtime, Graphviz, Chromium at /usr/bin/chromium, DejaVu fonts)" \
+    "with your system's package manager." >&2
   exit 1
 fi
 SUDO=""

@@ -1,0 +1,420 @@
+"""The walkthrough widget in a real browser: JupyterLab, driven by Playwright in Debian's chromium.
+
+A person's path through the widget, click by click: open the notebook, run it, then "Run next stage" and
+"Approve" for every stage until the repository is complete; edit config.yaml in its panel and see the analysis and
+code go stale; the Mermaid class and sequence diagrams are rendered by JupyterLab. A second notebook, whose
+scripted model answers with HTML and script tags, shows that model text stays text.
+
+Screenshots of each milestone go to test-artifacts/browser/. Needs JupyterLab, Playwright (the Python package;
+no downloaded browser) and /usr/bin/chromium: skipped without them, except under CI, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mixup"
+NOTEBOOK = ROOT / "tests" / "browser" / "walkthrough.ipynb"
+SHOTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = os.environ.get("P2C_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+INSTALL = "bash scripts/system-deps.sh && pip install -e '.[test]'"
+FILES = json.loads((EXAMPLE / "replies" / "design.json").read_text(encoding="utf-8"))["file_list"]
+PLANNING = ["plan", "design", "logic", "config"]
+HOSTILE = '<script>window.__p2c_xss=1</script><img src=x onerror="window.__p2c_xss=2">'
+WAIT_MS = 30_000  # a whole stage (7 files) takes well under a second with the scripted server
+
+
+def slug(artifact: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "-", artifact).strip("-")
+
+
+def require_tools() -> None:
+    """Skip without a browser stack; under CI (env CI set) a missing piece is a failure, with the fix."""
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"chromium ({CHROMIUM})")
+    for module in ("playwright", "jupyterlab"):
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"the Python package {module}")
+    if missing:
+        message = f"The browser test needs {', '.join(missing)}: install with `{INSTALL}`."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+# --- JupyterLab ------------------------------------------------------------------------------------------
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+    tmp: Path
+    log: Path
+    news_answered: bool = False  # JupyterLab asks once per settings folder
+
+    def notebook_url(self, path: str) -> str:
+        return f"{self.url}/lab/tree/{path}?reset&token={self.token}"  # reset: no tabs restored from before
+
+    def log_tail(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def lab_root(base: Path) -> Path:
+    """What JupyterLab serves: the example paper, the test notebook, and a copy of it next to a hostile scenario."""
+    root = base / "root"
+    shutil.copytree(EXAMPLE, root / "examples" / "mixup")
+    (root / "browser").mkdir()
+    shutil.copy(NOTEBOOK, root / "browser" / NOTEBOOK.name)
+    (root / "hostile").mkdir()
+    shutil.copy(NOTEBOOK, root / "hostile" / NOTEBOOK.name)
+    scenario = yaml.safe_load((EXAMPLE / "scenario.yaml").read_text(encoding="utf-8"))
+    for rule in scenario["responses"]:
+        if "content_file" in rule:
+            rule["content_file"] = str(root / "examples" / "mixup" / rule["content_file"])
+        if rule["stage"] == "plan":
+            rule.pop("content_file", None)
+            rule["content"] = f"# Plan\n\nStep one {HOSTILE} and then the rest.\n"
+    (root / "hostile" / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
+    return root
+
+
+def lab_environment(base: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "P2C_", "JUPYTER"))}
+    dirs = {
+        "JUPYTER_CONFIG_DIR": "config",
+        "JUPYTER_RUNTIME_DIR": "runtime",
+        "JUPYTER_DATA_DIR": "data",
+        "JUPYTERLAB_WORKSPACES_DIR": "workspaces",
+        "JUPYTERLAB_SETTINGS_DIR": "settings",
+        "IPYTHONDIR": "ipython",
+        "TMPDIR": "tmp",  # the kernels' run folders (tempfile.mkdtemp) land here
+    }
+    for name, folder in dirs.items():
+        (base / folder).mkdir(exist_ok=True)
+        env[name] = str(base / folder)
+    # Every cell attached to the page (no virtual scrolling), so every panel can be found and clicked.
+    tracker = base / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}), encoding="utf-8")
+    env["P2C_CONFIG"] = str(base / "no-p2c-config.yaml")
+    return env
+
+
+def wait_until_ready(lab: Lab, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"JupyterLab exited with {process.returncode}:\n{lab.log_tail()}")
+        status = f"{lab.url}/api/status?token={lab.token}"
+        with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(status, timeout=2) as reply:
+            if reply.status == 200:
+                return
+        time.sleep(0.25)
+    pytest.fail(f"JupyterLab was not ready after {seconds} s:\n{lab.log_tail()}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """End JupyterLab's process group: SIGTERM first (it shuts its kernels down), SIGKILL if it lingers.
+
+    Kernels run in sessions of their own, and exit by themselves once their parent server is gone."""
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    require_tools()
+    base = tmp_path_factory.mktemp("lab")
+    root = lab_root(base)
+    env = lab_environment(base)
+    port, token = free_port(), secrets.token_hex(16)
+    log = base / "jupyterlab.log"
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        instance = Lab(f"http://127.0.0.1:{port}", token, root, Path(env["TMPDIR"]), log)
+        wait_until_ready(instance, process)
+        yield instance
+    finally:
+        stop(process)
+
+
+# --- the browser -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser(lab: Lab) -> Iterator[Any]:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="p2c-chromium-") as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        context.set_default_timeout(WAIT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh tab in the shared browser."""
+    page = browser.new_page()
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@contextlib.contextmanager
+def shot_on_failure(page: Any, name: str) -> Iterator[None]:
+    """When the test fails, a screenshot of where it stood: test-artifacts/browser/failure-NAME.png."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(SHOTS / f"failure-{name}.png"))
+        raise
+
+
+def shoot(page: Any, name: str, target: Any | None = None) -> None:
+    dismiss_news(page, wait_ms=0)
+    if target is not None:
+        target.scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def dismiss_news(page: Any, wait_ms: int) -> bool:
+    """JupyterLab asks once whether to fetch Jupyter news; answer No so the toast covers nothing."""
+    button = page.locator(".jp-toast-button", has_text=re.compile(r"^No$"))
+    with contextlib.suppress(Exception):
+        if wait_ms:
+            button.wait_for(state="visible", timeout=wait_ms)
+        if button.is_visible():
+            button.click()
+            return True
+    return False
+
+
+def open_and_run(page: Any, lab: Lab, path: str) -> Any:
+    """Open a notebook, run all its cells from the Run menu, and return the walkthrough widget."""
+    from playwright.sync_api import expect
+
+    page.goto(lab.notebook_url(path))
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(notebook.locator(".jp-Cell").first).to_be_visible()
+    # The indicator says idle before any kernel is attached ("No Kernel"): wait for the kernel itself.
+    expect(notebook.locator(".jp-Toolbar-kernelName")).to_contain_text("Python 3")
+    expect(notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_attached()
+    if not lab.news_answered:
+        lab.news_answered = dismiss_news(page, wait_ms=10_000)
+    if page.locator("#jp-left-stack").is_visible():
+        page.keyboard.press("Control+b")  # hide the file browser: more room for the widget
+    notebook.locator(".jp-Cell").first.click()  # make this notebook the current one for the Run menu
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    widget = notebook.locator(".p2c-walkthrough")
+    try:
+        expect(widget).to_be_visible()
+    except AssertionError:
+        outputs = notebook.locator(".jp-OutputArea-output").all_inner_texts()
+        pytest.fail(f"The walkthrough did not appear. Outputs: {outputs}\nJupyterLab log:\n{lab.log_tail()}")
+    return widget
+
+
+def manifest(lab: Lab) -> dict[str, str]:
+    """Statuses in the run folder the kernel made (under the lab's TMPDIR)."""
+    runs = sorted(lab.tmp.glob("p2c-browser-*/mixup/manifest.json"), key=lambda p: p.stat().st_mtime)
+    data = json.loads(runs[-1].read_text(encoding="utf-8"))
+    return {name: entry["status"] for name, entry in data["artifacts"].items()}
+
+
+# --- the tests -------------------------------------------------------------------------------------------
+def test_click_through_every_stage_then_edit_the_config(page: Any, lab: Lab) -> None:
+    with shot_on_failure(page, "click-through"):
+        click_through(page, lab)
+
+
+def test_model_text_with_markup_stays_text(page: Any, lab: Lab) -> None:
+    with shot_on_failure(page, "hostile"):
+        hostile_plan(page, lab)
+
+
+def click_through(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    started = time.monotonic()
+    widget = open_and_run(page, lab, "browser/walkthrough.ipynb")
+    expect(widget.locator(".p2c-auto-approve input")).not_to_be_checked()
+    shoot(page, "01-opened", widget)
+
+    def panel(artifact: str) -> Any:
+        return widget.locator(f".p2c-panel-{slug(artifact)}")
+
+    def run_next_stage(expected: list[str]) -> None:
+        widget.locator(".p2c-run-next").click()
+        for artifact in expected:
+            expect(panel(artifact)).to_have_class(re.compile(r"\bp2c-status-generated\b"))
+            expect(panel(artifact).locator(".p2c-badge")).to_have_text("generated")
+
+    def approve(artifact: str) -> None:
+        panel(artifact).locator(".p2c-approve").click()
+        expect(panel(artifact)).to_have_class(re.compile(r"\bp2c-status-approved\b"))
+        expect(panel(artifact).locator(".p2c-badge-approved")).to_be_visible()
+
+    for artifact in PLANNING:
+        run_next_stage([artifact])
+        if artifact == "plan":
+            shoot(page, "02-plan-generated", panel("plan"))
+        approve(artifact)
+    expect(widget.locator(".p2c-next")).to_contain_text("analysis")
+    shoot(page, "03-planning-approved", panel("design"))
+
+    analysis = [f"analysis/{f}" for f in FILES]
+    run_next_stage(analysis)
+    for artifact in analysis:
+        approve(artifact)
+    shoot(page, "04-analysis-approved", panel("analysis/main.py"))
+
+    code = [f"code/{f}" for f in FILES]
+    run_next_stage(code)
+    repo = widget.locator(".p2c-panel-repo")
+    expect(repo.locator(".p2c-badge-complete")).to_have_text(f"{len(FILES)}/{len(FILES)} files")
+    expect(repo.locator(".p2c-repo-tree")).to_contain_text("trainer.py")
+    expect(widget.locator(".p2c-next")).to_contain_text("all artifacts generated")
+    expect(panel("code/trainer.py").locator(".p2c-content")).to_contain_text("class Trainer")
+    shoot(page, "05-repository-complete", repo)
+
+    # The diagrams: JupyterLab's own Mermaid renderer turned both into SVG images, shown at full size.
+    rendered = {}
+    for name in ("class-diagram", "sequence-diagram"):
+        view = panel("design").locator(f".p2c-diagram-{name}")
+        images = view.locator(".jp-RenderedMermaid img[src^='data:image/svg+xml']")
+        expect(images.first).to_be_visible()
+        rendered[name] = images.count()
+        box, image = view.bounding_box(), images.first.bounding_box()
+        assert box and image and image["height"] > 100 and box["height"] > image["height"], (name, box, image)
+    assert sum(rendered.values()) >= 2, rendered
+    # For the screenshots only: let the design panel grow so that a whole diagram fits on screen.
+    unclipped = page.add_style_tag(content=".p2c-panel-design .p2c-content { max-height: none !important; }")
+    shoot(page, "06-class-diagram", panel("design").locator(".p2c-diagram-class-diagram .jp-RenderedMermaid"))
+    shoot(page, "07-sequence-diagram", panel("design").locator(".p2c-diagram-sequence-diagram .jp-RenderedMermaid"))
+    unclipped.evaluate("element => element.remove()")
+
+    # Edit config.yaml in its panel: a different learning rate.
+    config = panel("config")
+    config.locator(".p2c-edit").click()
+    editor = config.locator(".p2c-editor textarea")
+    expect(editor).to_be_visible()
+    original = editor.input_value()
+    assert "learning_rate: 0.1\n" in original, original
+    editor.fill(original.replace("learning_rate: 0.1\n", "learning_rate: 0.05\n"))
+    shoot(page, "08-editing-config", config)
+    config.locator(".p2c-save").click()
+    expect(config).to_have_class(re.compile(r"\bp2c-status-edited\b"))
+    expect(config.locator(".p2c-content")).to_contain_text("learning_rate: 0.05")
+    expect(config.locator(".p2c-message")).to_contain_text("Now stale")
+    for stage in ("analysis", "code"):
+        expect(widget.locator(f".p2c-stage-{stage} .p2c-badge-stale")).to_have_count(len(FILES))
+    for artifact in PLANNING[:3]:
+        expect(panel(artifact).locator(".p2c-badge-approved")).to_be_visible()
+    expect(widget.locator(".p2c-rerun-stale")).to_be_visible()
+    shoot(page, "09-config-edited-stale", panel("analysis/utils/__init__.py"))
+
+    status = manifest(lab)
+    assert status["config"] == "edited"
+    assert {a for a, s in status.items() if s == "stale"} == {*analysis, *code}
+    elapsed = time.monotonic() - started
+    assert elapsed < 150, f"the click-through took {elapsed:.0f} s"
+
+
+def hostile_plan(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    widget = open_and_run(page, lab, "hostile/walkthrough.ipynb")
+    widget.locator(".p2c-run-next").click()
+    plan = widget.locator(".p2c-panel-plan")
+    expect(plan.locator(".p2c-badge")).to_have_text("generated")
+    expect(widget.locator(".p2c-stream")).to_contain_text(HOSTILE)  # the streamed reply, verbatim
+    # The rendered Markdown shows the tags as text (its `__..__` become bold, as Markdown says).
+    expect(plan.locator(".p2c-content")).to_contain_text(HOSTILE.replace("__", ""))
+    expect(plan.locator(".p2c-content strong")).to_have_text('p2c_xss=1</script><img src=x onerror="window.')
+    page.wait_for_timeout(500)  # an injected <img> would have failed to load and fired onerror by now
+    assert widget.locator("script").count() == 0
+    assert widget.locator("img[src='x']").count() == 0
+    assert page.evaluate("() => typeof window.__p2c_xss") == "undefined"
+    shoot(page, "10-hostile-plan-as-text", plan)
