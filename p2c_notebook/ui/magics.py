@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display as _display
@@ -124,18 +123,6 @@ def parse_line(line: str) -> argparse.Namespace:
 
 def error(message: str) -> None:
     print(f"p2c: error: {render.one_line(message, 1000)}", file=sys.stderr)
-
-
-def shown_url(url: str | None) -> str:
-    """A base URL fit to print: credentials inside it (user:password@) are masked."""
-    if not url:
-        return "default"
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def cancellable(pipeline: Pipeline, work: Callable[[], T]) -> T:
@@ -275,10 +262,7 @@ class P2CMagics(Magics):
             self.close()
             self.pipeline = self._open(root, None, settings)
         key = "set" if settings.api_key else "not set (OPENAI_API_KEY)"
-        print(
-            f"model: {settings.model} · base URL: {shown_url(settings.base_url)} · "
-            f"backend: {settings.backend} · key: {key}"
-        )
+        print(f"model: {render.backend_label(settings)} · backend: {settings.backend} · key: {key}")
         if args.api_key:
             print("note: prefer OPENAI_API_KEY; a key typed in a magic line is kept in the notebook and its history.")
 

@@ -11,8 +11,10 @@ import html
 import re
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
+from p2c_notebook.settings import Settings
 from p2c_notebook.usage import Usage
 
 _SLUG = re.compile(r"[^A-Za-z0-9_]+")
@@ -20,6 +22,30 @@ _SLUG = re.compile(r"[^A-Za-z0-9_]+")
 
 def esc(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+def shown_url(url: str | None) -> str:
+    """A base URL fit to print: credentials inside it (user:password@) are masked."""
+    if not url:
+        return "default"
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def backend_label(settings: Settings) -> str:
+    """Which model actually answers, without starting it (a scripted run does not use `settings.model`)."""
+    kind, _, arg = settings.backend.partition(":")
+    if kind == "scripted":
+        return f"scripted replies ({Path(arg).name})"
+    if kind == "replay":
+        return f"replay of {Path(arg).name}"
+    if kind == "local" or (kind == "auto" and not settings.base_url and not settings.api_key):
+        return f"local model {arg}".strip()
+    return f"{settings.model} at {shown_url(settings.base_url)}"
 
 
 def slug(artifact: str) -> str:

@@ -428,7 +428,7 @@ class Walkthrough:
         parts = [
             "<b>p2c walkthrough</b>",
             f"run <code>{render.esc(str(self.run_dir))}</code>",
-            f"model <code>{render.esc(self.pipeline.settings.model)}</code>",
+            f"model <code>{render.esc(render.backend_label(self.pipeline.settings))}</code>",
         ]
         if source:
             parts.insert(1, f"paper <code>{render.esc(source)}</code>")
