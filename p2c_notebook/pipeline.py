@@ -128,7 +128,7 @@ class Pipeline:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = make_backend(self.settings)
+            self._backend = make_backend(self.settings, notify=self.bus.info)
         return self._backend
 
     def close(self) -> None:

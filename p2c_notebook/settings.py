@@ -38,7 +38,7 @@ class Settings(BaseModel):
     """How to reach the model. Provider quirks live here, not in branches through the code."""
 
     backend: str = Field(
-        default="openai",
+        default="auto",
         description="auto | openai | local[:MODEL_OR_GGUF] | replay:CASSETTE.jsonl | scripted:SCENARIO.yaml",
     )
     model: str = DEFAULT_MODEL

@@ -115,7 +115,7 @@ def test_missing_key_is_a_clear_error(
         if key.startswith(("OPENAI_", "P2C_")):
             monkeypatch.delenv(key)
     monkeypatch.setenv("P2C_CONFIG", "/nonexistent")
-    assert main(["run", str(paper_md), "--out", str(tmp_path / "r")]) == 2
+    assert main(["run", str(paper_md), "--out", str(tmp_path / "r"), "--backend", "openai"]) == 2
     assert "OPENAI_API_KEY" in capsys.readouterr().err
 
 

@@ -45,7 +45,7 @@ def test_invalid_settings_say_what_to_fix(tmp_path: Path) -> None:
 def test_missing_key_for_the_official_api_is_a_clear_error(tmp_path: Path) -> None:
     from p2c_notebook.backend import make_backend
 
-    settings = load_settings(environ={}, file=tmp_path / "none.yaml")
+    settings = load_settings({"backend": "openai"}, environ={}, file=tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         make_backend(settings)
 

@@ -1,0 +1,227 @@
+"""Record any run to a cassette, and replay it offline and deterministically.
+
+A cassette is JSON Lines, one entry per model call. Each entry is found again by a key: the sha256 of the
+canonical JSON of what the pipeline asked (messages, stage, file, attempt, schema name), which does not depend
+on the model, server or settings. The entry also keeps a compact copy of the request for debugging (every
+message's role, length and hash, and the last message in full), the reply text, finish reason and usage.
+Anything that looks like a secret (the configured key, `sk-...` keys, `Bearer ...`, authorization or api-key
+fields, passwords in URLs) is scrubbed before a line is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2c_notebook.backend import Backend, ChatRequest, Completion
+from p2c_notebook.errors import BackendError, ConfigError
+from p2c_notebook.usage import Usage
+
+FORMAT = 1
+_STREAM_PIECE = 64  # characters per replayed delta
+
+_SECRET_PATTERNS = [
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"),
+    re.compile(r"(?i)(\b(?:authorization|api[_-]?key|x-api-key)[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._~+/=\-]{16,}"),
+    re.compile(r"(?i)(https?://[^/\s:@]+:)[^@\s/]+@"),
+]
+
+
+class ReplayMissError(BackendError):
+    """The replayed run asked something the cassette does not hold."""
+
+
+def request_key(request: ChatRequest) -> str:
+    """Stable across machines, models and settings: only what the pipeline asked."""
+    content = {
+        "messages": request.messages,
+        "stage": request.stage,
+        "file": request.file,
+        "attempt": request.attempt,
+        "schema": request.schema_name if request.schema is not None else None,
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _compact(request: ChatRequest) -> dict[str, Any]:
+    return {
+        "stage": request.stage,
+        "file": request.file,
+        "attempt": request.attempt,
+        "schema": request.schema_name if request.schema is not None else None,
+        "messages": [
+            {"role": m.get("role", ""), "chars": len(m.get("content", "")), "sha256": _digest(m.get("content", ""))}
+            for m in request.messages
+        ],
+        "last_message": request.messages[-1].get("content", "") if request.messages else "",
+    }
+
+
+class Scrubber:
+    """Replaces secrets in every string of a JSON-like value."""
+
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        self._secrets = sorted({s for s in secrets or [] if len(s) >= 4}, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            value = value.replace(secret, "[secret]")
+        for pattern in _SECRET_PATTERNS:
+            value = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[secret]", value)
+        return value
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        return value
+
+
+class RecordingBackend:
+    """Wraps any backend and appends one cassette line per completed call (failed calls are not recorded)."""
+
+    def __init__(self, inner: Backend, path: Path | str, secrets: list[str] | None = None) -> None:
+        self.inner = inner
+        self.path = Path(path)
+        self._scrub = Scrubber(secrets)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def description(self) -> str:
+        return f"{self.inner.description}, recording to {self.path}"
+
+    def complete(self, request: ChatRequest, on_delta: Callable[[str], None]) -> Completion:
+        completion = self.inner.complete(request, on_delta)
+        entry = {
+            "v": FORMAT,
+            "key": request_key(request),
+            "model": self.inner.model,
+            "backend": self.inner.description,
+            "request": _compact(request),
+            "reply": completion.text,
+            "finish_reason": completion.finish_reason,
+            "usage": completion.usage.to_dict(),
+        }
+        key = entry.pop("key")
+        line = json.dumps({"key": key, **self._scrub.value(entry)}, ensure_ascii=False) + "\n"
+        self._append(line.encode("utf-8"))
+        return completion
+
+    def _append(self, data: bytes) -> None:
+        """One write on an O_APPEND descriptor, then fsync: lines never interleave or half-exist on success."""
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def read_cassette(path: Path | str) -> list[dict[str, Any]]:
+    """Entries of a cassette; a last line cut short by a crash is ignored, any other bad line is an error."""
+    source = Path(path)
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"No cassette at {source}. Record one with `p2c run PAPER --record {source}`.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read the cassette {source}: {exc}.") from None
+    entries: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                raise ValueError("not a cassette entry")
+        except ValueError:
+            if number == len(lines):
+                break  # the run was killed while writing its last line
+            raise ConfigError(f"{source}, line {number}, is not a cassette entry; record the cassette again.") from None
+        entries.append(entry)
+    return entries
+
+
+class ReplayBackend:
+    """Serves replies from a cassette: the same request always gets the same reply (the latest recorded)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._entries = read_cassette(self.path)
+        self._by_key: dict[str, list[dict[str, Any]]] = {}
+        for entry in self._entries:
+            self._by_key.setdefault(entry["key"], []).append(entry)
+        models = sorted({str(e.get("model", "")) for e in self._entries if e.get("model")})
+        self._model = models[0] if len(models) == 1 else "replay"
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def description(self) -> str:
+        return f"replay of {self.path} ({len(self._entries)} recorded calls from {self._model})"
+
+    def complete(self, request: ChatRequest, on_delta: Callable[[str], None]) -> Completion:
+        key = request_key(request)
+        recorded = self._by_key.get(key)
+        if not recorded:
+            raise ReplayMissError(self._miss_message(request))
+        entry = recorded[-1]  # recorded again (a resumed or repeated recording): the latest reply wins
+        text = str(entry.get("reply", ""))
+        for start in range(0, len(text), _STREAM_PIECE):
+            on_delta(text[start : start + _STREAM_PIECE])
+        usage = entry.get("usage")
+        return Completion(
+            text, Usage.from_dict(usage) if isinstance(usage, dict) else Usage(calls=1), entry.get("finish_reason")
+        )
+
+    def _miss_message(self, request: ChatRequest) -> str:
+        where = f"stage={request.stage}, file={request.file or '-'}"
+        message = (
+            f"no recording for this request ({where}): the prompt differs from the recorded run; "
+            "re-record with --record or use a real backend."
+        )
+        same = [
+            e
+            for e in self._entries
+            if e.get("request", {}).get("stage") == request.stage and e.get("request", {}).get("file") == request.file
+        ]
+        if not same:
+            return message + f" {self.path} has no call for this stage and file."
+        wanted = _compact(request)["messages"]
+        best = same[0]["request"].get("messages", [])
+        for index, message_now in enumerate(wanted):
+            if index >= len(best) or best[index].get("sha256") != message_now["sha256"]:
+                return message + f" The first difference is in message {index + 1} ({message_now['role']})."
+        return message + " The recorded call had more messages (a repair or feedback turn)."
+
+    def close(self) -> None:
+        pass

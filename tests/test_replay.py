@@ -1,0 +1,167 @@
+"""Record a run to a cassette against the scripted server, then replay it offline, byte for byte."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import API_KEY, EXAMPLE, settings_for, small_scenario
+
+from p2c_notebook.backend import ChatRequest
+from p2c_notebook.cli import main
+from p2c_notebook.errors import ConfigError, P2CError
+from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.replay import ReplayBackend, ReplayMissError, Scrubber, read_cassette, request_key
+from p2c_notebook.settings import Settings
+
+SCENARIO = EXAMPLE / "scenario.yaml"
+BEARER = "Bearer abcdefghijklmnop0123456789"
+
+
+def _artifacts(run: Path) -> dict[str, bytes]:
+    """Every file a run produced, except the manifest and logs (they hold times and URLs)."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != "manifest.json" and "logs" not in p.relative_to(run).parts
+    }
+
+
+def _record(paper: Path, run: Path, cassette: Path, server: Any) -> Pipeline:
+    settings = settings_for(server, record=str(cassette))
+    with Pipeline.start(paper, run, settings=settings) as pipeline:
+        assert pipeline.run().state == "done"
+    return pipeline
+
+
+def test_replay_reproduces_the_recorded_run_without_a_server(serve: Any, tmp_path: Path) -> None:
+    server = serve(SCENARIO)
+    cassette = tmp_path / "run.cassette.jsonl"
+    _record(EXAMPLE / "paper.pdf", tmp_path / "recorded", cassette, server)
+    server.stop()
+    entries = read_cassette(cassette)
+    assert len(entries) == len(server.requests) == 4 + 2 * 7
+    assert len({e["key"] for e in entries}) == len(entries)
+
+    replay = Settings(backend=f"replay:{cassette}")
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "replayed", settings=replay) as pipeline:
+        assert pipeline.run().state == "done"
+        assert pipeline.backend.model == "gpt-4o-mini"  # the recorded model, kept in the manifest
+    recorded, replayed = _artifacts(tmp_path / "recorded"), _artifacts(tmp_path / "replayed")
+    assert recorded.keys() == replayed.keys() and len(recorded) > 20
+    assert recorded == replayed
+
+
+def test_a_changed_paper_is_a_clear_replay_miss(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    cassette = tmp_path / "c.jsonl"
+    _record(paper_md, tmp_path / "recorded", cassette, serve(small_scenario()))
+    paper_md.write_text(paper_md.read_text().replace("learning rate 0.1", "learning rate 0.2"), encoding="utf-8")
+    replay = Settings(backend=f"replay:{cassette}")
+    with (
+        Pipeline.start(paper_md, tmp_path / "replayed", settings=replay) as pipeline,
+        pytest.raises(ReplayMissError) as caught,
+    ):
+        pipeline.run()
+    message = str(caught.value)
+    assert message.startswith("no recording for this request (stage=plan, file=-)")
+    assert "the prompt differs from the recorded run; re-record with --record or use a real backend" in message
+    assert "message 2 (user)" in message  # the paper is in the first user message
+    assert isinstance(caught.value, P2CError)
+
+
+def test_a_file_the_recording_never_saw_names_stage_and_file(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    cassette = tmp_path / "c.jsonl"
+    _record(paper_md, tmp_path / "recorded", cassette, serve(small_scenario()))
+    backend = ReplayBackend(cassette)
+    request = ChatRequest([{"role": "user", "content": "x"}], "code", "other.py")
+    with pytest.raises(ReplayMissError, match=r"stage=code, file=other\.py\).*no call for this stage and file"):
+        backend.complete(request, lambda _: None)
+
+
+def test_no_secret_reaches_the_cassette(serve: Any, tmp_path: Path) -> None:
+    paper = tmp_path / "leaky.md"
+    paper.write_text(
+        "# Leaky Paper\n\n## Abstract\n\nWe fit a linear model with SGD and did not scrub our notes.\n\n"
+        f"## 1 Method\n\nOur key was {API_KEY}, sent as `Authorization: {BEARER}` to "
+        "https://user:hunter2-password@example.invalid/v1 for learning rate 0.1.\n",
+        encoding="utf-8",
+    )
+    cassette = tmp_path / "c.jsonl"
+    _record(paper, tmp_path / "recorded", cassette, serve(small_scenario()))
+    text = cassette.read_text(encoding="utf-8")
+    for secret in (API_KEY, "SECRET-0123456789", BEARER.split()[1], "hunter2-password"):
+        assert secret not in text
+    assert "[secret]" in text
+    # the key is computed before scrubbing, so the replay still matches the real prompt
+    with Pipeline.start(paper, tmp_path / "replayed", settings=Settings(backend=f"replay:{cassette}")) as pipeline:
+        assert pipeline.run().state == "done"
+
+
+def test_scrubber_leaves_ordinary_code_alone() -> None:
+    scrub = Scrubber(["my-configured-key"])
+    code = 'def connect(api_key: str | None = None):\n    headers = {"Authorization": f"Bearer {api_key}"}\n'
+    assert scrub.text(code) == code
+    assert scrub.text("token my-configured-key here") == "token [secret] here"
+    assert scrub.text('{"api_key": "abcdefghijklmnopqrstuvwx"}') == '{"api_key": "[secret]"}'
+
+
+def test_record_and_replay_from_the_command_line(
+    serve: Any, paper_md: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve(small_scenario())
+    for key in list(os.environ):
+        if key.startswith(("OPENAI_", "P2C_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("P2C_CONFIG", "/nonexistent")
+    cassette = tmp_path / "cli.jsonl"
+    base = ["run", str(paper_md), "--base-url", server.base_url, "--api-key", API_KEY]
+    assert main([*base, "--out", str(tmp_path / "a"), "--record", str(cassette)]) == 0
+    assert main(["run", str(paper_md), "--out", str(tmp_path / "b"), "--backend", f"replay:{cassette}"]) == 0
+    assert _artifacts(tmp_path / "a") == _artifacts(tmp_path / "b")
+    assert API_KEY not in cassette.read_text(encoding="utf-8")
+
+
+def test_request_key_ignores_the_schema_body_but_not_the_prompt() -> None:
+    messages = [{"role": "user", "content": "plan it"}]
+    a = ChatRequest(messages, "design", schema={"type": "object"}, schema_name="ArchitectureDesign")
+    b = ChatRequest(messages, "design", schema={"type": "object", "title": "x"}, schema_name="ArchitectureDesign")
+    c = ChatRequest([{"role": "user", "content": "plan it!"}], "design", schema={}, schema_name="ArchitectureDesign")
+    assert request_key(a) == request_key(b) != request_key(c)
+    assert request_key(a) != request_key(ChatRequest(messages, "design", attempt=2, schema={}, schema_name="X"))
+
+
+def test_cassette_files_that_are_missing_or_damaged_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No cassette at .*--record"):
+        ReplayBackend(tmp_path / "none.jsonl")
+    good = json.dumps({"key": "k", "reply": "r", "request": {"stage": "plan", "file": ""}})
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(good + "\n" + good[:20], encoding="utf-8")  # killed while writing the last line
+    assert len(read_cassette(cut)) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n" + good + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 1"):
+        read_cassette(bad)
+
+
+def test_the_shipped_local_model_cassette_replays_the_example_paper(tmp_path: Path) -> None:
+    """examples/mixup/local.cassette.jsonl: a real qwen2.5-coder-1.5b run, replayed offline.
+
+    When this fails with "no recording for this request", a prompt or the paper reader changed: re-record with
+    `p2c run examples/mixup/paper.pdf --backend local --concurrency 1 --record examples/mixup/local.cassette.jsonl`
+    (about 10 minutes on 2 idle cores) after deleting the old cassette.
+    """
+    cassette = EXAMPLE / "local.cassette.jsonl"
+    replay = Settings(backend=f"replay:{cassette}")
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "run", settings=replay) as pipeline:
+        assert pipeline.run().state == "done"
+        assert pipeline.backend.model == "qwen2.5-coder-1.5b"
+        files = pipeline.files()
+    assert files and all((tmp_path / "run" / "repo" / f).is_file() for f in files)
+    for path in files:
+        if path.endswith(".py"):
+            ast.parse((tmp_path / "run" / "repo" / path).read_text(encoding="utf-8"))
+    assert "[secret]" not in cassette.read_text(encoding="utf-8")  # nothing needed scrubbing in a local run
