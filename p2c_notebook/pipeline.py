@@ -6,9 +6,7 @@ whose inputs are not approved, and the caller (CLI, widget, magic) approves and 
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,6 @@ from p2c_notebook.errors import Cancelled, ConfigError, EditedArtifactError, P2C
 from p2c_notebook.events import (
     ArtifactSaved,
     AwaitingApproval,
-    Event,
     EventBus,
     Notice,
     Progress,
@@ -494,9 +491,3 @@ class _Counter:
             self.done += 1
             self.total = max(self.total, self.done)
             self.bus.emit(Progress(done=self.done, total=self.total))
-
-
-@contextlib.contextmanager
-def collecting(events: list[Event]) -> Iterator[Callable[[Event], None]]:
-    """A sink that appends to a list: handy in tests and notebooks."""
-    yield events.append
