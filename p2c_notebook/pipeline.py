@@ -203,6 +203,7 @@ class Pipeline:
         with self.store.locked():
             for note in self.store.refresh(self.order()):
                 self.bus.info(note)
+            self._warn_kept_edits()
             if from_stage:
                 self._redo_from(STEPS[first], overwrite_edited)
             produced: list[str] = []
@@ -332,15 +333,17 @@ class Pipeline:
 
     def _needs(self, artifact: str) -> bool:
         entry = self.store.entry(artifact)
-        if entry is None or entry.status == "stale":
-            return True
-        if entry.status == "edited" and entry.inputs_changed:
-            self.bus.warn(
-                f"{artifact} was edited by you and what it depends on has changed since; your edit is kept. "
-                f"Use --from {stage_of(artifact)} --overwrite-edited to regenerate it.",
-                artifact,
-            )
-        return False
+        return entry is None or entry.status == "stale"
+
+    def _warn_kept_edits(self) -> None:
+        """Once per run: edits kept although what they were made from has changed since."""
+        for entry in self.store.entries():
+            if entry.status == "edited" and entry.inputs_changed:
+                self.bus.warn(
+                    f"{entry.artifact} was edited by you and what it depends on has changed since; your edit is "
+                    f"kept. Use --from {stage_of(entry.artifact)} --overwrite-edited to regenerate it.",
+                    entry.artifact,
+                )
 
     def _unapproved(self, artifacts: list[str]) -> list[str]:
         pending = []
