@@ -176,6 +176,7 @@ class _Expander:
     main: str
     size: int = 0
     read_files: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # preamble \\input files not in the source
 
     def load(self, rel: str) -> str:
         data = self.source.read(rel)
@@ -183,7 +184,8 @@ class _Expander:
             raise PaperError(f"{rel} cannot be read from {self.source.name}.")
         return _strip_comments(decode_text(data, rel, "LaTeX source"))
 
-    def resolve(self, target: str, including: str) -> str:
+    def resolve(self, target: str, including: str, preamble: bool = False) -> str | None:
+        """The source file `target` names; None for a missing file named in the preamble."""
         target = target.strip().strip('"')
         if target.startswith("/") or re.match(r"^[A-Za-z]:", target):
             raise PaperError(
@@ -201,19 +203,25 @@ class _Expander:
                     )
                 if self.source.exists(normal):
                     return normal
+        if preamble:
+            return None
         raise PaperError(
             f"{including} includes {target!r} (\\input/\\include), but no file {target}"
             f"{'' if target.endswith('.tex') else '[.tex]'} exists in {self.source.name}: "
             "add the missing file to the source, or remove that line."
         )
 
-    def expand(self, rel: str, stack: tuple[str, ...] = ()) -> str:
+    def expand(self, rel: str, stack: tuple[str, ...] = (), preamble: bool = False) -> str:
+        """`rel` with its \\input/\\include files inlined. A file missing from the body is an error; one
+        missing from the preamble (before \\begin{document}: macros, or TeX-installation files such as
+        glyphtounicode) is skipped and listed in `missing`."""
         if rel in stack:
             chain = " -> ".join((*stack, rel))
             raise PaperError(f"LaTeX files in {self.source.name} include each other in a cycle ({chain}).")
         if len(stack) > 32:
             raise PaperError(f"\\input nesting in {self.source.name} is deeper than 32 files.")
         text = self.load(rel)
+        begin = -1 if preamble else text.find("\\begin{document}")
         self.read_files.append(rel)
         self.size += len(text)
         if self.size > _MAX_EXPANDED:
@@ -225,8 +233,12 @@ class _Expander:
                 return match.group(0)
             if not target.strip():
                 return ""
-            child = self.resolve(target, rel)
-            return "\n" + self.expand(child, (*stack, rel)) + "\n"
+            in_preamble = preamble or match.start() < begin
+            child = self.resolve(target, rel, in_preamble)
+            if child is None:
+                self.missing.append(target.strip())
+                return ""
+            return "\n" + self.expand(child, (*stack, rel), in_preamble) + "\n"
 
         return _INPUT.sub(replace, text)
 
@@ -690,7 +702,12 @@ def _parse(text: str, name: str) -> Paper:
 
 def _read_source(source: _Source, main: str) -> Paper:
     expander = _Expander(source, main)
-    return _parse(expander.expand(main), source.name)
+    paper = _parse(expander.expand(main), source.name)
+    if not expander.missing:
+        return paper
+    names = ", ".join(dict.fromkeys(expander.missing))
+    note = f"preamble \\input files not in {source.name} ({names}: macros defined there stay unexpanded)"
+    return paper.model_copy(update={"dropped": [*paper.dropped, note]})
 
 
 def read_latex(path: Path) -> Paper:

@@ -6,6 +6,8 @@ from pydantic import BaseModel, Field
 
 from p2c_notebook.tokens import estimate_tokens
 
+DEFAULT_MAX_CHARS = 400_000  # ~100k tokens, ten times a typical paper: the most of a paper a prompt carries
+
 
 class Section(BaseModel):
     """A section (or sub-section) of the paper body, in reading order."""
@@ -15,6 +17,13 @@ class Section(BaseModel):
     level: int = 1
     text: str = ""
     page: int | None = None  # 1-based page where the heading appears (PDF only)
+
+    def render(self) -> str:
+        """The section as Markdown, as `Paper.to_text` shows it."""
+        marks = "#" * min(6, self.level + 1)
+        heading = f"{self.number} {self.heading}" if self.number else self.heading
+        body = self.text.strip()
+        return f"{marks} {heading}\n\n{body}" if body else f"{marks} {heading}"
 
 
 class Caption(BaseModel):
@@ -37,6 +46,7 @@ class Paper(BaseModel):
     source: str = ""  # file name the paper was read from
     source_format: str = ""  # pdf | latex | s2orc | markdown | text
     pages: int | None = None
+    pages_read: int | None = None  # PDF: how many of `pages` were read (the rest is listed in `dropped`)
     dropped: list[str] = Field(default_factory=list)  # what was removed: "references", "acknowledgements"...
 
     def to_text(self) -> str:
@@ -44,11 +54,7 @@ class Paper(BaseModel):
         parts = [f"# {self.title}"]
         if self.abstract:
             parts.append(f"## Abstract\n\n{self.abstract.strip()}")
-        for section in self.sections:
-            marks = "#" * min(6, section.level + 1)
-            heading = f"{section.number} {section.heading}" if section.number else section.heading
-            body = section.text.strip()
-            parts.append(f"{marks} {heading}\n\n{body}" if body else f"{marks} {heading}")
+        parts.extend(section.render() for section in self.sections)
         if self.captions:
             lines = [f"- {c.label}: {c.text.strip()}" for c in self.captions]
             parts.append("## Figure and table captions\n\n" + "\n".join(lines))
@@ -60,6 +66,7 @@ class Paper(BaseModel):
             source=self.source,
             source_format=self.source_format,
             pages=self.pages,
+            pages_read=self.pages_read,
             sections=len(self.sections),
             equations=len(self.equations),
             captions=len(self.captions),
@@ -69,12 +76,73 @@ class Paper(BaseModel):
         )
 
 
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, at a paragraph (else word) boundary when one is near."""
+    if len(text) <= limit:
+        return text
+    end = text.rfind("\n\n", 0, limit + 1)
+    if end < limit // 2:
+        end = text.rfind(" ", 0, limit + 1)
+    return text[: end if end > 0 else max(limit, 0)].rstrip()
+
+
+def limit_characters(paper: Paper, max_chars: int) -> Paper:
+    """Keep the paper's text (`to_text`) within `max_chars` characters, cutting from the end.
+
+    Sections are kept in reading order until the budget runs out (the last one cut at a paragraph);
+    what is cut is listed in `dropped`, so the report tells the user what the model will not see.
+    """
+    total = len(paper.to_text())
+    if total <= max_chars:
+        return paper
+    abstract = _cut(paper.abstract.strip(), max_chars // 4)
+    captions: list[Caption] = []
+    caption_chars = 0
+    for caption in paper.captions:
+        caption_chars += len(caption.label) + len(caption.text.strip()) + 3
+        if caption_chars > max_chars // 10:
+            break
+        captions.append(caption)
+    title = paper.title if len(paper.title) <= 300 else _cut(paper.title, 300)
+    head = paper.model_copy(update={"title": title, "abstract": abstract, "sections": [], "captions": captions})
+    used = len(head.to_text())
+    sections: list[Section] = []
+    first_cut: Section | None = None  # the first section not kept whole
+    partial = False  # whether the start of `first_cut` is kept
+    for section in paper.sections:
+        size = len(section.render()) + 2
+        if used + size <= max_chars:
+            sections.append(section)
+            used += size
+            continue
+        first_cut = section
+        room = max_chars - used - len(section.model_copy(update={"text": ""}).render()) - 4
+        if room >= 200:
+            sections.append(section.model_copy(update={"text": _cut(section.text.strip(), room)}))
+            partial = True
+        break
+    limited = head.model_copy(update={"sections": sections})
+    notes = []
+    if first_cut is not None:
+        heading = f"{first_cut.number} {first_cut.heading}" if first_cut.number else first_cut.heading
+        notes.append(f"the text from {'the middle of ' if partial else ''}section {heading!r} to the end")
+    if len(captions) < len(paper.captions):
+        notes.append(f"{len(paper.captions) - len(captions)} captions")
+    if abstract != paper.abstract.strip():
+        notes.append("the end of the abstract")
+    kept = len(limited.to_text())
+    what = ", ".join(notes) or "part of the text"
+    note = f"{what} (over the {max_chars:,}-character limit: kept {kept:,} of {total:,} characters)"
+    return limited.model_copy(update={"dropped": [*paper.dropped, note]})
+
+
 class PaperReport(BaseModel):
     """What a reader found: shown to the user before any tokens are spent."""
 
     source: str
     source_format: str
     pages: int | None
+    pages_read: int | None = None
     sections: int
     equations: int
     captions: int
@@ -84,6 +152,8 @@ class PaperReport(BaseModel):
 
     def summary(self) -> str:
         pages = f"{self.pages} pages, " if self.pages else ""
+        if self.pages and self.pages_read is not None and self.pages_read < self.pages:
+            pages = f"{self.pages} pages (read only pages 1-{self.pages_read}), "
         dropped = f"; dropped {', '.join(self.dropped)}" if self.dropped else ""
         return (
             f"{self.source} ({self.source_format}): {pages}{self.sections} sections, "

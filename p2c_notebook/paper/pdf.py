@@ -21,12 +21,13 @@ from typing import Any
 import pymupdf as _pymupdf
 
 from p2c_notebook.errors import PaperError
-from p2c_notebook.paper.model import Caption, Paper, Section
+from p2c_notebook.paper.model import DEFAULT_MAX_CHARS, Caption, Paper, Section
 from p2c_notebook.paper.text import (
     ABSTRACT,
     ACKNOWLEDGEMENTS,
     COMMON_HEADINGS,
     REFERENCES,
+    finish_paper,
     heading_kind,
     match_caption,
     normalize_heading,
@@ -34,6 +35,7 @@ from p2c_notebook.paper.text import (
 
 pymupdf: Any = _pymupdf  # untyped library: keep its calls out of mypy's strict checks
 DEFAULT_MAX_PAGES = 100
+__all__ = ["DEFAULT_MAX_CHARS", "DEFAULT_MAX_PAGES", "read_pdf"]
 _FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 _MATH_FONT = re.compile(r"CMMI|CMSY|CMEX|CMBSY|MSBM|MSAM|Math|Symbol|STIX|rsfs|EUFM|EUSM|txsy|txmi|pxmi|txex|LMMI|LMSY")
 _MATH_CHARS = set("=+−±×÷∑∏∫√∞∂∇≤≥≠≈∈∉⊂⊆∪∩∀∃→←↔⇒⇔·∘⊗⊕‖αβγδϵεζηθκλμνξπρστυφϕχψωΓΔΘΛΞΠΣΦΨΩ")
@@ -561,11 +563,15 @@ def _quiet_mupdf() -> Iterator[None]:
 
 
 def _open(path: Path) -> Any:
-    data = path.read_bytes()
-    if not data:
+    """Open the PDF from its file (MuPDF reads what it needs, not the whole file into memory)."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - 2048))
+        tail = handle.read()
+    if not size:
         raise PaperError(f"{path.name} is empty (0 bytes): the download failed; fetch the PDF again.")
     try:
-        doc = pymupdf.open(stream=data, filetype="pdf")
+        doc = pymupdf.open(str(path), filetype="pdf")
     except Exception as exc:  # pymupdf raises FileDataError/RuntimeError/ValueError for broken files
         raise PaperError(
             f"{path.name} is a damaged or truncated PDF ({exc}): download it again, or repair it "
@@ -577,7 +583,7 @@ def _open(path: Path) -> Any:
             f"{path.name} is password-protected: save an unprotected copy (e.g. "
             "`qpdf --decrypt --password=PASSWORD in.pdf out.pdf`) and read that."
         )
-    truncated = doc.is_repaired and b"%%EOF" not in data[-2048:]
+    truncated = doc.is_repaired and b"%%EOF" not in tail
     if doc.page_count == 0 or truncated:
         doc.close()
         raise PaperError(
@@ -587,13 +593,19 @@ def _open(path: Path) -> Any:
     return doc
 
 
-def _extract(doc: Any, path: Path, max_pages: int) -> tuple[list[list[_Line]], list[float], int, Counter[str], bool]:
+def _extract(
+    doc: Any, path: Path, max_pages: int, max_chars: int
+) -> tuple[list[list[_Line]], list[float], int, Counter[str], bool]:
+    """Lines of the first `max_pages` pages, stopping early once they hold twice `max_chars` characters."""
     fonts: Counter[str] = Counter()
     pages: list[list[_Line]] = []
     heights: list[float] = []
     rotated = 0
     images = False
+    characters = 0
     for number in range(min(doc.page_count, max_pages)):
+        if characters > 2 * max_chars:
+            break
         try:
             page = doc[number]
             lines, turned = _page_lines(page, fonts)
@@ -605,16 +617,18 @@ def _extract(doc: Any, path: Path, max_pages: int) -> tuple[list[list[_Line]], l
         pages.append(lines)
         heights.append(float(page.rect.height) or 792.0)
         rotated += turned
+        characters += sum(len(line.text) for line in lines)
     return pages, heights, rotated, fonts, images
 
 
-def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES) -> Paper:
-    """Read a PDF paper. At most `max_pages` pages are read; the rest is listed in `dropped`."""
+def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int = DEFAULT_MAX_CHARS) -> Paper:
+    """Read a PDF paper: at most `max_pages` pages, and no more once the pages read hold twice `max_chars`
+    characters (the text is cut to `max_chars` later). Pages not read are listed in `dropped`."""
     with _quiet_mupdf():
         doc = _open(path)
         try:
             page_count = doc.page_count
-            pages, heights, rotated, fonts, images = _extract(doc, path, max(1, max_pages))
+            pages, heights, rotated, fonts, images = _extract(doc, path, max(1, max_pages), max(1, max_chars))
         finally:
             doc.close()
     if sum(len(ln.text) for lines in pages for ln in lines) < 50:
@@ -633,12 +647,14 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES) -> Paper:
     for row in rows:
         sizes[round(row.size * 2) / 2] += len(row.text)
     body_size = sizes.most_common(1)[0][0] if sizes else 10.0
-    return _structure(rows, body_size, path, page_count, max_pages, (rotated, headers, numbers))
+    limit = (page_count, len(pages), max_pages)
+    return _structure(rows, body_size, path, limit, (rotated, headers, numbers))
 
 
 def _structure(
-    rows: list[_Row], body_size: float, path: Path, page_count: int, max_pages: int, removed: tuple[int, int, int]
+    rows: list[_Row], body_size: float, path: Path, limit: tuple[int, int, int], removed: tuple[int, int, int]
 ) -> Paper:
+    """The Paper from rows in reading order; `limit` is (pages in the file, pages read, the page limit)."""
     title, title_rows = _title(rows)
     headings = [_heading(row, body_size) for row in rows]
     first_page = rows[0].page if rows else 1
@@ -691,19 +707,11 @@ def _structure(
     if not builder.abstract and len(unlabelled) >= 400:  # an abstract without an "Abstract" heading
         builder.abstract.append(unlabelled)
     dropped = _dropped(builder.skipped, removed)
-    if page_count > max_pages:
-        dropped.append(f"pages {max_pages + 1}-{page_count} (over the {max_pages}-page limit)")
-    return Paper(
-        title=title or path.stem,
-        abstract="\n\n".join(builder.abstract).strip(),
-        sections=builder.sections,
-        equations=builder.equations,
-        captions=builder.captions,
-        source=path.name,
-        source_format="pdf",
-        pages=page_count,
-        dropped=dropped,
-    )
+    page_count, read, max_pages = limit
+    if read < page_count:
+        why = f"over the {max_pages}-page limit" if read >= max_pages else "not read: the pages before hold enough text"
+        dropped.append(f"pages {read + 1}-{page_count} ({why})")
+    return finish_paper(builder, title, path, "pdf", dropped, (page_count, read))
 
 
 def _dropped(skipped: dict[str, list[int]], removed: tuple[int, int, int]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Protocol
 
 from p2c_notebook.errors import PaperError
 from p2c_notebook.paper.model import Caption, Paper, Section
@@ -198,18 +199,41 @@ def _paragraphs(lines: list[str]) -> list[str]:
     return paragraphs
 
 
-def _finish(builder: _Builder, title: str, path: Path, source_format: str) -> Paper:
-    builder.flush()
+class Parts(Protocol):
+    """What a reader's builder has collected: abstract paragraphs, sections, equations, captions."""
+
+    abstract: list[str]
+    sections: list[Section]
+    equations: list[str]
+    captions: list[Caption]
+
+
+def finish_paper(
+    parts: Parts,
+    title: str,
+    path: Path,
+    source_format: str,
+    dropped: list[str],
+    pages: tuple[int, int] | None = None,
+) -> Paper:
+    """The Paper from a builder's parts; `pages` is (pages in the file, pages read) for PDFs."""
     return Paper(
         title=title or path.stem,
-        abstract="\n\n".join(builder.abstract).strip(),
-        sections=builder.sections,
-        equations=builder.equations,
-        captions=builder.captions,
+        abstract="\n\n".join(parts.abstract).strip(),
+        sections=parts.sections,
+        equations=parts.equations,
+        captions=parts.captions,
         source=path.name,
         source_format=source_format,
-        dropped=builder.dropped,
+        pages=pages[0] if pages else None,
+        pages_read=pages[1] if pages else None,
+        dropped=dropped,
     )
+
+
+def _finish(builder: _Builder, title: str, path: Path, source_format: str) -> Paper:
+    builder.flush()
+    return finish_paper(builder, title, path, source_format, builder.dropped)
 
 
 def _load(path: Path, what: str) -> str:
