@@ -163,6 +163,10 @@ def parse_config(text: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PlanError(f"config.yaml does not parse: {exc}") from None
+    except RecursionError:
+        raise PlanError("config.yaml is nested too deeply: keep settings to a few levels of keys.") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # a scalar the YAML types reject: 2024-02-30, !!int x
+        raise PlanError(f"config.yaml has a value YAML cannot convert ({exc}): quote it as a string.") from None
     if not isinstance(data, dict) or not data:
         raise PlanError("config.yaml must be a non-empty mapping of settings (key: value).")
     return data

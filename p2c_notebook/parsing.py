@@ -42,6 +42,8 @@ def extract_json(text: str) -> Any:
                 return json.loads(attempt)
             except json.JSONDecodeError as exc:
                 error = f"the reply is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
+            except RecursionError:
+                error = "the reply's JSON is nested too deeply; a flat JSON object was expected."
     raise ParseError(error)
 
 
