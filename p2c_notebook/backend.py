@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
+from p2c_notebook.retry import IncompleteReply, RetryNotice, RetryPolicy, classify, is_html, retry_after
 from p2c_notebook.settings import Settings
+from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage, cost_of
 
 Messages = list[dict[str, str]]
+OnRetry = Callable[[RetryNotice], None]
+
+CONTINUE = (
+    "Your reply was cut off at the output token limit. Continue exactly where you stopped, from the next "
+    "character on: do not repeat anything, do not add a preamble, do not reopen a code block."
+)
 
 
 @dataclass
@@ -30,13 +41,22 @@ class ChatRequest:
 
 @dataclass
 class Completion:
+    """A reply; `max_tokens` is the output limit that was in effect (None when the backend cannot tell) and
+    `continuations` how many times a reply cut off at that limit was continued."""
+
     text: str
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
+    max_tokens: int | None = None
+    continuations: int = 0
 
 
 class Backend(Protocol):
-    """What a stage needs from a model: a completion for a request, streaming deltas as they come."""
+    """What a stage needs from a model: a completion for a request, streaming deltas as they come.
+
+    `on_retry` hears about each retry before its wait; when its `restart` is true the text streamed so far
+    is void (the retry streams the reply again from the start).
+    """
 
     @property
     def description(self) -> str: ...
@@ -44,7 +64,9 @@ class Backend(Protocol):
     @property
     def model(self) -> str: ...
 
-    def complete(self, request: ChatRequest, on_delta: Callable[[str], None]) -> Completion: ...
+    def complete(
+        self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
+    ) -> Completion: ...
 
     def close(self) -> None: ...
 
@@ -67,12 +89,14 @@ class OpenAIBackend:
                 )
             key = "not-needed"  # local servers ignore it, but the client requires one
         self._base_url = base_url
-        self._client = openai.OpenAI(
-            api_key=key, base_url=base_url, timeout=settings.timeout, max_retries=settings.max_retries
-        )
+        # Retries are ours (RetryPolicy): announced, jittered, honouring Retry-After, resetting streamed text.
+        self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=settings.timeout, max_retries=0)
         self._structured = settings.structured_output
         self._lock = threading.Lock()
         self._on_close = on_close
+        self.policy = RetryPolicy(settings.max_retries, settings.retry_base_delay, settings.retry_max_delay)
+        self._random = random.Random()
+        self._sleep: Callable[[float], None] = time.sleep
 
     @property
     def model(self) -> str:
@@ -87,6 +111,11 @@ class OpenAIBackend:
         if self._on_close:
             self._on_close()
 
+    @property
+    def max_tokens(self) -> int:
+        """The output token limit every request carries."""
+        return self.settings.max_tokens
+
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         s = self.settings
         params: dict[str, Any] = {"model": s.model, "messages": request.messages}
@@ -94,7 +123,7 @@ class OpenAIBackend:
         token_param = s.token_parameter
         if token_param == "auto":
             token_param = "max_completion_tokens" if reasoning else "max_tokens"
-        params[token_param] = s.max_tokens
+        params[token_param] = self.max_tokens
         if s.reasoning_effort:
             params["reasoning_effort"] = s.reasoning_effort
         if s.temperature is not None and not reasoning:
@@ -118,31 +147,93 @@ class OpenAIBackend:
         }
         return params
 
-    def complete(self, request: ChatRequest, on_delta: Callable[[str], None]) -> Completion:
+    def complete(
+        self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
+    ) -> Completion:
+        """One reply: each call retried per the policy; a reply cut off at the token limit is continued
+        (up to `max_continuations` times) and the pieces concatenated."""
         params = self._params(request)
+        completion = self._attempts(params, request, on_delta, on_retry, "")
+        parts, usage, continued = [completion.text], completion.usage, 0
+        while completion.finish_reason == "length" and continued < self.settings.max_continuations:
+            continued += 1
+            so_far = "".join(parts)
+            more = {k: v for k, v in params.items() if k != "response_format"}  # plain text continues a JSON reply
+            more["messages"] = [
+                *request.messages,
+                {"role": "assistant", "content": so_far},
+                {"role": "user", "content": CONTINUE},
+            ]
+            more["extra_headers"] = {**params["extra_headers"], "X-P2C-Continuation": str(continued)}
+            completion = self._attempts(more, request, on_delta, on_retry, so_far)
+            parts.append(completion.text)
+            usage += completion.usage
+        return Completion("".join(parts), usage, completion.finish_reason, self.max_tokens, continued)
+
+    def _attempts(
+        self,
+        params: dict[str, Any],
+        request: ChatRequest,
+        on_delta: Callable[[str], None],
+        on_retry: OnRetry | None,
+        shown: str,
+    ) -> Completion:
+        """One call, repeated after transient failures; `shown` is text streamed by earlier calls of this
+        reply, streamed again after a restart so the user still sees the whole reply."""
+        attempt = 1
+        while True:
+            streamed = False
+
+            def delta(text: str) -> None:
+                nonlocal streamed
+                streamed = True
+                on_delta(text)
+
+            try:
+                return self._call_checked(params, delta, request)
+            except (openai.OpenAIError, IncompleteReply, _NotACompletion) as exc:
+                reason = classify(exc)
+                if reason is None or attempt >= self.policy.attempts:
+                    raise self._translate(exc, request, attempt) from None
+                response = exc.response if isinstance(exc, openai.APIStatusError) else None
+                wait = self.policy.delay(attempt, retry_after(response.headers if response else None), self._random)
+                attempt += 1
+                if on_retry is not None:
+                    on_retry(RetryNotice(reason, wait, attempt, self.policy.attempts, streamed))
+                self._sleep(wait)
+                if streamed and shown:
+                    on_delta(shown)
+
+    def _call_checked(
+        self, params: dict[str, Any], on_delta: Callable[[str], None], request: ChatRequest
+    ) -> Completion:
         try:
-            return self._call(params, on_delta)
+            completion = self._call(params, on_delta, request)
         except openai.BadRequestError as exc:
             if "response_format" in params and self._structured == "auto" and _mentions_format(exc):
                 with self._lock:
                     self._structured = "off"  # this server has no structured output: parse tolerantly
                 params.pop("response_format")
-                return self._call(params, on_delta)
-            raise self._translate(exc, request) from None
-        except openai.OpenAIError as exc:
-            raise self._translate(exc, request) from None
+                completion = self._call(params, on_delta, request)
+            else:
+                raise
+        return completion
 
-    def _call(self, params: dict[str, Any], on_delta: Callable[[str], None]) -> Completion:
+    def _call(self, params: dict[str, Any], on_delta: Callable[[str], None], request: ChatRequest) -> Completion:
         if not self.settings.stream:
             response = self._client.chat.completions.create(**params)
+            if not isinstance(response, ChatCompletion):  # the SDK hands back the raw body when it is not JSON
+                raise _NotACompletion(str(response))
             choice = response.choices[0] if response.choices else None
             text = (choice.message.content or "") if choice else ""
-            return Completion(text, self._usage(response.usage), choice.finish_reason if choice else None)
+            return Completion(text, self._usage(response.usage, params, text), choice.finish_reason if choice else None)
         stream = self._client.chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
         parts: list[str] = []
         finish: str | None = None
         usage = None
         with stream:
+            if is_html(stream.response):
+                raise _NotACompletion(stream.response.read().decode("utf-8", "replace")[:300])
             for chunk in stream:
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -153,11 +244,17 @@ class OpenAIBackend:
                         on_delta(delta)
                     if choice.finish_reason:
                         finish = choice.finish_reason
-        return Completion("".join(parts), self._usage(usage), finish)
+        if finish is None:
+            raise IncompleteReply("the stream ended before the model finished its reply")
+        text = "".join(parts)
+        return Completion(text, self._usage(usage, params, text), finish)
 
-    def _usage(self, usage: Any) -> Usage:
-        if usage is None:
-            return Usage(calls=1, cost=None)
+    def _usage(self, usage: Any, params: dict[str, Any], text: str) -> Usage:
+        if usage is None:  # the server reported nothing: count offline, and say so
+            prompt = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in params["messages"])
+            completion = estimate_tokens(text)
+            cost = cost_of(self.settings.model, prompt, completion, 0, self.settings.prices)
+            return Usage(prompt, completion, 0, 1, cost, estimated=True)
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion = int(getattr(usage, "completion_tokens", 0) or 0)
         details = getattr(usage, "prompt_tokens_details", None)
@@ -165,45 +262,86 @@ class OpenAIBackend:
         cost = cost_of(self.settings.model, prompt, completion, cached, self.settings.prices)
         return Usage(prompt, completion, cached, 1, cost)
 
-    def _translate(self, exc: openai.OpenAIError, request: ChatRequest) -> Exception:
-        where = f"{request.stage}" + (f" for {request.file}" if request.file else "")
+    def _translate(self, exc: BaseException, request: ChatRequest, attempts: int) -> Exception:
+        where = f"stage {request.stage}" + (f", file {request.file}" if request.file else "")
+        tried = f" after {attempts} attempts" if attempts > 1 else ""
+        resume = "finished artifacts are kept: rerun the same command to resume"
+        if isinstance(exc, _NotACompletion):
+            return BackendError(
+                f"The server at {self._base_url} sent a web page instead of a chat completion ({where}): "
+                f"{_short(exc.body, 120)!r}. Check --base-url / OPENAI_BASE_URL (an OpenAI-compatible API usually "
+                f"ends in /v1); {resume}."
+            )
+        if isinstance(exc, IncompleteReply):
+            return BackendError(
+                f"The reply stream from {self._base_url} was cut off before the model finished{tried} ({where}). "
+                f"Check the server or a proxy in between, or turn streaming off (P2C_STREAM=false); {resume}."
+            )
         if isinstance(exc, openai.APITimeoutError):
             return BackendError(
-                f"The model server at {self._base_url} did not answer in time ({where}). "
-                "Raise --timeout or P2C_TIMEOUT, or try again; finished artifacts are kept."
+                f"The model server at {self._base_url} did not answer in time{tried} ({where}; the time-out is "
+                f"{self.settings.timeout:g} s). Raise --timeout or P2C_TIMEOUT, or try again; {resume}."
             )
         if isinstance(exc, openai.APIConnectionError):
             return BackendError(
-                f"Cannot reach the model server at {self._base_url} ({where}). Is it running? "
-                "Check --base-url / OPENAI_BASE_URL; finished artifacts are kept, rerun to resume."
+                f"Cannot reach the model server at {self._base_url}, or it dropped the connection{tried} ({where}). "
+                f"Is it running? Check --base-url / OPENAI_BASE_URL; {resume}."
             )
         if isinstance(exc, openai.AuthenticationError):
             return BackendError(
-                f"The server at {self._base_url} rejected the API key. Set a valid OPENAI_API_KEY or P2C_API_KEY."
+                f"The server at {self._base_url} rejected the API key ({where}). "
+                "Set a valid OPENAI_API_KEY or P2C_API_KEY."
             )
         if isinstance(exc, openai.NotFoundError):
             return BackendError(
-                f"The server at {self._base_url} does not know the model {self.settings.model!r} ({where}). "
-                "Pass an available model with --model or P2C_MODEL."
+                f"The server at {self._base_url} does not know the model {self.settings.model!r} ({where}): "
+                f"{_message(exc, 160)}. Pass an available model with --model or P2C_MODEL; {resume}."
             )
         if isinstance(exc, openai.RateLimitError):
             return BackendError(
-                f"Rate limited by {self._base_url} after {self.settings.max_retries} retries ({where}). "
-                "Wait and rerun (finished artifacts are kept), or lower --concurrency."
+                f"Rate limited by {self._base_url}{tried} ({where}). Wait and rerun ({resume.split(':')[0]}), "
+                "lower --concurrency, or allow more retries with P2C_MAX_RETRIES."
+            )
+        if isinstance(exc, openai.APIStatusError) and is_html(exc.response):
+            return BackendError(
+                f"The server at {self._base_url} answered HTTP {exc.status_code} with a web page instead of JSON"
+                f"{tried} ({where}): a proxy or gateway error, or --base-url is not the API (it usually ends in "
+                f"/v1); {resume}."
             )
         if isinstance(exc, openai.APIStatusError):
+            hint = (
+                "Check --model, --max-tokens and the server's limits"
+                if exc.status_code in (400, 422)
+                else "Rerun to resume; finished artifacts are kept"
+            )
             return BackendError(
-                f"The model server answered HTTP {exc.status_code} ({where}): {_short(exc.message)}. "
-                "Rerun to resume; finished artifacts are kept."
+                f"The model server answered HTTP {exc.status_code}{tried} ({where}): {_message(exc)}. {hint}."
             )
         if isinstance(exc, openai.APIResponseValidationError):
             return ReplyError(f"The model server sent a reply that is not a chat completion ({where}).")
         return BackendError(f"The model call failed ({where}): {_short(str(exc))}")
 
 
+class _NotACompletion(Exception):
+    """The server answered 200 with something that is not a chat completion (an HTML page, usually)."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__(body)
+        self.body = body
+
+
 def _mentions_format(exc: openai.BadRequestError) -> bool:
     text = str(exc).lower()
     return "response_format" in text or "json_schema" in text or "structured" in text
+
+
+def _message(exc: openai.APIStatusError, limit: int = 300) -> str:
+    """The server's own words (the error body's message), without the SDK's "Error code: N - " prefix."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    text = body.get("message") if isinstance(body, dict) else None
+    return _short(text if isinstance(text, str) and text else exc.message, limit).rstrip(".")
 
 
 def _short(text: str, limit: int = 300) -> str:

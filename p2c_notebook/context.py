@@ -16,6 +16,7 @@ from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
 from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
+from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 from p2c_notebook.store import PLANNING, RunStore, artifact_file
 from p2c_notebook.usage import Usage
@@ -109,17 +110,30 @@ class StageContext:
                 raise Cancelled(f"Cancelled while generating {artifact}; everything saved before is kept.")
             self.bus.emit(TokenDelta(artifact, text))
 
+        def on_retry(notice: RetryNotice) -> None:
+            if self.cancel.is_set():
+                raise Cancelled(f"Cancelled while generating {artifact}; everything saved before is kept.")
+            self.bus.warn(f"{where}: {notice.describe()}.", artifact)
+            if notice.restart:
+                self.bus.emit(TokenDelta(artifact, "", restart=True))
+
         for attempt in (1, 2):
             if self.cancel.is_set():
                 raise Cancelled(f"Cancelled before {artifact}; everything saved before is kept.")
-            completion = self.backend.complete(request, on_delta)
+            if attempt == 2:
+                self.bus.emit(TokenDelta(artifact, "", restart=True))
+            completion = self.backend.complete(request, on_delta, on_retry)
             total += completion.usage
             self.store.add_spent(completion.usage)
             self.bus.emit(UsageReported(artifact=artifact, usage=completion.usage, total=self.store.spent()))
             if completion.finish_reason == "length":
+                limit = completion.max_tokens or self.settings.max_tokens
+                continued = (
+                    f", even after {completion.continuations} continuation(s)" if completion.continuations else ""
+                )
                 raise ReplyError(
-                    f"The model's reply for {where} was cut off at the token limit "
-                    f"(max_tokens={self.settings.max_tokens}). Raise --max-tokens (P2C_MAX_TOKENS) and rerun; "
+                    f"The model's reply for {where} was cut off at the token limit (max_tokens={limit}){continued}. "
+                    "Raise --max-tokens (P2C_MAX_TOKENS) or P2C_MAX_CONTINUATIONS and rerun; "
                     "finished artifacts are kept."
                 )
             try:

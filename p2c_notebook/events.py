@@ -36,7 +36,11 @@ class StageStarted(Event):
 
 @dataclass(frozen=True)
 class TokenDelta(Event):
+    """Streamed reply text. `restart`: the text shown so far for this artifact is void (a retried call or a
+    repair re-ask streams its reply from the start); drop it, then show `text`."""
+
     text: str = ""
+    restart: bool = False
 
 
 @dataclass(frozen=True)

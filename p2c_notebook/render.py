@@ -53,6 +53,8 @@ class TerminalRenderer:
             self._status()
         elif isinstance(event, TokenDelta):
             self._streamed += len(event.text)
+            if self.verbose and event.restart:
+                self._line(f"--- {event.artifact} (again: the text above is discarded) ---")
             if self.verbose:
                 self.stream.write(event.text)
                 self.stream.flush()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2c_notebook.backend import Backend, ChatRequest, Completion
+from p2c_notebook.backend import Backend, ChatRequest, Completion, OnRetry
 from p2c_notebook.errors import BackendError, ConfigError
 from p2c_notebook.usage import Usage
 
@@ -110,8 +110,10 @@ class RecordingBackend:
     def description(self) -> str:
         return f"{self.inner.description}, recording to {self.path}"
 
-    def complete(self, request: ChatRequest, on_delta: Callable[[str], None]) -> Completion:
-        completion = self.inner.complete(request, on_delta)
+    def complete(
+        self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
+    ) -> Completion:
+        completion = self.inner.complete(request, on_delta, on_retry)
         entry = {
             "v": FORMAT,
             "key": request_key(request),
@@ -189,7 +191,9 @@ class ReplayBackend:
     def description(self) -> str:
         return f"replay of {self.path} ({len(self._entries)} recorded calls from {self._model})"
 
-    def complete(self, request: ChatRequest, on_delta: Callable[[str], None]) -> Completion:
+    def complete(
+        self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
+    ) -> Completion:
         key = request_key(request)
         recorded = self._by_key.get(key)
         if not recorded:

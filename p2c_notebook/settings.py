@@ -28,6 +28,9 @@ _ENV = {
     "P2C_STREAM": "stream",
     "P2C_TIMEOUT": "timeout",
     "P2C_MAX_RETRIES": "max_retries",
+    "P2C_RETRY_BASE_DELAY": "retry_base_delay",
+    "P2C_RETRY_MAX_DELAY": "retry_max_delay",
+    "P2C_MAX_CONTINUATIONS": "max_continuations",
     "P2C_LOCAL_MODEL": "local_model",
     "P2C_LOCAL_N_CTX": "local_n_ctx",
     "P2C_RECORD": "record",
@@ -53,7 +56,27 @@ class Settings(BaseModel):
     extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields, e.g. repeat_penalty")
     stream: bool = True
     timeout: float = Field(default=600.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="retries of one call after HTTP 408/409/429/5xx, a dropped connection, a time-out or a cut-off "
+        "stream (so max_retries + 1 attempts); other errors are not retried",
+    )
+    retry_base_delay: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds: the n-th retry waits a random time below retry_base_delay * 2^(n-1) (full jitter)",
+    )
+    retry_max_delay: float = Field(
+        default=30.0,
+        ge=0,
+        description="seconds: the longest single wait before a retry, also the cap on a server's Retry-After",
+    )
+    max_continuations: int = Field(
+        default=2,
+        ge=0,
+        description="times a reply cut off at the token limit (finish_reason=length) is continued before failing",
+    )
     concurrency: int = Field(default=4, ge=1)
     prices: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
     local_model: str | None = Field(default=None, description="registered local model name or a .gguf path")

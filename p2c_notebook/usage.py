@@ -23,13 +23,17 @@ PRICES: dict[str, tuple[float, float, float]] = {
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens of one call or a sum of calls; cost is None when any part's price is unknown."""
+    """Tokens of one call or a sum of calls; cost is None when any part's price is unknown.
+
+    `estimated` is true when any part was counted offline because the server reported no usage.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     calls: int = 0
     cost: float | None = 0.0
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         cost = None if self.cost is None or other.cost is None else self.cost + other.cost
@@ -39,16 +43,20 @@ class Usage:
             self.cached_tokens + other.cached_tokens,
             self.calls + other.calls,
             cost,
+            self.estimated or other.estimated,
         )
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "calls": self.calls,
             "cost_usd": None if self.cost is None else round(self.cost, 6),
         }
+        if self.estimated:
+            data["estimated"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Usage:
@@ -63,12 +71,16 @@ class Usage:
             num("cached_tokens"),
             num("calls"),
             float(cost) if isinstance(cost, (int, float)) else None,
+            data.get("estimated") is True,
         )
 
     def describe(self) -> str:
         cost = "cost unknown" if self.cost is None else f"${self.cost:.4f}"
         cached = f" ({self.cached_tokens:,} cached)" if self.cached_tokens else ""
-        return f"{self.prompt_tokens:,} in{cached} / {self.completion_tokens:,} out, {cost}"
+        about = "~" if self.estimated else ""
+        return f"{about}{self.prompt_tokens:,} in{cached} / {about}{self.completion_tokens:,} out, {cost}" + (
+            " (estimated: the server reported no usage)" if self.estimated else ""
+        )
 
 
 def price_for(

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from p2c_notebook.backend import ChatRequest, Completion, OpenAIBackend
+from p2c_notebook.backend import ChatRequest, Completion, OnRetry, OpenAIBackend
 from p2c_notebook.errors import BackendError
 from p2c_notebook.local.server import LlamaServer
 from p2c_notebook.local.weights import DEFAULT_LOCAL_MODEL, MODELS, Weights, resolve
@@ -118,7 +118,7 @@ def strict_json(text: str) -> str:
 def _estimated_usage(request: ChatRequest, text: str, pieces: int) -> Usage:
     """The server reports no usage when streaming: estimate the prompt, count the streamed tokens."""
     prompt = sum(estimate_tokens(m.get("content", "")) + 4 for m in request.messages)
-    return Usage(prompt, pieces or estimate_tokens(text), 0, 1, 0.0)
+    return Usage(prompt, pieces or estimate_tokens(text), 0, 1, 0.0, estimated=True)
 
 
 class LocalBackend:
@@ -149,7 +149,9 @@ class LocalBackend:
             f"context {self.n_ctx}) at {self.server.base_url}"
         )
 
-    def complete(self, request: ChatRequest, on_delta: Callable[[str], None]) -> Completion:
+    def complete(
+        self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
+    ) -> Completion:
         with self._lock:
             if not self.server.running():
                 raise BackendError(
@@ -170,7 +172,7 @@ class LocalBackend:
                 on_delta(delta)
 
             try:
-                completion = self._inner.complete(request, counting)
+                completion = self._inner.complete(request, counting, on_retry)
             except BackendError as exc:
                 if not self.server.running():
                     raise BackendError(
@@ -185,7 +187,7 @@ class LocalBackend:
                 raise
         if request.schema is not None:
             completion.text = strict_json(completion.text)
-        if not completion.usage.prompt_tokens:
+        if completion.usage.estimated or not completion.usage.prompt_tokens:
             completion.usage = _estimated_usage(request, completion.text, pieces)
         return completion
 

@@ -26,7 +26,9 @@ from pydantic import (
 
 from p2c_notebook.errors import ConfigError
 
-FaultKind = Literal["status", "truncate", "malformed", "empty", "html", "reset", "length", "no_usage", "timeout"]
+FaultKind = Literal[
+    "status", "truncate", "malformed", "empty", "html", "reset", "length", "no_usage", "timeout", "reject_model"
+]
 
 #: Faults that deliver (part of) the scripted reply, so they need a matching response entry.
 CONTENT_FAULTS: frozenset[str] = frozenset({"truncate", "length", "no_usage", "timeout"})
@@ -115,12 +117,13 @@ class Fault(_Rule):
     """A fault for matching requests number `after + 1` to `after + times` (`times: null` = all of them)."""
 
     kind: FaultKind
-    status: int = Field(default=500, ge=400, le=599)
+    status: int = Field(default=500, ge=200, le=599)
     retry_after: float | None = Field(default=None, ge=0)
     times: int | None = Field(default=1, ge=1)
     after: int = Field(default=0, ge=0)
     message: str | None = None
     content: str | None = None
+    sleep: float | None = Field(default=None, ge=0, description="for kind: timeout, instead of fault_sleep")
 
     def active_for(self, hit: int) -> bool:
         """Whether the `hit`-th (0-based) matching request gets this fault."""

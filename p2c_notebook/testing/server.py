@@ -32,7 +32,13 @@ _MALFORMED = '{"file_list": ['
 _WORDS = re.compile(r"\S+\s*|\s+")
 _WORDS_PER_CHUNK = 3
 _POLL_S = 0.02  # how often serve_forever checks for stop(); stop() waits up to this long
-_HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+_HTML_TITLES = {200: "Welcome", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Time-out"}
+
+
+def _html_page(status: int) -> bytes:
+    """A proxy's error page (or, with 200, a web site where the API was expected)."""
+    title = f"{status} {_HTML_TITLES.get(status, 'Error')}"
+    return f"<html><head><title>{title}</title></head><body><h1>{title}</h1><hr>nginx</body></html>".encode()
 
 
 class RecordedRequest(TypedDict):
@@ -44,6 +50,7 @@ class RecordedRequest(TypedDict):
     stage: str
     file: str
     attempt: int | None
+    continuation: int | None
     model: str
     messages: list[Any]
     response_format: Any
@@ -113,6 +120,13 @@ def _covered_text(roles: list[str], texts: list[str], shared: int) -> str:
         covered.append(text[: shared - pos])
         pos += len(text) + 1
     return "\n".join(covered)
+
+
+def _continued_text(messages: list[Any]) -> str | None:
+    """The reply so far in a continuation request: the assistant turn just before the last user turn."""
+    if len(messages) >= 2 and isinstance(messages[-2], dict) and messages[-2].get("role") == "assistant":
+        return _content_text(messages[-2].get("content"))
+    return None
 
 
 def _to_int(value: Any) -> int | None:
@@ -235,6 +249,7 @@ class ScriptedServer:
         stage = headers.get("x-p2c-stage", "")
         file = headers.get("x-p2c-file", "")
         attempt = _to_int(headers.get("x-p2c-attempt"))
+        continuation = _to_int(headers.get("x-p2c-continuation"))
         model = str(body.get("model", ""))
         messages = body.get("messages")
         messages = messages if isinstance(messages, list) else []
@@ -245,7 +260,8 @@ class ScriptedServer:
         with self._lock:
             shared = max((_common_prefix_len(serial, p) for p in self._prompts), default=0)
             self._prompts.append(serial)
-            answer = self._choose(stage, file, attempt, model)
+            prior = _continued_text(messages) if continuation else None
+            answer = self._choose(stage, file, attempt, model, prior)
             answer.prompt_tokens = prompt_tokens
             cached = estimate_tokens(_covered_text(roles, texts, shared))
             answer.cached_tokens = min(prompt_tokens, cached)
@@ -258,6 +274,7 @@ class ScriptedServer:
                     stage=stage,
                     file=file,
                     attempt=attempt,
+                    continuation=continuation,
                     model=model,
                     messages=messages,
                     response_format=body.get("response_format"),
@@ -272,8 +289,11 @@ class ScriptedServer:
             )
         return answer
 
-    def _choose(self, stage: str, file: str, attempt: int | None, model: str) -> _Answer:
-        """Model check, then faults (each counts every match), then the first matching response."""
+    def _choose(self, stage: str, file: str, attempt: int | None, model: str, prior: str | None = None) -> _Answer:
+        """Model check, then faults (each counts every match), then the first matching response.
+
+        `prior` is the reply so far of a continuation request: when the scripted reply starts with it, only
+        the rest is sent (so a reply cut at `length` and continued adds up to the scripted text)."""
         if not self.scenario.accepts_model(model):
             message = f"The model `{model}` does not exist or you do not have access to it."
             return _Answer(404, _error(message, "invalid_request_error", "model_not_found"))
@@ -283,13 +303,19 @@ class ScriptedServer:
                 fault = candidate
         if fault is not None and fault.kind == "status":
             return _Answer(fault.status, _status_error(fault), fault=fault)
+        if fault is not None and fault.kind == "reject_model":
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return _Answer(404, _error(message, "invalid_request_error", "model_not_found"), fault=fault)
         if fault is not None and fault.kind not in CONTENT_FAULTS:
             return _Answer(fault=fault)
         for rule in [*self._extra_responses, *self.scenario.responses]:
             if rule.matches(stage, file, attempt):
                 # A faulted delivery does not use up a reply of a `replies` sequence.
                 seen = self._hits.get(id(rule), 0) if fault else self._hit(rule)
-                return _Answer(text=rule.reply_at(seen).text, fault=fault)
+                text = rule.reply_at(seen).text
+                if prior and text.startswith(prior):
+                    text = text[len(prior) :]
+                return _Answer(text=text, fault=fault)
         message = f"no scripted response for stage={stage} file={file}"
         late = fault if fault is not None and fault.kind == "timeout" else None  # still answers late
         return _Answer(400, _error(message, "invalid_request_error", "no_scripted_response"), fault=late)
@@ -408,11 +434,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not owner._sleep(owner.scenario.latency):
             self._drop()
             return
-        if kind == "timeout" and not owner._sleep(owner.scenario.fault_sleep):
-            self._drop()
-            return
-        if kind == "html":
-            self._send(502, _HTML_502, "text/html; charset=utf-8")
+        if kind == "timeout" and answer.fault is not None:
+            sleep = owner.scenario.fault_sleep if answer.fault.sleep is None else answer.fault.sleep
+            if not owner._sleep(sleep):
+                self._drop()
+                return
+        if kind == "html" and answer.fault is not None:
+            status = answer.fault.status if "status" in answer.fault.model_fields_set else 502
+            self._send(status, _html_page(status), "text/html; charset=utf-8")
             return
         if answer.error is not None:
             extra = {}

@@ -365,7 +365,7 @@ class Walkthrough:
     def _handle(self, event: Event) -> None:
         if isinstance(event, TokenDelta):
             with self._lock:
-                text = self._streams.get(event.artifact, "") + event.text
+                text = ("" if event.restart else self._streams.get(event.artifact, "")) + event.text
                 self._streams[event.artifact] = text[-STREAM_TAIL:]
                 self._streaming = event.artifact
             self._draw_stream()
