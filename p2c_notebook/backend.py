@@ -193,6 +193,8 @@ class OpenAIBackend:
                 return self._call_checked(params, delta, request)
             except (openai.OpenAIError, IncompleteReply, _NotACompletion) as exc:
                 reason = classify(exc)
+                if streamed and reason == "the connection failed":
+                    reason = "the reply stream was cut off"
                 if reason is None or attempt >= self.policy.attempts:
                     raise self._translate(exc, request, attempt) from None
                 response = exc.response if isinstance(exc, openai.APIStatusError) else None

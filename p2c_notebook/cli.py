@@ -13,6 +13,7 @@ from p2c_notebook.errors import P2CError
 from p2c_notebook.paper import read_paper
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.render import TerminalRenderer
+from p2c_notebook.runlog import last_failure
 from p2c_notebook.settings import load_settings
 from p2c_notebook.store import RunStore
 
@@ -115,6 +116,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         note = " (inputs changed since your edit)" if row.inputs_changed else ""
         print(f"{row.artifact:<{width}}  {row.status:<9}  {tokens}{note}")
     print(f"Spent in this run folder: {pipeline.store.spent().calls} calls, {pipeline.store.spent().describe()}")
+    done = [r.artifact for r in rows if r.status not in ("missing", "stale")]
+    print(f"Done: {len(done)} of {len(rows)} artifacts (kept; a rerun does not ask for them again).")
+    failure = last_failure(pipeline.store.root / "logs" / "run.log")
+    if failure and len(done) < len(rows):
+        print(f"The last run stopped with: {failure}")
     print(pipeline.next_command())
     return 0
 

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 from p2c_notebook.events import Event, TokenDelta, UsageReported
+
+_FINISHED = re.compile(r" RunFinished (?P<fields>.*)$")
+_MESSAGE = re.compile(r"""\bmessage=(?P<text>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def last_failure(path: Path) -> str | None:
+    """The error that ended the last run logged in `path`, or None when it finished well (or never ran)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        finished = _FINISHED.search(line)
+        if finished is None:
+            continue
+        fields = finished.group("fields")
+        if not fields.startswith("ok=False"):
+            return None
+        message = _MESSAGE.search(fields)
+        try:
+            text = ast.literal_eval(message.group("text")) if message else ""
+        except (ValueError, SyntaxError):
+            text = ""
+        return str(text) or "the run stopped with an error (see logs/run.log)"
+    return None
 
 
 class RunLog:

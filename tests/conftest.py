@@ -12,6 +12,9 @@ import pytest
 from p2c_notebook.settings import Settings
 from p2c_notebook.testing import ScriptedServer
 
+#: test_fault_matrix.py records each (fault, artifact) outcome here; the summary prints them as a table.
+FAULT_MATRIX = pytest.StashKey[dict[tuple[str, str], str]]()
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TRANSFORMER = SHARED / "papers" / "transformer"
@@ -106,3 +109,20 @@ def paper_md(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The fault matrix as a table (faults down, artifacts across): what came of each fault, or FAIL."""
+    results = config.stash.get(FAULT_MATRIX, {})
+    if not results:
+        return
+    faults = list(dict.fromkeys(fault for fault, _ in results))
+    artifacts = list(dict.fromkeys(artifact for _, artifact in results))
+    width = max(len(f) for f in faults)
+    cells = [max(len(a), *(len(results.get((f, a), "")) for f in faults)) for a in artifacts]
+    passed = sum(v != "FAIL" for v in results.values())
+    terminalreporter.write_sep("=", f"fault matrix: {passed}/{len(results)} cases pass")
+    terminalreporter.write_line(" | ".join([" " * width, *(a.ljust(c) for a, c in zip(artifacts, cells, strict=True))]))
+    for fault in faults:
+        row = [results.get((fault, a), "-").ljust(c) for a, c in zip(artifacts, cells, strict=True)]
+        terminalreporter.write_line(" | ".join([fault.ljust(width), *row]))
