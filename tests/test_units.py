@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 from conftest import DESIGN, LOGIC
-from hypothesis import given
-from hypothesis import strategies as st
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config, topological_order
 from p2c_notebook.diagrams import class_diagram_plantuml, diagram_files, sequence_diagram_mermaid
@@ -84,13 +81,6 @@ def test_code_yaml_and_markdown_extraction() -> None:
         extract_markdown("ok")
 
 
-@given(st.text(max_size=300))
-def test_reply_parsers_raise_only_parse_errors(text: str) -> None:
-    for parse in (extract_json, extract_yaml, lambda t: extract_code(t, "python"), extract_markdown):
-        with contextlib.suppress(ParseError):
-            parse(text)
-
-
 @pytest.mark.parametrize(
     "raw, expected",
     [("models/net.py", "models/net.py"), ("./a.py", "a.py"), ("a//b.py", "a/b.py"), ("a\\b.py", "a/b.py")],
@@ -100,20 +90,14 @@ def test_safe_paths_are_normalised(raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["../x.py", "/etc/x", "a/../../b.py", "C:\\x.py", "~/x.py", "a\x00.py", "", ".", "con.py", "a/nul", "x:y"]
+    "raw",
+    ["../x.py", "/etc/x", "a/../../b.py", "C:\\x.py", "~/x.py", "a\x00.py", "", ".", "con.py", "a/nul", "x:y"]
+    + ["CON", "aux.py", "src/Nul.txt", "con .py", "COM1.log", "lpt\u00b9.py", "conin$", "a/b<c>.py", "what?.py"]
+    + ["\\\\server\\share\\x.py", "c:x.py", "trailing./x.py", "x" * 256 + ".py", "\ud800.py", "a\x7f.py", "é/" * 600],
 )
 def test_unsafe_paths_are_rejected(raw: str) -> None:
     with pytest.raises(UnsafePathError):
         safe_relative_path(raw)
-
-
-@given(st.text(max_size=60))
-def test_path_sanitiser_never_lets_a_path_escape(raw: str) -> None:
-    try:
-        path = safe_relative_path(raw)
-    except UnsafePathError:
-        return
-    assert not path.startswith("/") and ".." not in path.split("/") and "\x00" not in path
 
 
 def test_logic_is_reordered_dependencies_first() -> None:

@@ -127,8 +127,11 @@ def _archive_source(path: Path) -> _Source:
                     if not info.is_dir():
                         add(info.filename, info.file_size, functools.partial(zipped.read, info))
         else:
-            raw = _gunzip(data, path.name) if data.startswith(b"\x1f\x8b") else data
+            gzipped = data.startswith(b"\x1f\x8b")
+            raw = _gunzip(data, path.name) if gzipped else data
             if raw[257:262] != b"ustar" and not path.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
+                if not gzipped:
+                    raise ValueError("it is neither a zip, a tar nor a gzip file")
                 single = path.name.removesuffix(".gz")
                 return _MemorySource({single if single.endswith(_TEX) else f"{single}.tex": raw}, path.name)
             with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
