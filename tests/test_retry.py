@@ -1,0 +1,131 @@
+"""The retry policy (backoff, jitter, Retry-After) and retries inside one streamed, continued reply."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from p2c_notebook.backend import ChatRequest, OpenAIBackend
+from p2c_notebook.errors import BackendError
+from p2c_notebook.retry import RetryNotice, RetryPolicy, classify, retry_after
+from p2c_notebook.settings import Settings, load_settings
+from p2c_notebook.testing import ScriptedServer
+
+REPLY = " ".join(f"word{i}" for i in range(60))
+
+
+def status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers or {}, request=request)
+    return openai.APIStatusError(f"HTTP {status}", response=response, body=None)
+
+
+def test_backoff_is_full_jitter_below_a_doubling_ceiling_capped_at_max_delay() -> None:
+    policy = RetryPolicy(retries=6, base_delay=1.0, max_delay=5.0)
+    rng = random.Random(7)
+    for failed in range(1, 7):
+        ceiling = min(5.0, 2.0 ** (failed - 1))
+        draws = [policy.delay(failed, None, rng) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in draws)
+        assert max(draws) > 0.8 * ceiling and min(draws) < 0.2 * ceiling, "spread over the whole range"
+
+
+def test_retry_after_replaces_the_drawn_wait_and_is_capped() -> None:
+    policy = RetryPolicy(retries=3, base_delay=0.001, max_delay=10.0)
+    assert policy.delay(1, 4.0) == 4.0
+    assert policy.delay(3, 120.0) == 10.0
+    assert policy.attempts == 4
+
+
+def test_retry_after_reads_seconds_milliseconds_and_http_dates() -> None:
+    assert retry_after({"retry-after": "3"}) == 3.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    now = time.time()
+    date = format_datetime(datetime.fromtimestamp(now, timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert retry_after({"retry-after": date}, now=now) == pytest.approx(30, abs=1)
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0, "a date in the past: go now"
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None
+
+
+@pytest.mark.parametrize(("status", "retried"), [(429, True), (500, True), (502, True), (503, True), (504, True),
+                                                 (400, False), (401, False), (403, False), (404, False)])  # fmt: skip
+def test_only_transient_statuses_are_retried(status: int, retried: bool) -> None:
+    assert (classify(status_error(status)) is not None) == retried
+
+
+def test_notice_says_why_how_long_and_which_attempt() -> None:
+    notice = RetryNotice("rate limited (HTTP 429)", 2.14, 2, 5)
+    assert notice.describe() == "rate limited (HTTP 429), retrying in 2.1 s (attempt 2/5)"
+
+
+def test_retry_settings_come_from_the_environment() -> None:
+    env = {
+        "P2C_MAX_RETRIES": "5",
+        "P2C_RETRY_BASE_DELAY": "0.5",
+        "P2C_RETRY_MAX_DELAY": "12",
+        "P2C_MAX_CONTINUATIONS": "4",
+    }
+    settings = load_settings(environ=env, file=Path("/nonexistent/config.yaml"))
+    assert (settings.max_retries, settings.retry_base_delay, settings.retry_max_delay) == (5, 0.5, 12.0)
+    assert settings.max_continuations == 4
+
+
+def backend_for(server: ScriptedServer, **extra: Any) -> OpenAIBackend:
+    values: dict[str, Any] = {"base_url": server.base_url, "api_key": "sk-test", "retry_base_delay": 0.001}
+    return OpenAIBackend(Settings.model_validate({**values, **extra}))
+
+
+def test_a_continuation_cut_off_mid_stream_is_retried_and_the_whole_reply_shown_once() -> None:
+    scenario = {
+        "responses": [{"stage": "plan", "content": REPLY}],
+        "faults": [
+            {"stage": "plan", "kind": "length"},
+            {"stage": "plan", "kind": "truncate", "after": 1},  # the continuation's first try
+        ],
+    }
+    shown = ""
+    notices: list[RetryNotice] = []
+
+    def on_delta(text: str) -> None:
+        nonlocal shown
+        shown += text
+
+    def on_retry(notice: RetryNotice) -> None:
+        nonlocal shown
+        notices.append(notice)
+        if notice.restart:
+            shown = ""
+
+    with ScriptedServer(scenario) as server:
+        backend = backend_for(server)
+        completion = backend.complete(ChatRequest([{"role": "user", "content": "plan"}], "plan"), on_delta, on_retry)
+        assert [(r["continuation"], r["fault"]) for r in server.requests] == [
+            (None, "length"),
+            (1, "truncate"),
+            (1, None),
+        ]
+        assert server.requests[1]["response_format"] is None
+    assert completion.text == REPLY and completion.finish_reason == "stop" and completion.continuations == 1
+    assert completion.usage.calls == 2 and completion.max_tokens == backend.max_tokens
+    assert [n.restart for n in notices] == [True] and shown == REPLY
+
+
+def test_a_persistent_failure_stops_after_max_retries_with_the_stage_and_file() -> None:
+    scenario = {
+        "responses": [{"stage": "code", "content": REPLY}],
+        "faults": [{"stage": "code", "kind": "status", "status": 429, "retry_after": 0, "times": None}],
+    }
+    with ScriptedServer(scenario) as server:
+        backend = backend_for(server, max_retries=4)
+        with pytest.raises(BackendError, match=r"after 5 attempts \(stage code, file train.py\)"):
+            backend.complete(ChatRequest([{"role": "user", "content": "x"}], "code", "train.py"), lambda _: None)
+        assert len(server.requests) == 5
