@@ -208,6 +208,8 @@ def test_a_300_page_pdf_is_read_in_bounded_time_and_memory_and_the_report_says_w
     summary = str(result["summary"])
     assert_says(summary, "300 pages (read only pages 1-100)", "pages 101-300 (over the 100-page limit)")
     assert_says(summary, "references (page", "acknowledgements (page")
+    assert_says(summary, "to the end (over the 300,000-character limit: kept ")
+    assert int(str(result["characters"])) <= 300_000
     assert str(result["text"]).startswith("# Mixup")
 
 

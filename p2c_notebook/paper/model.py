@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from p2c_notebook.tokens import estimate_tokens
 
-DEFAULT_MAX_CHARS = 400_000  # ~100k tokens, ten times a typical paper: the most of a paper a prompt carries
+DEFAULT_MAX_CHARS = 300_000  # ~100k tokens (PDF text runs ~3 characters a token), with room left in a 128k context
 
 
 class Section(BaseModel):
@@ -125,7 +125,8 @@ def limit_characters(paper: Paper, max_chars: int) -> Paper:
     notes = []
     if first_cut is not None:
         heading = f"{first_cut.number} {first_cut.heading}" if first_cut.number else first_cut.heading
-        notes.append(f"the text from {'the middle of ' if partial else ''}section {heading!r} to the end")
+        where = f" (page {first_cut.page})" if first_cut.page else ""
+        notes.append(f"the text from {'the middle of ' if partial else ''}section {heading!r}{where} to the end")
     if len(captions) < len(paper.captions):
         notes.append(f"{len(paper.captions) - len(captions)} captions")
     if abstract != paper.abstract.strip():
