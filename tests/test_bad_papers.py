@@ -56,12 +56,16 @@ def tar_gz(files: dict[str, str]) -> bytes:
     return buffer.getvalue()
 
 
-def docx() -> bytes:
+def zipped(files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zipped:
-        zipped.writestr("[Content_Types].xml", "<Types/>")
-        zipped.writestr("word/document.xml", "<w:document><w:body>Mixup</w:body></w:document>")
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
     return buffer.getvalue()
+
+
+def docx() -> bytes:
+    return zipped({"[Content_Types].xml": "<Types/>", "word/document.xml": "<w:document>Mixup</w:document>"})
 
 
 def png() -> bytes:
@@ -77,6 +81,7 @@ IMPOSTORS = {
         ("HTML page", "download the PDF itself"),
     ),
     "docx": (docx, ("ZIP archive", "Word .docx", "export the paper as PDF")),
+    "zipped source": (lambda: zipped({"paper.tex": TEX.read_text()}), ("rename a LaTeX source bundle to .zip",)),
     "source": (lambda: tar_gz({"paper.tex": TEX.read_text()}), ("gzip archive", "rename it to .tar.gz")),
     "png": (png, ("PNG image", "download the paper's PDF")),
     "latex": (TEX.read_bytes, ("LaTeX source, not a PDF", "rename it to .tex")),
@@ -93,7 +98,7 @@ def test_a_file_named_pdf_that_is_something_else_is_named_for_what_it_is(tmp_pat
     assert_says(refusal(path), "paper.pdf", *fragments)
 
 
-@pytest.mark.parametrize(("kind", "suffix"), [("source", ".tar.gz"), ("latex", ".tex")])
+@pytest.mark.parametrize(("kind", "suffix"), [("source", ".tar.gz"), ("zipped source", ".zip"), ("latex", ".tex")])
 def test_following_the_rename_advice_reads_the_paper(tmp_path: Path, kind: str, suffix: str) -> None:
     path = tmp_path / f"paper{suffix}"
     path.write_bytes(IMPOSTORS[kind][0]())
@@ -201,7 +206,8 @@ def read_in_fresh_process(path: Path, **limits: int) -> dict[str, object]:
 def test_a_300_page_pdf_is_read_in_bounded_time_and_memory_and_the_report_says_what_was_kept(
     long_pdf: Path,
 ) -> None:
-    assert pymupdf.open(long_pdf).page_count == 300
+    with pymupdf.open(long_pdf) as doc:
+        assert doc.page_count == 300
     result = read_in_fresh_process(long_pdf)
     assert float(result["seconds"]) < 20  # ~5 s on a 2-core machine
     assert float(result["rss_growth_mb"]) < 300  # ~50 MB measured
