@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,6 +26,9 @@ from p2c_notebook.usage import Usage
 
 Status = Literal["generated", "approved", "edited", "stale"]
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+LOG = "logs/run.log"
+FOLDERS = ("paper", "planning", "analysis", "repo", "logs")
 PLANNING = ("plan", "design", "logic", "config")
 FILES = {
     "paper": "paper/paper.md",
@@ -131,6 +136,7 @@ class RunStore:
         self.root = Path(root)
         self._lock = threading.RLock()
         self._hashes: dict[str, tuple[int, int, str]] = {}
+        self._notes: list[str] = []  # what locking recovered, handed out by the next refresh()
         self._data: dict[str, Any] = {
             "version": 1,
             "created": now(),
@@ -208,7 +214,7 @@ class RunStore:
         if entry is None:
             raise RunError(f"{artifact} has not been generated yet in {self.root}. Run `p2c run` first.")
         try:
-            return (self.root / entry.path).read_text(encoding="utf-8")
+            return self._inside(entry.path).read_text(encoding="utf-8")
         except OSError as exc:
             raise RunError(f"Cannot read {entry.path} in {self.root}: {exc}.") from None
 
@@ -226,17 +232,30 @@ class RunStore:
         status: Status = "generated",
         extra_files: dict[str, str] | None = None,
     ) -> Entry:
-        """Write the artifact file (and derived files) atomically, then record it in the manifest."""
+        """Write the artifact file (and derived files) atomically, then record it in the manifest.
+
+        The entry is first recorded as pending: if the process dies after the file is replaced but before
+        the manifest records it, the next writer adopts the file (see `locked`) instead of taking the new
+        content for a user edit or paying for it again.
+        """
         rel = artifact_file(artifact)
         target = self._inside(rel)
-        for extra_rel, extra in (extra_files or {}).items():
-            atomic_write(self._inside(extra_rel), extra)
-        atomic_write(target, content)
+        extras = {self._inside(extra_rel): extra for extra_rel, extra in (extra_files or {}).items()}
         entry = Entry(artifact, rel, sha256(content), status, dict(inputs), model, usage or Usage(), now())
+        with self._lock:
+            self._data.setdefault("pending", {})[artifact] = entry.to_dict()
+            self._flush()
+        for path, extra in extras.items():
+            atomic_write(path, extra)
+        atomic_write(target, content)
         stat = target.stat()
         with self._lock:
             self._hashes[rel] = (stat.st_mtime_ns, stat.st_size, entry.sha256)
             self._data["artifacts"][artifact] = entry.to_dict()
+            pending = self._data.get("pending", {})
+            pending.pop(artifact, None)
+            if not pending:
+                self._data.pop("pending", None)
             self._flush()
         return entry
 
@@ -258,12 +277,24 @@ class RunStore:
                 (self.root / raw["path"]).unlink()
 
     def _inside(self, rel: str) -> Path:
-        """Resolve a run-relative path, refusing anything (symlinks included) that leads outside."""
+        """A run-relative path that stays inside the run folder and passes through no symbolic link.
+
+        Generated files are never written (or read) through a link: a link in the run folder, planted or
+        left behind, could otherwise send a write anywhere on the machine.
+        """
         root = self.root.resolve()
         target = (root / rel).resolve()
         if target != root and root not in target.parents:
             raise RunError(f"Refusing to write {rel}: it resolves outside the run folder {self.root}.")
-        return target
+        current = self.root
+        for part in Path(rel).parts:
+            current = current / part
+            if current.is_symlink():
+                raise RunError(
+                    f"Refusing to use {rel}: {current} is a symbolic link (to {os.readlink(current)}), and p2c "
+                    "never reads or writes generated files through links. Remove the link and run again."
+                )
+        return self.root / rel
 
     # --- derived status -------------------------------------------------------------------------
     def refresh(self, order: list[str], persist: bool = True) -> list[str]:
@@ -271,8 +302,8 @@ class RunStore:
 
         Returns messages about what changed, for the caller to emit as notices.
         """
-        notes: list[str] = []
         with self._lock:
+            notes, self._notes = self._notes, []
             artifacts: dict[str, dict[str, Any]] = self._data["artifacts"]
             current: dict[str, str] = {}
             before = json.dumps(artifacts, sort_keys=True)
@@ -306,21 +337,73 @@ class RunStore:
                 self._flush()
         return notes
 
-    def _remove_temp_files(self) -> None:
+    def _remove_temp_files(self) -> int:
         """Half-written temp files of a killed writer are never artifacts: remove them."""
+        removed = 0
         for leftover in self.root.rglob(".*.tmp"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+                removed += 1
+        return removed
+
+    def _recover_pending(self) -> list[str]:
+        """Adopt files that a killed writer finished writing but did not get to record (see `save`)."""
+        pending: dict[str, dict[str, Any]] = self._data.pop("pending", None) or {}
+        adopted = []
+        for artifact, raw in pending.items():
+            try:
+                digest = sha256(self._inside(raw["path"]).read_bytes())
+            except (OSError, RunError):
+                continue
+            if digest == raw["sha256"]:
+                self._data["artifacts"][artifact] = raw
+                adopted.append(artifact)
+        if pending:
+            self._flush()
+        return adopted
+
+    def _check_links(self) -> None:
+        """The run folder's own folders and bookkeeping files must not be links to somewhere else."""
+        for name in (*FOLDERS, MANIFEST, LOG):
+            path = self.root / name
+            if path.is_symlink():
+                raise RunError(
+                    f"{path} is a symbolic link (to {os.readlink(path)}); p2c writes only inside the run folder "
+                    "and never through links. Replace the link with a folder (or remove it) and run again."
+                )
+
+    @staticmethod
+    def _owner(record: str) -> str:
+        """Who holds the lock, from the lock file's `pid N on HOST since TIME` line."""
+        match = re.fullmatch(r"pid (\d+) on (\S+) since (\S+)", record)
+        if not match:
+            return "another process"
+        pid, host, since = int(match.group(1)), match.group(2), match.group(3)
+        if pid == os.getpid() and host == socket.gethostname():
+            return (
+                f"another pipeline in this same process (pid {pid}, since {since}): a second walkthrough or "
+                "Pipeline on the same folder; wait for its run to finish or close it"
+            )
+        return f"process {pid} on {host} (since {since})"
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on the run folder; a second writer gets a clear error.
 
-        The kernel drops the lock when the process dies, so a killed run leaves no stale lock.
+        The kernel drops the lock when the process dies, so a killed run leaves no stale lock: its owner
+        line is still in the file, which is how the next writer knows to report a recovery.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        lock_path = self.root / ".lock"
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the duration of the context
+        self._check_links()
+        lock_path = self.root / LOCK
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise RunError(
+                f"Cannot open the lock file {lock_path} ({exc.strerror}). If it is a link, remove it and run again."
+            ) from None
+        handle = os.fdopen(fd, "r+", encoding="utf-8")
+        acquired = False
         try:
             try:
                 import fcntl
@@ -329,18 +412,32 @@ class RunStore:
             except ImportError:  # pragma: no cover - Windows: best effort, no lock
                 pass
             except OSError:
-                handle.seek(0)
-                owner = handle.read().strip() or "another process"
+                owner = self._owner(handle.read().strip())
                 raise RunError(
-                    f"The run {self.root} is in use by {owner}. Wait for it to finish, or stop it first."
+                    f"The run {self.root} is in use by {owner}. Only one process or notebook can write a run "
+                    "folder at a time: wait for the other run to finish or stop it, then run again."
                 ) from None
+            acquired = True
+            previous = handle.read().strip()
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()}")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
             handle.flush()
             with self._lock:
                 self.reload()
-            self._remove_temp_files()
+                adopted = self._recover_pending()
+            removed = self._remove_temp_files()
+            parts = [f"the run that held it ({previous}) stopped without finishing"] if previous else []
+            if removed:
+                parts.append(f"removed {removed} half-written temporary file(s)")
+            if adopted:
+                parts.append(f"kept {', '.join(adopted)}, fully written just before that run stopped")
+            if parts:
+                self._notes.append("Recovered the run folder: " + "; ".join(parts) + ".")
             yield
         finally:
+            if acquired:  # a clean exit leaves an empty lock file: nothing to recover next time
+                with contextlib.suppress(OSError):
+                    handle.seek(0)
+                    handle.truncate()
             handle.close()

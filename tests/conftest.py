@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,21 @@ def settings_for(server: ScriptedServer, **extra: Any) -> Settings:
     values: dict[str, Any] = {"base_url": server.base_url, "api_key": API_KEY, "model": "gpt-4o-mini"}
     values.update(extra)
     return Settings.model_validate(values)
+
+
+def subprocess_env(server: ScriptedServer, **extra: str) -> dict[str, str]:
+    """The environment of a `p2c` subprocess talking to `server`: none of the caller's keys or settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "P2C_"))}
+    env.update(
+        {
+            "OPENAI_API_KEY": API_KEY,
+            "OPENAI_BASE_URL": server.base_url,
+            "P2C_CONFIG": "/nonexistent",
+            "PYTHONPATH": str(ROOT),
+            **extra,
+        }
+    )
+    return env
 
 
 @pytest.fixture

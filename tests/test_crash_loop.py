@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, CODE, ROOT, small_scenario
+from conftest import CODE, small_scenario, subprocess_env
 
 from p2c_notebook.store import sha256
 
@@ -32,20 +32,6 @@ ALL = {
     *(f"analysis/{f}" for f in CODE),
     *(f"code/{f}" for f in CODE),
 }
-
-
-def _env(server: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "P2C_"))}
-    env.update(
-        {
-            "OPENAI_API_KEY": API_KEY,
-            "OPENAI_BASE_URL": server.base_url,
-            "P2C_CONFIG": "/nonexistent",
-            "P2C_MAX_RETRIES": "0",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    return env
 
 
 def _artifact_of(request: Any) -> str:
@@ -89,7 +75,7 @@ def test_sigkill_at_random_moments_never_corrupts_the_run_and_never_pays_twice(
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     allowed = {paper_md, workdir}  # plus each round's run folder; the working folder must stay empty
-    env = _env(server)
+    env = subprocess_env(server, P2C_MAX_RETRIES="0")
     kills = rounds = 0
     history: list[str] = []
     while kills < KILLS:
