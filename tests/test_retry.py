@@ -12,9 +12,12 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from conftest import settings_for, small_scenario
 
 from p2c_notebook.backend import ChatRequest, OpenAIBackend
-from p2c_notebook.errors import BackendError
+from p2c_notebook.errors import BackendError, ReplyError
+from p2c_notebook.local.backend import MAX_TOKENS, tuned_settings
+from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.retry import RetryNotice, RetryPolicy, classify, retry_after
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.testing import ScriptedServer
@@ -129,3 +132,17 @@ def test_a_persistent_failure_stops_after_max_retries_with_the_stage_and_file() 
         with pytest.raises(BackendError, match=r"after 5 attempts \(stage code, file train.py\)"):
             backend.complete(ChatRequest([{"role": "user", "content": "x"}], "code", "train.py"), lambda _: None)
         assert len(server.requests) == 5
+
+
+def test_a_reply_cut_at_the_limit_every_time_names_the_limit_the_backend_really_used(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    server = serve(small_scenario(faults=[{"stage": "plan", "kind": "length", "times": None}]))
+    settings = settings_for(server)  # max_tokens 8192, which the local model's tuning lowers
+    local_like = OpenAIBackend(tuned_settings(settings, "gpt-4o-mini", server.base_url))
+    pipeline = Pipeline.start(paper_md, tmp_path / "run", settings=settings, backend=local_like)
+    with pipeline, pytest.raises(ReplyError) as info:
+        pipeline.run()
+    local_like.close()
+    assert f"max_tokens={MAX_TOKENS})" in str(info.value) and str(settings.max_tokens) not in str(info.value)
+    assert [r["max_tokens"] for r in server.requests] == [MAX_TOKENS] * 3
