@@ -303,6 +303,52 @@ def test_timeout_fault_exceeds_a_short_client_timeout(client: openai.OpenAI, ser
         )
 
 
+def test_reject_model_fault_is_a_404_for_the_matching_requests_only(
+    client: openai.OpenAI, server: ScriptedServer
+) -> None:
+    server.add_fault({"stage": "code", "file": "train.py", "kind": "reject_model"})
+    with pytest.raises(openai.NotFoundError) as info:
+        ask(client, "code", "train.py")
+    assert info.value.code == "model_not_found"
+    assert ask(client, "plan") == PLAN
+
+
+def test_html_fault_with_status_200_is_a_web_page_where_json_was_expected(server: ScriptedServer) -> None:
+    server.add_fault({"stage": "plan", "kind": "html", "status": 200})
+    data = json.dumps({"model": "gpt-test", "messages": MESSAGES}).encode()
+    request = urllib.request.Request(
+        f"{server.base_url}/chat/completions",
+        data=data,
+        headers={**headers("plan"), "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/html")
+        assert b"<html>" in resp.read()
+
+
+def test_timeout_fault_sleep_overrides_fault_sleep(client: openai.OpenAI, server: ScriptedServer) -> None:
+    server.add_fault({"stage": "plan", "kind": "timeout", "sleep": 0.05})
+    assert (
+        client.with_options(timeout=1.5)
+        .chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers=headers("plan"))
+        .choices[0]
+        .message.content
+        == PLAN
+    )  # fault_sleep is 2 s: only the fault's own sleep was waited
+
+
+def test_a_continuation_gets_the_rest_of_a_reply_cut_at_length(client: openai.OpenAI, server: ScriptedServer) -> None:
+    server.add_fault({"stage": "plan", "kind": "length"})
+    first = ask(client, "plan")
+    rest = client.chat.completions.create(
+        model="gpt-test",
+        messages=[*MESSAGES, {"role": "assistant", "content": first}, {"role": "user", "content": "Continue."}],
+        extra_headers={**headers("plan"), "X-P2C-Continuation": "1"},
+    )
+    assert first + (rest.choices[0].message.content or "") == PLAN
+    assert [r["continuation"] for r in server.requests] == [None, 1]
+
+
 def test_attempt_filter_targets_the_first_try_only(client: openai.OpenAI, server: ScriptedServer) -> None:
     server.add_fault({"stage": "design", "attempt": 1, "kind": "malformed", "times": None})
     assert ask(client, "design") == '{"file_list": ['
