@@ -13,7 +13,7 @@ issue's output sizes), then in the same process:
   file and one coding call per file, each re-sending the paper, every planning answer and (coding) the full
   code of every file written before it;
 * the critical-path lower bound of the dependency DAG our pipeline must respect
-  (plan -> design -> logic -> config -> analysis(f) -> code(f), code(f) after code(each dependency)).
+  (plan -> design -> logic -> analysis(f) -> code(f), config after the plan, code(f) after code(each dependency)).
 
 It prints one table (wall time, bound, calls, input tokens, input tokens in a prefix an earlier call already
 sent, output tokens; rows ours / reference-like / ratio) and the targets, then the extras: reading the
@@ -38,7 +38,7 @@ from typing import Any
 
 import openai
 from pydantic import SecretStr
-from synthetic import Synthetic, build, depth, paper_path
+from synthetic import Synthetic, build, depth, paper_path, reference_paper_text
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.backend import ChatRequest, OpenAIBackend
@@ -49,6 +49,7 @@ from p2c_notebook.prompts.builder import PromptBuilder, language_for, render
 from p2c_notebook.settings import Settings
 from p2c_notebook.store import PLANNING, stage_of
 from p2c_notebook.testing import ScriptedServer
+from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage, cost_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -123,11 +124,11 @@ def critical_path(durations: Mapping[str, float], deps: Mapping[str, Sequence[st
 
 
 def pipeline_dag(synth: Synthetic) -> dict[str, list[str]]:
-    """What our pipeline must respect: the planning chain, analysis after config, code after its analysis and
-    after the code of the files it depends on."""
-    deps: dict[str, list[str]] = {"plan": [], "design": ["plan"], "logic": ["design"], "config": ["logic"]}
+    """What our pipeline must respect: plan -> design -> logic, config after the plan, analysis after logic and
+    config, code after its analysis and after the code of the files it depends on."""
+    deps: dict[str, list[str]] = {"plan": [], "design": ["plan"], "logic": ["design"], "config": ["plan"]}
     for path in synth.files:
-        deps[f"analysis/{path}"] = ["config"]
+        deps[f"analysis/{path}"] = ["logic", "config"]
         deps[f"code/{path}"] = [f"analysis/{path}", *(f"code/{d}" for d in synth.deps[path])]
     return deps
 
@@ -253,7 +254,7 @@ class ReferenceLike:
         written: dict[str, str] = {}
         for item in logic.files:
             blocks = [render("dependency_file", path=p, code=c.rstrip()) for p, c in written.items()]
-            earlier = render("dependencies", files="\n".join(blocks)) if blocks else ""
+            earlier = render("dependencies", files="\n".join(blocks)) + "\n\n" if blocks else ""
             task = render(
                 "code",
                 path=item.path,
@@ -328,18 +329,18 @@ def _instrumented_run(synth: Synthetic, paper: Path) -> tuple[float, float, int,
     ):
         complete = pipeline.backend.complete
 
-        def timed_complete(request: ChatRequest, on_delta: Callable[[str], None]) -> Any:
+        def timed_complete(request: ChatRequest, on_delta: Callable[[str], None], *more: Any) -> Any:
             nonlocal inside
             began = time.perf_counter()
             try:
-                return complete(request, on_delta)
+                return complete(request, on_delta, *more)
             finally:
                 inside += time.perf_counter() - began
 
-        def timed_write(path: Path, data: str | bytes) -> None:
+        def timed_write(path: Path, data: str | bytes, *more: Any) -> None:
             nonlocal writes, written
             began = time.perf_counter()
-            atomic_write(path, data)
+            atomic_write(path, data, *more)
             writes, written = writes + 1, written + time.perf_counter() - began
 
         pipeline.backend.complete = timed_complete  # type: ignore[method-assign]
@@ -626,11 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     latency, token_latency = (0.0, 0.0) if args.quick else (args.latency, args.token_latency)
 
     paper = paper_path()
-    paper_text = read_paper(paper).to_text()
+    paper_text, paper_source = reference_paper_text(paper, read_paper(paper).to_text())
     openai.OpenAI(api_key=API_KEY, base_url="http://127.0.0.1:9/v1").close()  # both schedules find it imported
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(
-        f"{os.cpu_count()} CPUs, load average {load}; paper {paper.name}; scripted server: {latency:g} s per call "
+        f"{os.cpu_count()} CPUs, load average {load}; paper {paper.name} (the reference-like schedule sends "
+        f"{paper_source}, ~{estimate_tokens(paper_text):,} tokens); scripted server: {latency:g} s per call "
         f"+ {token_latency * 1000:g} ms per output token, {'whole replies' if args.no_stream else 'streaming'}; "
         "synthetic outputs (tokens): plan 1.5k, design 1.2k, logic 1.2k, config 0.3k, analysis 0.8k and code 1.5k "
         "per file",
@@ -681,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token_latency_s": token_latency,
         "stream": not args.no_stream,
         "paper": paper.name,
+        "reference_paper": paper_source,
         "cpus": os.cpu_count(),
         "load_average": load,
         "results": results,

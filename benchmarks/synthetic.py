@@ -118,6 +118,19 @@ def paper_path() -> Path:
     return TRANSFORMER_PDF if TRANSFORMER_PDF.exists() else FALLBACK_PAPER
 
 
+def reference_paper_text(paper: Path, ours: str) -> tuple[str, str]:
+    """The paper as the reference implementation sends it, and where that text came from.
+
+    The reference reads the GROBID (s2orc) JSON stripped of citation and equation spans, the `*_cleaned.json`
+    beside the Transformer PDF in ../shared, and puts the loaded JSON in every prompt. Without that file both
+    schedules get our reading of the paper.
+    """
+    cleaned = paper.with_name(f"{paper.stem}_cleaned.json")
+    if cleaned.exists():
+        return json.dumps(json.loads(cleaned.read_text(encoding="utf-8")), ensure_ascii=False), cleaned.name
+    return ours, f"our reading of {paper.name}"
+
+
 # --- the dependency graph -----------------------------------------------------------------------------------
 def level_counts(n: int) -> list[int]:
     """How many files each level gets: depth 4 from n = 4 (depth n below that)."""

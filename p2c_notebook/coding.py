@@ -24,7 +24,13 @@ def dependency_context(ctx: StageContext, logic: LogicDesign, path: str) -> tupl
             continue
         interfaces[dep] = interface_of(dep, ctx.store.read(f"code/{dep}"))
         frontier.extend(logic.dependencies(dep))
-    return direct, interfaces
+    # In dependency order, so that calls needing the same files start their per-file part alike.
+    rank = {f: i for i, f in enumerate(logic.order)}
+    return _ordered(direct, rank), _ordered(interfaces, rank)
+
+
+def _ordered(files: dict[str, str], rank: dict[str, int]) -> dict[str, str]:
+    return dict(sorted(files.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def code_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entry:

@@ -16,6 +16,7 @@ from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
 from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
+from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 from p2c_notebook.store import PLANNING, RunStore, artifact_file
@@ -60,11 +61,12 @@ class StageContext:
             ) from None
 
     def answers(self, upto: str | None = None) -> dict[str, str]:
-        """The planning answers as they re-enter prompts (config inside its yaml fence)."""
+        """The planning answers as they re-enter prompts (config inside its yaml fence).
+
+        With `upto`, only those the planning step `upto` builds on; without, all of them.
+        """
         answers: dict[str, str] = {}
-        for step in PLANNING:
-            if step == upto:
-                break
+        for step in PLANNING_CONTEXT[upto] if upto else PLANNING:
             text = self.store.read(step)
             if step == "config":
                 parse_config(text)

@@ -34,6 +34,7 @@ from p2c_notebook.events import (
 from p2c_notebook.paper import Paper, read_paper
 from p2c_notebook.planning import make_config, make_design, make_logic, make_plan
 from p2c_notebook.prompts import PromptBuilder
+from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.runlog import RunLog
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.store import PLANNING, Entry, RunStore, artifact_file, atomic_write, sha256, stage_of
@@ -219,7 +220,7 @@ class Pipeline:
             return result
 
     def _run(self, first: int, last: int, require_approval: bool, produced: list[str]) -> RunResult:
-        todo_planning = [s for s in PLANNING[first:] if STEPS.index(s) <= last and self._needs(s)]
+        todo_planning = self._planning_todo(first, last)
         estimate = len(todo_planning) + self._file_steps_needed(first, last, self.files())
         self.bus.emit(
             RunStarted(
@@ -230,52 +231,77 @@ class Pipeline:
             )
         )
         progress = _Counter(self.bus, estimate)
-        for step in PLANNING:
-            index = STEPS.index(step)
-            if index < first or index > last or not self._needs(step):
-                continue
-            pending = self._unapproved(["paper", *PLANNING[: PLANNING.index(step)]]) if require_approval else []
-            if pending:
-                return self._pause(pending, step, produced)
-            self._check_cancel()
-            ctx = self._context()
-            entry = PLANNERS[step](ctx)
-            self._saved(entry, produced, progress)
+        if require_approval:
+            for step in todo_planning:
+                pending = self._unapproved(["paper", *PLANNING_CONTEXT[step]])
+                if pending:
+                    return self._pause(pending, step, produced)
+                self._check_cancel()
+                self._saved(PLANNERS[step](self._context()), produced, progress)
+        elif todo_planning:
+            # config.yaml builds on the plan only: it is written while the designs are.
+            deps = {s: [d for d in PLANNING_CONTEXT[s] if d in todo_planning] for s in todo_planning}
+            self._schedule(todo_planning, deps, produced, progress)
         if last < STEPS.index("analysis"):
             return RunResult("stopped", f"Stopped after {STEPS[last]} as asked.", produced)
         logic = self._checked_logic()
         self._drop_orphans(logic)
         files = logic.order
-        progress.remaining(self._file_steps_needed(first, last, files))
-        if first <= STEPS.index("analysis"):
-            todo = [f for f in files if self._needs(f"analysis/{f}")]
-            if todo:
-                pending = self._unapproved(["paper", *PLANNING]) if require_approval else []
-                if pending:
-                    return self._pause(pending, "analysis", produced)
-                self._schedule([f"analysis/{f}" for f in todo], {}, produced, progress)
+        analysis_todo, code_todo = self._file_todo(first, last, files)
+        progress.remaining(len(analysis_todo) + len(code_todo))
+        if analysis_todo and (require_approval or last < STEPS.index("code")):
+            # On its own when the coding stage waits for approval of the analyses (or is not asked for).
+            pending = self._unapproved(["paper", *PLANNING]) if require_approval else []
+            if pending:
+                return self._pause(pending, "analysis", produced)
+            self._schedule([f"analysis/{f}" for f in analysis_todo], {}, produced, progress)
+            analysis_todo = []
         if last < STEPS.index("code"):
             return RunResult("stopped", "Stopped after analysis as asked.", produced)
-        todo = [f for f in files if self._needs(f"code/{f}")]
-        if todo:
+        if code_todo:
             pending = self._unapproved([f"analysis/{f}" for f in files]) if require_approval else []
             if pending:
                 return self._pause(pending, "code", produced)
-            deps = {f"code/{f}": [f"code/{d}" for d in logic.dependencies(f) if d in todo] for f in todo}
-            self._schedule([f"code/{f}" for f in todo], deps, produced, progress)
+            # Otherwise one schedule for both stages: code(f) starts once analysis(f) and its imports are saved.
+            self._schedule(*_file_graph(analysis_todo, code_todo, logic), produced, progress)
         self._sync_repo_config()
         return RunResult("done", f"The repository is in {self.store.root / 'repo'}", produced)
 
+    def _planning_todo(self, first: int, last: int) -> list[str]:
+        """Planning steps this run generates: missing or stale ones, and unedited ones built on those."""
+        todo: list[str] = []
+        for step in PLANNING:
+            if not first <= STEPS.index(step) <= last:
+                continue
+            redo_input = any(d in todo for d in PLANNING_CONTEXT[step]) and not self._edited(step)
+            if self._needs(step) or redo_input:
+                todo.append(step)
+        return todo
+
     def _file_steps_needed(self, first: int, last: int, files: list[str]) -> int:
-        analysis = [f for f in files if first <= STEPS.index("analysis") <= last and self._needs(f"analysis/{f}")]
-        code = [f for f in files if last == STEPS.index("code") and (f in analysis or self._needs(f"code/{f}"))]
+        analysis, code = self._file_todo(first, last, files)
         return len(analysis) + len(code)
+
+    def _file_todo(self, first: int, last: int, files: list[str]) -> tuple[list[str], list[str]]:
+        """Files whose analysis / code this run generates (a regenerated analysis redoes unedited code)."""
+        analysis = [f for f in files if first <= STEPS.index("analysis") <= last and self._needs(f"analysis/{f}")]
+        code = [
+            f
+            for f in files
+            if last == STEPS.index("code")
+            and (self._needs(f"code/{f}") or (f in analysis and not self._edited(f"code/{f}")))
+        ]
+        return analysis, code
 
     def _schedule(
         self, artifacts: list[str], deps: dict[str, list[str]], produced: list[str], progress: _Counter
     ) -> None:
-        """Run file steps concurrently; a step starts as soon as the steps it depends on are saved."""
-        remaining = list(artifacts)
+        """Run steps concurrently; a step starts as soon as the steps it depends on are saved.
+
+        When more steps are ready than the concurrency limit allows, the one with the longest chain of
+        steps waiting on it goes first, so the critical path never queues behind leaves.
+        """
+        remaining = sorted(artifacts, key=_chain_lengths(artifacts, deps).__getitem__, reverse=True)
         running: dict[Future[Entry], str] = {}
         done: set[str] = set()
         errors: list[BaseException] = []
@@ -287,7 +313,7 @@ class Pipeline:
                         if len(running) >= self.settings.concurrency:
                             break
                         remaining.remove(artifact)
-                        running[pool.submit(self._file_step, ctx, artifact)] = artifact
+                        running[pool.submit(self._step, ctx, artifact)] = artifact
                 if not running:
                     break
                 try:
@@ -308,8 +334,10 @@ class Pipeline:
             raise errors[0]
         self._check_cancel()
 
-    def _file_step(self, ctx: StageContext, artifact: str) -> Entry:
+    def _step(self, ctx: StageContext, artifact: str) -> Entry:
         stage, _, path = artifact.partition("/")
+        if stage in PLANNERS:
+            return PLANNERS[stage](ctx)
         return analyze_file(ctx, path) if stage == "analysis" else code_file(ctx, path)
 
     def _saved(self, entry: Entry, produced: list[str], progress: _Counter) -> None:
@@ -330,6 +358,10 @@ class Pipeline:
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
             raise Cancelled("Cancelled; everything saved so far is kept. Run again to resume.")
+
+    def _edited(self, artifact: str) -> bool:
+        entry = self.store.entry(artifact)
+        return entry is not None and entry.status == "edited"
 
     def _needs(self, artifact: str) -> bool:
         entry = self.store.entry(artifact)
@@ -476,6 +508,34 @@ def validate_edit(artifact: str, text: str, pipeline: Pipeline) -> dict[str, str
     if not text.strip():
         raise PlanError(f"Your edit of {artifact} is empty; write the artifact or regenerate it.")
     return {}
+
+
+def _chain_lengths(steps: list[str], deps: dict[str, list[str]]) -> dict[str, int]:
+    """For each step, the number of steps on the longest chain that starts with it (itself included)."""
+    waiting: dict[str, list[str]] = {s: [] for s in steps}
+    for step, needs in deps.items():
+        for need in needs:
+            waiting.setdefault(need, []).append(step)
+    lengths: dict[str, int] = {}
+
+    def length(step: str) -> int:
+        if step not in lengths:
+            lengths[step] = 1 + max((length(w) for w in waiting.get(step, [])), default=0)
+        return lengths[step]
+
+    for step in steps:
+        length(step)
+    return lengths
+
+
+def _file_graph(analysis: list[str], code: list[str], logic: LogicDesign) -> tuple[list[str], dict[str, list[str]]]:
+    """File steps to run and what each waits for: code(f) after analysis(f) and code(each dependency of f)."""
+    steps = [f"analysis/{f}" for f in analysis] + [f"code/{f}" for f in code]
+    deps = {
+        f"code/{f}": [f"analysis/{f}"] * (f in analysis) + [f"code/{d}" for d in logic.dependencies(f) if d in code]
+        for f in code
+    }
+    return steps, deps
 
 
 class _Counter:

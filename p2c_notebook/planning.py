@@ -1,4 +1,7 @@
-"""Planning: overall plan -> architecture design -> logic design -> config.yaml, one conversation."""
+"""Planning: overall plan -> architecture design -> logic design, and config.yaml from the plan.
+
+Each call continues the conversation of the steps it builds on (PLANNING_CONTEXT).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,10 @@ from p2c_notebook.artifacts import ArchitectureDesign, Config, LogicDesign
 from p2c_notebook.context import StageContext, feedback_messages
 from p2c_notebook.diagrams import diagram_files
 from p2c_notebook.parsing import extract_json, extract_markdown, extract_yaml
+from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.store import Entry
 
-INPUTS = {
-    "plan": ["paper"],
-    "design": ["paper", "plan"],
-    "logic": ["paper", "plan", "design"],
-    "config": ["paper", "plan", "design", "logic"],
-}
+INPUTS = {step: ["paper", *earlier] for step, earlier in PLANNING_CONTEXT.items()}
 
 
 def make_plan(ctx: StageContext, feedback: str | None = None) -> Entry:

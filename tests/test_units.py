@@ -164,11 +164,17 @@ def test_prices_unknown_model_means_unknown_cost() -> None:
 
 def test_prompts_share_a_byte_identical_prefix() -> None:
     builder = PromptBuilder("PAPER", {"design": ArchitectureDesign, "logic": LogicDesign})
-    answers = {"plan": "P", "design": "D", "logic": "L", "config": "```yaml\na: 1\n```"}
+    design = '{\n  "classes": [],\n  "file_list": ["a.py"]\n}'
+    answers = {"plan": "P", "design": design, "logic": "L", "config": "```yaml\na: 1\n```"}
     a = builder.analysis(answers, "a.py", "role", [])
     c = builder.code(answers, "b.py", "role", "spec", {"a.py": "x = 1"}, {})
+    _, context = builder.file_prefix(answers)
     assert a[:-1] == c[:-1] and "PAPER" in a[1]["content"]
-    assert builder.planning("logic", answers)[:-1] == a[: len(builder.planning("logic", answers)) - 1]
+    assert a[-1]["content"].startswith(context) and c[-1]["content"].startswith(context)
+    # The file calls open like every planning call after the plan: system, paper, plan.
+    assert builder.planning("design", answers)[:3] == a[:3]
+    # Planning instructions and schemas stay out; the designs come in compact JSON.
+    assert '"classes":[]' in context and "JSON schema" not in a[-1]["content"]
 
 
 def test_interfaces_keep_signatures_not_bodies() -> None:

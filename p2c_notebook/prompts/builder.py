@@ -1,7 +1,8 @@
 """One prompt builder: renders templates and assembles the shared conversation prefix.
 
-Every analysis and coding call starts with the same byte-identical prefix (instructions, paper, plan,
-design, logic, config) and puts the per-file part last, so providers' prefix caches hit.
+Every call starts with the same system message and paper; every analysis and coding call starts with the
+same byte-identical prefix (instructions, paper, plan, design, logic, config) and puts the per-file part
+last, so providers' prefix caches hit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from typing import Any
 from pydantic import BaseModel
 
 PLANNING_STEPS = ("plan", "design", "logic", "config")
+# The earlier planning answers each planning call sees. config.yaml takes its values from the paper and the
+# plan only, so it is written alongside the architecture and logic designs, off the critical path.
+PLANNING_CONTEXT: dict[str, tuple[str, ...]] = {
+    "plan": (),
+    "design": ("plan",),
+    "logic": ("plan", "design"),
+    "config": ("plan",),
+}
 
 Messages = list[dict[str, str]]
 
@@ -49,15 +58,10 @@ class PromptBuilder:
             return render(step, schema=schema_text(self._schemas[step]))
         return render(step)
 
-    def conversation(self, answers: dict[str, str], upto: str | None = None) -> Messages:
-        """The planning conversation: system, then task/answer pairs for each planning step before `upto`.
-
-        With upto=None every planning step must be answered: that is the shared prefix of later stages.
-        """
+    def conversation(self, answers: dict[str, str], upto: str) -> Messages:
+        """The planning conversation before step `upto`: system, then a task/answer pair per step it builds on."""
         messages: Messages = [{"role": "system", "content": render("system")}]
-        for step in PLANNING_STEPS:
-            if step == upto:
-                break
+        for step in PLANNING_CONTEXT[upto]:
             messages.append({"role": "user", "content": self.task(step)})
             messages.append({"role": "assistant", "content": answers[step]})
         return messages
@@ -65,9 +69,33 @@ class PromptBuilder:
     def planning(self, step: str, answers: dict[str, str]) -> Messages:
         return [*self.conversation(answers, upto=step), {"role": "user", "content": self.task(step)}]
 
+    def file_prefix(self, answers: dict[str, str]) -> tuple[Messages, str]:
+        """The shared start of every analysis and coding call, and the text their last message begins with.
+
+        It repeats the planning calls' opening (system, paper, plan) byte for byte, so the paper is already
+        in the provider's prefix cache, then gives the approved design, logic design and config compactly:
+        no planning instructions or JSON schemas, which a file-level call does not need.
+        """
+        messages: Messages = [
+            {"role": "system", "content": render("system")},
+            {"role": "user", "content": self.task("plan")},
+            {"role": "assistant", "content": answers["plan"]},
+        ]
+        context = render(
+            "context",
+            design=compact_json(answers["design"]),
+            logic=compact_json(answers["logic"]),
+            config=answers["config"],
+        )
+        return messages, context
+
+    def _file_call(self, answers: dict[str, str], task: str) -> Messages:
+        messages, context = self.file_prefix(answers)
+        return [*messages, {"role": "user", "content": f"{context}\n\n{task}"}]
+
     def analysis(self, answers: dict[str, str], path: str, role: str, depends_on: list[str]) -> Messages:
         task = render("analysis", path=path, role=role, depends_on=", ".join(depends_on) or "no other file")
-        return [*self.conversation(answers), {"role": "user", "content": task}]
+        return self._file_call(answers, task)
 
     def code(
         self,
@@ -81,7 +109,8 @@ class PromptBuilder:
         """A coding call: full code of direct dependencies, interfaces of their own dependencies."""
         blocks = [render("dependency_file", path=p, code=c.rstrip()) for p, c in direct.items()]
         blocks += [render("interface_file", path=p, code=c.rstrip()) for p, c in interfaces.items()]
-        deps = render("dependencies", files="\n".join(blocks)) if blocks else ""
+        # Dependencies before the per-file task: files sharing a dependency share a longer cached prefix.
+        deps = render("dependencies", files="\n".join(blocks)) + "\n\n" if blocks else ""
         task = render(
             "code",
             path=path,
@@ -90,7 +119,7 @@ class PromptBuilder:
             dependency_code=deps,
             language=language_for(path),
         )
-        return [*self.conversation(answers), {"role": "user", "content": task}]
+        return self._file_call(answers, task)
 
     @staticmethod
     def with_repair(messages: Messages, reply: str, error: str) -> Messages:
@@ -162,6 +191,14 @@ def interface_of(path: str, code: str) -> str:
         elif isinstance(node, (ast.Assign, ast.AnnAssign)) and len(ast.unparse(node)) < 120:
             lines.append(ast.unparse(node))
     return "\n".join(lines)
+
+
+def compact_json(text: str) -> str:
+    """JSON without indentation (about a quarter fewer tokens); text that is not JSON is kept as it is."""
+    try:
+        return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    except ValueError:
+        return text.strip()
 
 
 def canonical_json(value: Any) -> str:

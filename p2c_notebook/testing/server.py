@@ -533,8 +533,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {json.dumps({**base, 'choices': [choice], **with_usage})}\n\n")
 
         event({"role": "assistant", "content": ""})
+        # Paced against one deadline, so the stream lasts token_latency x tokens however long each write takes.
+        began, tokens = time.monotonic(), 0
         for piece in pieces[: len(pieces) // 2] if truncate else pieces:
-            if not owner._sleep(owner.scenario.token_latency * estimate_tokens(piece)):
+            tokens += estimate_tokens(piece)
+            if not owner._sleep(began + owner.scenario.token_latency * tokens - time.monotonic()):
                 self._drop()
                 return
             event({"content": piece})
