@@ -282,10 +282,6 @@ class RunStore:
         Generated files are never written (or read) through a link: a link in the run folder, planted or
         left behind, could otherwise send a write anywhere on the machine.
         """
-        root = self.root.resolve()
-        target = (root / rel).resolve()
-        if target != root and root not in target.parents:
-            raise RunError(f"Refusing to write {rel}: it resolves outside the run folder {self.root}.")
         current = self.root
         for part in Path(rel).parts:
             current = current / part
@@ -294,6 +290,10 @@ class RunStore:
                     f"Refusing to use {rel}: {current} is a symbolic link (to {os.readlink(current)}), and p2c "
                     "never reads or writes generated files through links. Remove the link and run again."
                 )
+        root = self.root.resolve()
+        target = (root / rel).resolve()
+        if target != root and root not in target.parents:
+            raise RunError(f"Refusing to use {rel}: it resolves outside the run folder {self.root}.")
         return self.root / rel
 
     # --- derived status -------------------------------------------------------------------------

@@ -66,6 +66,8 @@ FORBIDDEN = (
     "%dirpath",
     "%get_all_stdlib",
     "%get_all_theme",
+    "%call_user_func",  # calls a function by name, so "%get" + "env" would slip past this list
+    "%invoke_procedure",
     "<img",
 )
 _FORBIDDEN_RE = re.compile("|".join(re.escape(word) for word in FORBIDDEN), re.IGNORECASE)

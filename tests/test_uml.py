@@ -191,6 +191,10 @@ LEAKY = [
     "!pragma layout smetana",
     "Alice -> Bob : <img:/etc/passwd>",
     "  !INCLUDE /etc/passwd",
+    '!$f = "%get" + "env"\nAlice -> Bob : %call_user_func($f, "HOME")',
+    '!$f = "%load" + "_json"\nAlice -> Bob : %call_user_func($f, "/etc/passwd")',
+    '!$p = "%get" + "env"\n%invoke_procedure($p, "HOME")',
+    'Alice -> Bob : %getenv("P2C_TEST_SECRET")',
 ]
 
 
@@ -199,7 +203,7 @@ def test_includes_and_environment_access_are_refused_before_java(renderer: uml.P
     starts = renderer.starts
     with pytest.raises(uml.DiagramError, match="not allowed") as caught:
         renderer.render(f"@startuml\n{line}\nAlice -> Bob : hi\n@enduml\n")
-    assert caught.value.line == 2
+    assert caught.value.line == 2 + line.count("\n")
     assert renderer.starts == starts
 
 

@@ -16,12 +16,16 @@ DATA_URL_LIMIT = 20 * 1024 * 1024
 
 
 def repo_files(repo: Path) -> list[str]:
-    """Files under the repository folder, as sorted POSIX paths (temp files of a writer left out)."""
+    """Files under the repository folder, as sorted POSIX paths (temp files of a writer left out).
+
+    Symbolic links are left out too (rglob does not descend into linked folders): a link to a file elsewhere
+    must not end up in the download.
+    """
     if not repo.is_dir():
         return []
     found = []
     for path in repo.rglob("*"):
-        if path.is_file() and not (path.name.startswith(".") and path.name.endswith(".tmp")):
+        if path.is_file() and not path.is_symlink() and not (path.name.startswith(".") and path.name.endswith(".tmp")):
             found.append(path.relative_to(repo).as_posix())
     return sorted(found)
 
