@@ -104,7 +104,9 @@ class OpenAIBackend:
 
     @property
     def description(self) -> str:
-        return f"{self.settings.model} at {self._base_url}"
+        from p2c_notebook.replay import Scrubber  # replay imports this module
+
+        return Scrubber().text(f"{self.settings.model} at {self._base_url}")  # no user:password@ in URLs
 
     def close(self) -> None:
         self._client.close()
@@ -196,7 +198,7 @@ class OpenAIBackend:
                 if streamed and reason == "the connection failed":
                     reason = "the reply stream was cut off"
                 if reason is None or attempt >= self.policy.attempts:
-                    raise self._translate(exc, request, attempt) from None
+                    raise self._scrubbed(self._translate(exc, request, attempt)) from None
                 response = exc.response if isinstance(exc, openai.APIStatusError) else None
                 wait = self.policy.delay(attempt, retry_after(response.headers if response else None), self._random)
                 attempt += 1
@@ -324,6 +326,15 @@ class OpenAIBackend:
         return BackendError(f"The model call failed ({where}): {_short(str(exc))}")
 
 
+    def _scrubbed(self, error: Exception) -> Exception:
+        """Servers may echo the key, the Authorization header or URL credentials in errors: never pass them on."""
+        from p2c_notebook.replay import Scrubber  # replay imports this module
+
+        secrets = [self.settings.api_key.get_secret_value()] if self.settings.api_key else []
+        text = Scrubber(secrets).text(str(error))
+        return error if text == str(error) else type(error)(text)
+
+
 class _NotACompletion(Exception):
     """The server answered 200 with something that is not a chat completion (an HTML page, usually)."""
 
@@ -365,6 +376,8 @@ def make_backend(settings: Settings, notify: Callable[[str], None] | None = None
 
     `notify` receives one line when the choice is not obvious from the settings (auto -> local model).
     """
+    if settings.replay_fallback and choose_backend(settings)[0] == "replay":
+        return _extended_replay(settings, notify)
     backend = _make(settings, notify)
     if settings.record:
         from p2c_notebook.replay import RecordingBackend
@@ -372,6 +385,14 @@ def make_backend(settings: Settings, notify: Callable[[str], None] | None = None
         secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
         return RecordingBackend(backend, settings.record, secrets)
     return backend
+
+
+def _extended_replay(settings: Settings, notify: Callable[[str], None] | None) -> Backend:
+    """Replay the cassette; what it lacks goes to the fallback backend (recorded with `settings.record`)."""
+    from p2c_notebook.replay import ReplayBackend
+
+    fallback = make_backend(settings.model_copy(update={"backend": settings.replay_fallback}), notify)
+    return ReplayBackend(choose_backend(settings)[1], fallback=fallback)
 
 
 def _make(settings: Settings, notify: Callable[[str], None] | None) -> Backend:

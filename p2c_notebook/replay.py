@@ -174,8 +174,10 @@ def read_cassette(path: Path | str) -> list[dict[str, Any]]:
 class ReplayBackend:
     """Serves replies from a cassette: the same request always gets the same reply (the latest recorded)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, fallback: Backend | None = None) -> None:
         self.path = Path(path)
+        self.fallback = fallback
+        self._lock = threading.Lock()
         self._entries = read_cassette(self.path)
         self._by_key: dict[str, list[dict[str, Any]]] = {}
         for entry in self._entries:
@@ -189,13 +191,21 @@ class ReplayBackend:
 
     @property
     def description(self) -> str:
-        return f"replay of {self.path} ({len(self._entries)} recorded calls from {self._model})"
+        described = f"replay of {self.path} ({len(self._entries)} recorded calls from {self._model})"
+        return described + (f", else {self.fallback.description}" if self.fallback else "")
 
     def complete(
         self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
     ) -> Completion:
         key = request_key(request)
-        recorded = self._by_key.get(key)
+        with self._lock:
+            recorded = self._by_key.get(key)
+        if not recorded and self.fallback is not None:
+            completion = self.fallback.complete(request, on_delta, on_retry)
+            with self._lock:  # asked again in this session: replayed, not paid twice
+                entry: dict[str, Any] = {"reply": completion.text, "usage": completion.usage.to_dict()}
+                self._by_key[key] = [{**entry, "finish_reason": completion.finish_reason}]
+            return completion
         if not recorded:
             raise ReplayMissError(self._miss_message(request))
         entry = recorded[-1]  # recorded again (a resumed or repeated recording): the latest reply wins
@@ -228,4 +238,5 @@ class ReplayBackend:
         return message + " The recorded call had more messages (a repair or feedback turn)."
 
     def close(self) -> None:
-        pass
+        if self.fallback is not None:
+            self.fallback.close()

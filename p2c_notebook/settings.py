@@ -34,6 +34,7 @@ _ENV = {
     "P2C_LOCAL_MODEL": "local_model",
     "P2C_LOCAL_N_CTX": "local_n_ctx",
     "P2C_RECORD": "record",
+    "P2C_REPLAY_FALLBACK": "replay_fallback",
 }
 
 
@@ -82,6 +83,11 @@ class Settings(BaseModel):
     local_model: str | None = Field(default=None, description="registered local model name or a .gguf path")
     local_n_ctx: int | None = Field(default=None, gt=0, description="context size of the local llama.cpp server")
     record: str | None = Field(default=None, description="append every model call to this cassette (.jsonl)")
+    replay_fallback: str | None = Field(
+        default=None,
+        description="with a replay backend: the backend (e.g. local) that answers what the cassette lacks; "
+        "with `record`, only those new calls are appended: how a cassette is extended",
+    )
 
     def is_reasoning_model(self) -> bool:
         name = self.model.split("/")[-1]

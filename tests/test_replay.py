@@ -56,6 +56,28 @@ def test_replay_reproduces_the_recorded_run_without_a_server(serve: Any, tmp_pat
     assert recorded == replayed
 
 
+def test_a_cassette_is_extended_with_only_the_calls_it_lacks(serve: Any, tmp_path: Path) -> None:
+    """replay + replay_fallback + record: how the workshop cassette grows when a notebook asks something new."""
+    server = serve(SCENARIO)
+    cassette = tmp_path / "c.jsonl"
+    planning = settings_for(server, record=str(cassette))
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "first", settings=planning) as pipeline:
+        assert pipeline.run(until="config").state == "stopped"
+    assert len(read_cassette(cassette)) == len(server.requests) == 4
+
+    extend = settings_for(server, backend=f"replay:{cassette}", replay_fallback="openai", record=str(cassette))
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "second", settings=extend) as pipeline:
+        assert pipeline.run().state == "done"
+    asked = [r["stage"] for r in server.requests[4:]]
+    assert sorted(set(asked)) == ["analysis", "code"] and len(asked) == 2 * 7  # planning came from the cassette
+    assert len(read_cassette(cassette)) == 4 + 2 * 7
+
+    server.stop()
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "third", settings=Settings(backend=f"replay:{cassette}")) as p:
+        assert p.run().state == "done"
+    assert _artifacts(tmp_path / "second") == _artifacts(tmp_path / "third")
+
+
 def test_a_changed_paper_is_a_clear_replay_miss(serve: Any, paper_md: Path, tmp_path: Path) -> None:
     cassette = tmp_path / "c.jsonl"
     _record(paper_md, tmp_path / "recorded", cassette, serve(small_scenario()))
