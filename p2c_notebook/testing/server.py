@@ -447,7 +447,9 @@ class _Handler(BaseHTTPRequestHandler):
             extra = {}
             if answer.fault is not None and answer.fault.retry_after is not None:
                 extra["Retry-After"] = f"{answer.fault.retry_after:g}"
-            self._json(answer.status, answer.error, extra)
+            # Some servers echo the credentials in their errors: `{authorization}` in a message does the same.
+            auth = json.dumps(self.headers.get("Authorization", ""))[1:-1]
+            self._json(answer.status, json.loads(json.dumps(answer.error).replace("{authorization}", auth)), extra)
             return
         text = answer.text
         if kind == "malformed":
