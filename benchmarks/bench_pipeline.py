@@ -42,6 +42,7 @@ from synthetic import Synthetic, build, depth, paper_path, reference_paper_text
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.backend import ChatRequest, OpenAIBackend
+from p2c_notebook.estimate import TYPICAL_FILES
 from p2c_notebook.events import ArtifactSaved, Event
 from p2c_notebook.paper import read_paper
 from p2c_notebook.pipeline import Pipeline
@@ -69,6 +70,7 @@ TARGET_OVERHEAD_MS = 5.0
 TARGET_PDF_S = 1.0
 TARGET_WIDGET_MS = 150.0
 TARGET_WARM_MS = 100.0
+TARGET_ESTIMATE = 0.25
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Measured:
     cost_usd: float | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)
     delays: dict[str, float] = field(default_factory=dict)
+    estimates: list[dict[str, Any]] = field(default_factory=list)  # ours: before the run, then with the file list
 
     @property
     def cached_share(self) -> float:
@@ -193,6 +196,23 @@ def run_ours(synth: Synthetic, paper: Path, latency: float, token_latency: float
             result = pipeline.run()
             wall = time.perf_counter() - began
             spent = pipeline.store.spent()
+            # The second estimate covers the file stages; what planning used by then is added to it.
+            planned = sum((pipeline.store.entry(a).usage for a in PLANNING), Usage())  # type: ignore[union-attr]
+            estimates = []
+            for i, e in enumerate(pipeline.estimates):
+                done = planned if i else Usage()
+                tokens_in, cached = e.input_tokens + done.prompt_tokens, e.cached_tokens + done.cached_tokens
+                tokens_out = e.output_tokens + done.completion_tokens
+                estimates.append(
+                    {
+                        "when": "before the run" if i == 0 else "once the file list was known (planning as used)",
+                        "calls": len(e.calls) + done.calls,
+                        "input_tokens": tokens_in,
+                        "cached_tokens": cached,
+                        "output_tokens": tokens_out,
+                        "cost_usd": cost_of(PRICED_AS, tokens_in, tokens_out, cached),
+                    }
+                )
         if result.state != "done":
             raise RuntimeError(f"the pipeline did not finish: {result.message}")
         calls = len(server.requests)
@@ -208,6 +228,7 @@ def run_ours(synth: Synthetic, paper: Path, latency: float, token_latency: float
         priced(spent),
         steps,
         dispatch_delays(steps, seconds, dag),
+        estimates,
     )
 
 
@@ -234,8 +255,11 @@ class ReferenceLike:
 
     def run(self) -> None:
         answers: dict[str, str] = {}
+        conversation = [{"role": "system", "content": self.system}]
         for step in PLANNING:  # one growing conversation, as the reference does
-            answers[step] = self.call(self.prompts.planning(step, answers), step)
+            conversation.append({"role": "user", "content": self.prompts.task(step)})
+            answers[step] = self.call(list(conversation), step)
+            conversation.append({"role": "assistant", "content": answers[step]})
         logic = LogicDesign.model_validate_json(answers["logic"])
         context = "\n\n".join(
             [
@@ -540,6 +564,12 @@ def targets(results: Sequence[dict[str, Any]], extras: Mapping[str, Any]) -> lis
             at_most(f"N={n}: wall time {crit:.3f}x the critical-path bound", crit, TARGET_CRITICAL)
         tokens = ratio(ours["input_tokens"], ref["input_tokens"])
         at_most(f"N={n}: input tokens {tokens:.3f}x the reference-like schedule's", tokens, TARGET_INPUT)
+        for estimate in ours.get("estimates", [])[:1] if n == TYPICAL_FILES else ours.get("estimates", [])[1:]:
+            worst = max(
+                abs(ratio(estimate[k], ours[k]) - 1) for k in ("input_tokens", "output_tokens", "cost_usd") if ours[k]
+            )
+            text = f"N={n}: estimate {estimate['when']} off by at most {worst:.1%} (tokens in, out, dollars)"
+            checks.append((f"{text} (target <= {TARGET_ESTIMATE:.0%})", worst <= TARGET_ESTIMATE))
         share = ratio(ours["cached_tokens"], ours["input_tokens"])
         text = f"N={n}: {share:.1%} of input tokens in a prefix already sent (target >= {TARGET_CACHED:.0%})"
         checks.append((text, share >= TARGET_CACHED))
@@ -660,6 +690,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"N={result['n']} {result[key]['schedule']}: first request {d['startup_s'] * 1000:.0f} ms after "
                 f"start; a request reaches the server {d['median_s'] * 1000:.0f} ms (median; max "
                 f"{d['max_s'] * 1000:.0f}) after its inputs' replies would have ended under the latency model"
+            )
+    for result in results:
+        ours = result["ours"]
+        for e in ours.get("estimates", []):
+            print(
+                f"N={result['n']} estimate {e['when']}: {e['calls']} calls, {e['input_tokens']:,} input tokens "
+                f"({ratio(e['input_tokens'], ours['input_tokens']):.3f}x what the run used), {e['output_tokens']:,} "
+                f"output ({ratio(e['output_tokens'], ours['output_tokens']):.3f}x), "
+                f"${e['cost_usd'] or 0:.4f} ({ratio(e['cost_usd'] or 0, ours['cost_usd'] or 0):.3f}x)"
             )
     for result in results:
         published = REFERENCE_PUBLISHED.get(result["n"])

@@ -26,6 +26,7 @@ class RunStarted(Event):
     model: str = ""
     backend: str = ""
     steps: int = 0  # artifacts this invocation expects to produce
+    estimate: str = ""  # calls, tokens and cost expected, said before the first call
 
 
 @dataclass(frozen=True)

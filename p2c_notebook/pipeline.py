@@ -21,6 +21,15 @@ from p2c_notebook.coding import code_file
 from p2c_notebook.context import StageContext, describe_validation
 from p2c_notebook.diagrams import diagram_files
 from p2c_notebook.errors import Cancelled, ConfigError, EditedArtifactError, P2CError, PlanError, RunError
+from p2c_notebook.estimate import (
+    TYPICAL_OUTPUT,
+    Estimate,
+    Plan,
+    check_fits,
+    estimate_plan,
+    known_context_window,
+    typical_files,
+)
 from p2c_notebook.events import (
     ArtifactSaved,
     AwaitingApproval,
@@ -38,6 +47,7 @@ from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.runlog import RunLog
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.store import PLANNING, Entry, RunStore, artifact_file, atomic_write, sha256, stage_of
+from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage
 
 STEPS = ("plan", "design", "logic", "config", "analysis", "code")
@@ -85,6 +95,7 @@ class Pipeline:
         self._backend = backend
         self._own_backend = backend is None
         self._cancel = threading.Event()
+        self.estimates: list[Estimate] = []  # of the last run: at its start, and once its file list was known
         secrets = [self.settings.api_key.get_secret_value()] if self.settings.api_key else []
         self.log = RunLog(self.store.root / "logs" / "run.log", secrets)
         self.bus.subscribe(self.log)
@@ -219,18 +230,82 @@ class Pipeline:
             self.bus.emit(RunFinished(ok=result.state != "cancelled", message=result.message, total=self.store.spent()))
             return result
 
+    def estimate(self, from_stage: str | None = None, until: str | None = None) -> Estimate:
+        """Calls, tokens and cost of what `run(from_stage, until)` would generate now (nothing is sent)."""
+        first = step_index(from_stage) if from_stage else 0
+        last = step_index(until) if until else len(STEPS) - 1
+        return self._estimate(first, last, redo=bool(from_stage))
+
+    def _estimate(self, first: int, last: int, redo: bool = False) -> Estimate:
+        planning = self._planning_todo(first, last)
+        files: dict[str, list[str]] = {}
+        if "logic" not in planning and (logic := self._saved_logic()) is not None:
+            files = {f.path: list(f.depends_on) for f in logic.files}
+            analysis, code = self._file_todo(first, last, list(files))
+        elif last >= STEPS.index("analysis"):
+            files = typical_files()
+            analysis = list(files)
+            code = list(files) if last == STEPS.index("code") else []
+        else:
+            analysis, code = [], []
+        todo = set(planning) | {f"analysis/{f}" for f in analysis} | {f"code/{f}" for f in code}
+        if redo:
+            todo |= {a for a in self.order() if a != "paper" and STEPS.index(stage_of(a)) >= first}
+
+        def saved(artifact: str) -> str | None:
+            if artifact in todo or self.store.entry(artifact) is None:
+                return None
+            try:
+                return self.store.read(artifact)
+            except RunError:
+                return None
+
+        plan = Plan(planning, files, analysis, code, files_assumed="logic" in planning or not self._saved_logic())
+        model = self._backend.model if self._backend is not None else self.settings.model
+        return estimate_plan(self.store.read("paper"), plan, saved, model, self._effective_settings().prices)
+
+    def _effective_settings(self) -> Settings:
+        """The settings the backend really uses (a local model's are tuned: its prices, its reply limit)."""
+        return getattr(self._backend, "settings", None) or self.settings
+
+    def _saved_logic(self) -> LogicDesign | None:
+        if self.store.entry("logic") is None:
+            return None
+        try:
+            return LogicDesign.model_validate_json(self.store.read("logic"))
+        except ValidationError:
+            return None
+
+    def _check_budget(self, estimate: Estimate) -> None:
+        """Before paying: refuse a paper the model cannot read; warn when the largest call may not fit."""
+        window = self.settings.context_window or getattr(self._backend, "context_window", None)
+        window = window or known_context_window(estimate.model)
+        reply_room = min(self._effective_settings().max_tokens, 2 * TYPICAL_OUTPUT["code"])
+        paper_tokens = estimate_tokens(self.store.read("paper"))
+        warning = check_fits(estimate, window, paper_tokens, reply_room)
+        if warning:
+            self.bus.warn(warning)
+
     def _run(self, first: int, last: int, require_approval: bool, produced: list[str]) -> RunResult:
         todo_planning = self._planning_todo(first, last)
-        estimate = len(todo_planning) + self._file_steps_needed(first, last, self.files())
+        steps = len(todo_planning) + self._file_steps_needed(first, last, self.files())
+        estimate = None
+        if steps:
+            self.backend  # noqa: B018 - started first: the estimate uses its model, prices and context window
+            estimate = self._estimate(first, last)
+            self.estimates = [estimate]
+        if estimate is not None:
+            self._check_budget(estimate)
         self.bus.emit(
             RunStarted(
                 run_dir=str(self.store.root),
-                model=self.backend.description if estimate else self.settings.model,
+                model=self.backend.description if steps else self.settings.model,
                 backend=self.settings.backend,
-                steps=estimate,
+                steps=steps,
+                estimate=estimate.describe() if estimate is not None else "",
             )
         )
-        progress = _Counter(self.bus, estimate)
+        progress = _Counter(self.bus, steps)
         if require_approval:
             for step in todo_planning:
                 pending = self._unapproved(["paper", *PLANNING_CONTEXT[step]])
@@ -248,6 +323,10 @@ class Pipeline:
         self._drop_orphans(logic)
         files = logic.order
         analysis_todo, code_todo = self._file_todo(first, last, files)
+        if estimate is not None and estimate.files_assumed and (analysis_todo or code_todo):
+            refined = self._estimate(first, last)  # the real file list and dependencies are known now
+            self.estimates.append(refined)
+            self.bus.info(refined.describe().replace("Estimate:", "Estimate for the rest of the run:", 1))
         progress.remaining(len(analysis_todo) + len(code_todo))
         if analysis_todo and (require_approval or last < STEPS.index("code")):
             # On its own when the coding stage waits for approval of the analyses (or is not asked for).

@@ -46,6 +46,8 @@ class TerminalRenderer:
         if isinstance(event, RunStarted):
             self.steps = event.steps
             self._line(f"Run {event.run_dir}: {event.steps} artifact(s) to generate with {event.model}")
+            if event.estimate:
+                self._line(event.estimate)
         elif isinstance(event, StageStarted):
             self.in_flight[event.artifact] = time.monotonic()
             if self.verbose:

@@ -35,6 +35,7 @@ _ENV = {
     "P2C_LOCAL_N_CTX": "local_n_ctx",
     "P2C_RECORD": "record",
     "P2C_REPLAY_FALLBACK": "replay_fallback",
+    "P2C_CONTEXT_WINDOW": "context_window",
 }
 
 
@@ -83,6 +84,9 @@ class Settings(BaseModel):
     local_model: str | None = Field(default=None, description="registered local model name or a .gguf path")
     local_n_ctx: int | None = Field(default=None, gt=0, description="context size of the local llama.cpp server")
     record: str | None = Field(default=None, description="append every model call to this cassette (.jsonl)")
+    context_window: int | None = Field(
+        default=None, gt=0, description="the model's context window in tokens (known models and local ones: found)"
+    )
     replay_fallback: str | None = Field(
         default=None,
         description="with a replay backend: the backend (e.g. local) that answers what the cassette lacks; "

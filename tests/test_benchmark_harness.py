@@ -116,8 +116,8 @@ def test_critical_path_of_the_pipeline_dag() -> None:
     small = synthetic.build(3)  # utils/config.py -> data/vocab.py -> main.py
     seconds = bench.call_seconds(small, latency=1.0, token_latency=0.0)
     length, path = bench.critical_path(seconds, bench.pipeline_dag(small))
-    assert length == 4 + 1 + 3  # planning chain, one analysis, the chain of three code calls
-    assert path[:5] == ["plan", "design", "logic", "config", "analysis/utils/config.py"]
+    assert length == 3 + 1 + 3  # plan -> design -> logic (config beside them), one analysis, three code calls
+    assert path[:4] == ["plan", "design", "logic", "analysis/utils/config.py"]
     assert path[-1] == "code/main.py"
     tokens = bench.call_seconds(small, latency=0.0, token_latency=0.001)
     assert tokens["plan"] == pytest.approx(small.output_tokens("plan") / 1000)

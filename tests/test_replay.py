@@ -73,8 +73,9 @@ def test_a_cassette_is_extended_with_only_the_calls_it_lacks(serve: Any, tmp_pat
     assert len(read_cassette(cassette)) == 4 + 2 * 7
 
     server.stop()
-    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "third", settings=Settings(backend=f"replay:{cassette}")) as p:
-        assert p.run().state == "done"
+    replay = Settings(backend=f"replay:{cassette}")
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "third", settings=replay) as pipeline:
+        assert pipeline.run().state == "done"
     assert _artifacts(tmp_path / "second") == _artifacts(tmp_path / "third")
 
 

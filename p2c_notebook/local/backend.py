@@ -61,6 +61,7 @@ def tuned_settings(settings: Settings, model: str, base_url: str) -> Settings:
             "reasoning_effort": None,
             "extra_body": extra,
             "max_retries": min(settings.max_retries, 1),  # a retry re-runs a whole CPU generation
+            "prices": {**settings.prices, model: (0.0, 0.0, 0.0)},  # this machine's time, not dollars
         }
     )
 
@@ -141,6 +142,10 @@ class LocalBackend:
     @property
     def model(self) -> str:
         return self.weights.name
+
+    @property
+    def context_window(self) -> int:
+        return self.n_ctx
 
     @property
     def description(self) -> str:

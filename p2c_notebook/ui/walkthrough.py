@@ -347,6 +347,15 @@ class Walkthrough:
         except Exception as exc:  # noqa: BLE001 - never a traceback in the page
             self._status(render.unexpected(exc), "error")
 
+    def _add_notice(self, level: str, message: str) -> None:
+        with self._lock:
+            self._notices = [*self._notices[-4:], (level, message)]
+            items = "".join(
+                f"<div class='p2c-notice-{level}'>{render.esc(render.one_line(text, 300))}</div>"
+                for level, text in self._notices
+            )
+        self.notices.value = items
+
     def _status(self, text: str, level: str) -> None:
         if self._closed:
             return
@@ -378,6 +387,8 @@ class Walkthrough:
             if self._cancel_requested:  # Cancel clicked before the run cleared the pipeline's flag
                 self.pipeline.cancel()
             self._draw_progress(0, event.steps)
+            if event.estimate:
+                self._add_notice("info", event.estimate)
         elif isinstance(event, Progress):
             self._draw_progress(event.done, event.total)
         elif isinstance(event, UsageReported):
@@ -386,13 +397,7 @@ class Walkthrough:
             self._draw_stream(force=True)
             self._apply(self.recorded_rows())
         elif isinstance(event, Notice) and event.level != "error":  # errors reach the status line
-            with self._lock:
-                self._notices = [*self._notices[-4:], (event.level, event.message)]
-                items = "".join(
-                    f"<div class='p2c-notice-{level}'>{render.esc(render.one_line(text, 300))}</div>"
-                    for level, text in self._notices
-                )
-            self.notices.value = items
+            self._add_notice(event.level, event.message)
         elif isinstance(event, AwaitingApproval):
             self._status(f"Waiting for approval of {', '.join(event.pending)} before {event.next_stage}.", "hint")
         elif isinstance(event, RunFinished):

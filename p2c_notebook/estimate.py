@@ -1,0 +1,226 @@
+"""What a run will cost before it starts: calls, tokens and dollars, and whether the prompts fit the model.
+
+The prompts are the ones the pipeline will send, built by the same prompt builder from what is already in
+the run folder. What does not exist yet is stood in for by text of a typical size (the reply sizes PaperCoder
+runs produce; `TYPICAL_OUTPUT`) and, before the logic design exists, by a typical repository of
+`TYPICAL_FILES` files that each import the two files before them. Tokens are counted offline
+(`p2c_notebook.tokens`), and cached tokens are those in a prefix an earlier call of the run already sent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from p2c_notebook.errors import PaperError
+from p2c_notebook.prompts.builder import PLANNING_STEPS, Messages, PromptBuilder
+from p2c_notebook.tokens import estimate_tokens
+from p2c_notebook.usage import cost_of
+
+TYPICAL_OUTPUT = {"plan": 1500, "design": 1200, "logic": 1200, "config": 300, "analysis": 800, "code": 1500}
+TYPICAL_FILES = 8
+TYPICAL_IMPORTS = 2
+
+# Context windows (tokens) of common models; settings.context_window overrides, local backends report theirs.
+CONTEXT_WINDOWS = {
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.1-mini": 1_047_576,
+    "gpt-4.1-nano": 1_047_576,
+    "o3": 200_000,
+    "o3-mini": 200_000,
+    "o4-mini": 200_000,
+    "gpt-5": 400_000,
+    "gpt-5-mini": 400_000,
+    "gpt-5-nano": 400_000,
+}
+
+
+def known_context_window(model: str) -> int | None:
+    name = model.split("/")[-1]
+    for known in sorted(CONTEXT_WINDOWS, key=len, reverse=True):  # gpt-4o-mini before gpt-4o
+        if name == known or name.startswith(known + "-"):
+            return CONTEXT_WINDOWS[known]
+    return None
+
+
+def filler(tokens: int) -> str:
+    """Stand-in text that `estimate_tokens` counts as exactly `tokens`."""
+    return "word " * tokens
+
+
+@dataclass(frozen=True)
+class Call:
+    artifact: str
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    calls: tuple[Call, ...]
+    files: int
+    files_assumed: bool
+    cost: float | None
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(c.input_tokens for c in self.calls)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(c.cached_tokens for c in self.calls)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(c.output_tokens for c in self.calls)
+
+    @property
+    def largest_prompt(self) -> int:
+        return max((c.input_tokens for c in self.calls), default=0)
+
+    def describe(self) -> str:
+        if not self.calls:
+            return "Estimate: nothing left to generate."
+        cost = "cost unknown" if self.cost is None else f"~${self.cost:.2f}"
+        files = f"{self.files} files"
+        if self.files_assumed:
+            files += " (a typical repository; refined once the logic design exists)"
+        return (
+            f"Estimate: {len(self.calls)} calls for {files}, ~{self.input_tokens:,} input tokens "
+            f"(~{self.cached_tokens:,} in a prefix already sent), ~{self.output_tokens:,} output tokens, "
+            f"{cost} with {self.model}"
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _tokens(text: str) -> int:
+    """Token counts of message texts, remembered: the paper and the shared prefix recur in every call."""
+    return estimate_tokens(text)
+
+
+def prompt_tokens(messages: Messages) -> int:
+    """As servers count them: the message texts joined by newlines."""
+    return sum(_tokens(m["content"]) for m in messages) + max(0, len(messages) - 1)
+
+
+class _Prefixes:
+    """Cached tokens as a provider's prefix cache would count them: the longest prefix an earlier call sent."""
+
+    def __init__(self) -> None:
+        self._sent: list[Messages] = []
+
+    def cached(self, messages: Messages) -> int:
+        best = 0
+        for earlier in self._sent:
+            same, most = 0, min(len(messages), len(earlier))
+            while same < most and messages[same] == earlier[same]:
+                same += 1
+            covered = sum(_tokens(m["content"]) for m in messages[:same])
+            if same < most and messages[same]["role"] == earlier[same]["role"]:
+                a, b = messages[same]["content"], earlier[same]["content"]
+                covered += _tokens(a[: _common_prefix(a, b)])
+            best = max(best, covered)
+        self._sent.append(messages)
+        return best
+
+
+def _common_prefix(a: str, b: str) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass
+class Plan:
+    """The run still to do: planning steps, files (path -> dependencies) and which of them to analyse / code."""
+
+    planning: list[str]
+    files: dict[str, list[str]]
+    analysis: list[str]
+    code: list[str]
+    files_assumed: bool
+
+
+def typical_files(count: int = TYPICAL_FILES) -> dict[str, list[str]]:
+    names = [f"module_{i}.py" for i in range(count)]
+    return {name: names[max(0, i - TYPICAL_IMPORTS) : i] for i, name in enumerate(names)}
+
+
+def estimate_plan(
+    paper: str,
+    plan: Plan,
+    saved: Callable[[str], str | None],
+    model: str,
+    prices: dict[str, tuple[float, float, float]] | None = None,
+) -> Estimate:
+    """Tokens of every call in `plan`, in the order the pipeline sends them; `saved(artifact)` gives what exists."""
+    builder = PromptBuilder(paper, _schemas())
+    prefixes = _Prefixes()
+    calls: list[Call] = []
+
+    def text(artifact: str, typical: int) -> str:
+        current = saved(artifact)
+        return current if current is not None else filler(typical)
+
+    answers = {step: text(step, TYPICAL_OUTPUT[step]) for step in PLANNING_STEPS}
+    answers["config"] = f"```yaml\n{answers['config'].rstrip()}\n```"
+
+    def add(artifact: str, messages: Messages, output: int) -> None:
+        calls.append(Call(artifact, prompt_tokens(messages), prefixes.cached(messages), output))
+
+    for step in plan.planning:
+        add(step, builder.planning(step, answers), TYPICAL_OUTPUT[step])
+    for path in plan.analysis:
+        add(f"analysis/{path}", builder.analysis(answers, path, "", plan.files[path]), TYPICAL_OUTPUT["analysis"])
+    for path in plan.code:
+        direct = {d: text(f"code/{d}", TYPICAL_OUTPUT["code"]) for d in plan.files[path]}
+        analysis = text(f"analysis/{path}", TYPICAL_OUTPUT["analysis"])
+        add(f"code/{path}", builder.code(answers, path, "", analysis, direct, {}), TYPICAL_OUTPUT["code"])
+    usage_cost = _cost(model, calls, prices)
+    return Estimate(model, tuple(calls), len(plan.files), plan.files_assumed, usage_cost)
+
+
+def _cost(model: str, calls: Iterable[Call], prices: dict[str, tuple[float, float, float]] | None) -> float | None:
+    listed = list(calls)
+    return cost_of(
+        model,
+        sum(c.input_tokens for c in listed),
+        sum(c.output_tokens for c in listed),
+        sum(c.cached_tokens for c in listed),
+        prices,
+    )
+
+
+def _schemas() -> dict[str, type]:
+    from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
+
+    return {"design": ArchitectureDesign, "logic": LogicDesign}
+
+
+def check_fits(estimate: Estimate, window: int | None, paper_tokens: int, reply_room: int) -> str | None:
+    """Refuse before paying when the paper cannot fit; a warning when the largest call may not."""
+    if window is None or not estimate.calls:
+        return None
+    if paper_tokens + reply_room > window:
+        raise PaperError(
+            f"The paper alone is ~{paper_tokens:,} tokens and {estimate.model} reads at most {window:,} "
+            f"(with {reply_room:,} kept for its reply): no call was made. Use a model with a larger context window "
+            "(--model, or P2C_CONTEXT_WINDOW if this one is larger than we think), or a shorter version of the paper."
+        )
+    largest = max(estimate.calls, key=lambda c: c.input_tokens)
+    if largest.input_tokens + reply_room > window:
+        return (
+            f"The largest call ({largest.artifact}, ~{largest.input_tokens:,} tokens) may not fit {estimate.model}'s "
+            f"context window of {window:,} tokens with room for its reply; a model with a larger window is safer."
+        )
+    return None

@@ -1,0 +1,84 @@
+"""The estimate shown before a run, and the context-window check that refuses a paper before paying."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLE, settings_for, small_scenario
+
+from p2c_notebook.errors import PaperError
+from p2c_notebook.estimate import TYPICAL_FILES, filler, known_context_window
+from p2c_notebook.events import Event, Notice, RunStarted
+from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.tokens import estimate_tokens
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import synthetic  # noqa: E402
+
+
+def _within(estimated: float, actual: float, share: float) -> bool:
+    return abs(estimated - actual) <= share * actual
+
+
+def test_the_estimate_before_a_typical_run_is_within_a_quarter_of_what_it_uses(serve: Any, tmp_path: Path) -> None:
+    synth = synthetic.build(TYPICAL_FILES)  # replies of the typical sizes, a depth-4 repository
+    server = serve(synth.scenario())
+    started: list[RunStarted] = []
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "run", settings=settings_for(server)) as pipeline:
+        before = pipeline.estimate()
+        pipeline.bus.subscribe(lambda e: started.append(e) if isinstance(e, RunStarted) else None)
+        assert pipeline.run().state == "done"
+        spent = pipeline.store.spent()
+        refined = pipeline.estimates[1]
+    assert len(before.calls) == spent.calls == 2 * TYPICAL_FILES + 4
+    assert _within(before.input_tokens, spent.prompt_tokens, 0.25)
+    assert _within(before.output_tokens, spent.completion_tokens, 0.25)
+    assert before.cost is not None and spent.cost is not None and _within(before.cost, spent.cost, 0.25)
+    assert started[0].estimate == before.describe() and "$" in started[0].estimate
+    # Once the logic design is saved the estimate counts the real files and dependencies.
+    assert len(refined.calls) == 2 * TYPICAL_FILES and not refined.files_assumed
+
+
+def test_a_finished_run_has_nothing_left_to_estimate(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with Pipeline.start(paper_md, tmp_path / "run", settings=settings_for(server)) as pipeline:
+        pipeline.run(until="config")
+        rest = pipeline.estimate()
+        assert not rest.files_assumed and {c.artifact for c in rest.calls} == {
+            f"{stage}/{f}" for stage in ("analysis", "code") for f in pipeline.files()
+        }
+        pipeline.run()
+        assert pipeline.estimate().calls == () and "nothing left" in pipeline.estimate().describe()
+
+
+def test_a_paper_longer_than_the_context_window_is_refused_before_any_call(serve: Any, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    settings = settings_for(server, context_window=3000)
+    with (
+        Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "run", settings=settings) as pipeline,
+        pytest.raises(PaperError, match="no call was made"),
+    ):
+        pipeline.run()
+    assert server.requests == []
+
+
+def test_a_call_that_may_not_fit_is_announced_before_paying(serve: Any, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    notices: list[Event] = []
+    paper_tokens = 4_100  # the example paper is ~4,000 tokens: it fits, the later calls with the plan do not
+    settings = settings_for(server, context_window=paper_tokens + 3_000 + 500)
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "run", settings=settings) as pipeline:
+        pipeline.bus.subscribe(notices.append)
+        assert pipeline.run().state == "done"  # a warning, not a refusal
+    warnings = [n.message for n in notices if isinstance(n, Notice) and n.level == "warning"]
+    assert any("may not fit" in w and "context window" in w for w in warnings)
+
+
+def test_filler_and_model_windows() -> None:
+    assert estimate_tokens(filler(1234)) == 1234
+    assert known_context_window("gpt-4o-mini-2024-07-18") == 128_000
+    assert known_context_window("openai/gpt-4.1") == 1_047_576
+    assert known_context_window("some-local-model") is None
