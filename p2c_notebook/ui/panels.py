@@ -98,6 +98,30 @@ class ArtifactPanel:
         self.title = html(f"<span>{render.esc(render.title_of(artifact))}</span>", "p2c-title")
         self.badge = html("missing", "p2c-badge", "p2c-badge-missing")
         self.usage = html("", "p2c-usage")
+        self.message = html("", "p2c-message")
+        self.content = widgets.VBox()
+        self.content.add_class("p2c-content")
+        self.head = widgets.HBox([self.title, self.badge, self.usage])
+        self.head.add_class("p2c-panel-head")
+        self.widget = widgets.VBox([self.head, self.content, self.message])
+        for name in ("p2c-panel", f"p2c-panel-{render.slug(artifact)}", f"p2c-stage-{self.stage}"):
+            self.widget.add_class(name)
+        self.has_controls = False
+        self.editor_box: Any = None
+        self._busy = False
+        self._set_status("missing")
+        self._fill_missing()
+
+    def ensure_controls(self) -> None:
+        """Buttons, feedback box and editor, built when the artifact first exists.
+
+        A logic design of 16 files adds 32 panels at once; without their controls they are a tenth of the
+        widgets, so the logic panel is drawn promptly.
+        """
+        if self.has_controls:
+            return
+        self.has_controls = True
+        artifact = self.artifact
         self.approve_button = button("Approve", f"Approve {artifact} so the next stage may use it", "p2c-approve")
         self.edit_button = button("Edit", f"Edit {artifact} by hand", "p2c-edit")
         self.regenerate_button = button("Regenerate", f"Generate {artifact} again, with the feedback", "p2c-regenerate")
@@ -108,38 +132,38 @@ class ArtifactPanel:
             layout=widgets.Layout(width="100%"),
         )
         self.feedback.add_class("p2c-feedback")
-        self.message = html("", "p2c-message")
-        self.content = widgets.VBox()
-        self.content.add_class("p2c-content")
+        show(self.confirm_button, False)
+        self.actions = widgets.HBox(
+            [self.approve_button, self.edit_button, self.regenerate_button, self.confirm_button]
+        )
+        self.actions.add_class("p2c-actions")
+        self.approve_button.on_click(lambda _: self._guard(self._approve))
+        self.edit_button.on_click(lambda _: self._guard(self._open_editor))
+        self.regenerate_button.on_click(lambda _: self._guard(lambda: self._regenerate(False)))
+        self.confirm_button.on_click(lambda _: self._guard(lambda: self._regenerate(True)))
+        self.widget.children = [self.head, self.content, self.message, self.feedback, self.actions]
+
+    def ensure_editor(self) -> None:
+        """The editor, built on the first Edit: most artifacts are never edited by hand."""
+        self.ensure_controls()
+        if self.editor_box is not None:
+            return
         self.editor = widgets.Textarea(rows=16, layout=widgets.Layout(width="100%"))
         self.editor.add_class("p2c-editor")
         self.save_button = button("Save", "Validate and save your version", "p2c-save", "primary")
         self.cancel_button = button("Cancel", "Close the editor without saving", "p2c-edit-cancel")
-        self.editor_box = widgets.VBox([self.editor, widgets.HBox([self.save_button, self.cancel_button])])
-        self.editor_box.add_class("p2c-editor-box")
-        show(self.editor_box, False)
-        show(self.confirm_button, False)
-        head = widgets.HBox([self.title, self.badge, self.usage])
-        head.add_class("p2c-panel-head")
-        actions = widgets.HBox([self.approve_button, self.edit_button, self.regenerate_button, self.confirm_button])
-        actions.add_class("p2c-actions")
-        self.widget = widgets.VBox(
-            [head, self.content, self.editor_box, self.message, self.feedback, actions],
-        )
-        for name in ("p2c-panel", f"p2c-panel-{render.slug(artifact)}", f"p2c-stage-{self.stage}"):
-            self.widget.add_class(name)
-        self.approve_button.on_click(lambda _: self._guard(self._approve))
-        self.edit_button.on_click(lambda _: self._guard(self._open_editor))
         self.save_button.on_click(lambda _: self._guard(self._save))
         self.cancel_button.on_click(lambda _: self._close_editor())
-        self.regenerate_button.on_click(lambda _: self._guard(lambda: self._regenerate(False)))
-        self.confirm_button.on_click(lambda _: self._guard(lambda: self._regenerate(True)))
-        self._set_status("missing")
-        self._fill_missing()
+        self.editor_box = widgets.VBox([self.editor, widgets.HBox([self.save_button, self.cancel_button])])
+        self.editor_box.add_class("p2c-editor-box")
+        self.widget.children = [self.head, self.content, self.editor_box, self.message, self.feedback, self.actions]
+        self.set_busy(self._busy)
 
     # --- state from the run folder -------------------------------------------------------------------
     def update(self, row: Row, digest: str | None, busy: bool) -> None:
         """Bring the panel in line with a manifest row; content is re-rendered only when the file changed."""
+        if row.status != "missing":
+            self.ensure_controls()
         if row.status != self.status:
             self._set_status(row.status)
         note = " · inputs changed since your edit" if row.inputs_changed else ""
@@ -154,12 +178,16 @@ class ArtifactPanel:
             self.render_seconds = time.perf_counter() - started
 
     def set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if not self.has_controls:
+            return
         exists = self.status != "missing"
         self.approve_button.disabled = busy or self.status not in ("generated",)
         self.edit_button.disabled = busy or not exists
         self.regenerate_button.disabled = busy or not exists
         self.confirm_button.disabled = busy
-        self.save_button.disabled = busy
+        if self.editor_box is not None:
+            self.save_button.disabled = busy
 
     def _set_status(self, status: str) -> None:
         self.badge.remove_class(f"p2c-badge-{self.status}")
@@ -168,7 +196,7 @@ class ArtifactPanel:
         self.badge.add_class(f"p2c-badge-{status}")
         self.widget.add_class(f"p2c-status-{status}")
         self.badge.value = render.esc(status)
-        if status != "edited":
+        if status != "edited" and self.has_controls:
             show(self.confirm_button, False)
 
     def _fill(self) -> None:
@@ -264,13 +292,15 @@ class ArtifactPanel:
         return f"Approved {', '.join(approved)}."
 
     def _open_editor(self) -> str | None:
+        self.ensure_editor()
         self.editor.value = self.owner.read(self.artifact)
         show(self.editor_box, True)
         self.clear_message()
         return None
 
     def _close_editor(self) -> None:
-        show(self.editor_box, False)
+        if self.editor_box is not None:
+            show(self.editor_box, False)
         self.clear_message()
 
     def _save(self) -> str:

@@ -11,6 +11,7 @@ import html
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
@@ -90,17 +91,32 @@ def highlight(code: str, filename: str = "", language: str = "") -> str:
     """Syntax-highlighted HTML (Pygments escapes the text); a plain escaped <pre> without Pygments."""
     try:
         from pygments import highlight as pyg_highlight  # type: ignore[import-untyped]
-        from pygments.formatters import HtmlFormatter  # type: ignore[import-untyped]
-        from pygments.lexers import TextLexer, get_lexer_by_name, get_lexer_for_filename  # type: ignore[import-untyped]
-        from pygments.util import ClassNotFound  # type: ignore[import-untyped]
     except ImportError:
         return f'<pre class="p2c-code">{esc(code)}</pre>'
-    try:
-        lexer = get_lexer_by_name(language) if language else get_lexer_for_filename(filename or "x.txt")
-    except ClassNotFound:
-        lexer = TextLexer()
-    result: str = pyg_highlight(code, lexer, HtmlFormatter(cssclass="p2c-highlight"))
+    result: str = pyg_highlight(code, _lexer(language, Path(filename or "x.txt").suffix), _formatter())
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _lexer(language: str, suffix: str) -> Any:
+    """Finding a lexer by file name scans every lexer Pygments has: once per kind of file is enough."""
+    from pygments.lexers import TextLexer, get_lexer_by_name, get_lexer_for_filename  # type: ignore[import-untyped]
+    from pygments.util import ClassNotFound  # type: ignore[import-untyped]
+
+    from p2c_notebook.prompts.builder import language_for
+
+    language = language or language_for(f"x{suffix}")  # by name: no scan of every lexer's file patterns
+    try:
+        return get_lexer_by_name(language) if language != "text" else get_lexer_for_filename(f"x{suffix}")
+    except ClassNotFound:
+        return TextLexer()
+
+
+@functools.lru_cache(maxsize=1)
+def _formatter() -> Any:
+    from pygments.formatters import HtmlFormatter  # type: ignore[import-untyped]
+
+    return HtmlFormatter(cssclass="p2c-highlight")
 
 
 @functools.lru_cache(maxsize=1)
@@ -281,3 +297,15 @@ def artifact_html(artifact: str, text: str) -> str:
     if stage in ("design", "logic"):
         return highlight(text, f"{stage}.json")
     return highlight(text, path)
+
+
+def pending_html(stage_name: str, missing: list[str], planned: int) -> str:
+    """One line for the planned files of a stage that have no panel yet (empty when there are none)."""
+    if not missing:
+        return ""
+    shown = ", ".join(f"<code>{esc(f)}</code>" for f in missing[:40])
+    more = f" and {len(missing) - 40} more" if len(missing) > 40 else ""
+    return (
+        f"<div class='p2c-hint'><b>{esc(stage_name)}</b>: {len(missing)} of {planned} planned file(s) not "
+        f"generated yet: {shown}{more}.</div>"
+    )

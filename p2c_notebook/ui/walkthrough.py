@@ -30,7 +30,7 @@ from p2c_notebook.events import (
 )
 from p2c_notebook.pipeline import STEPS, Pipeline, Row, RunResult
 from p2c_notebook.settings import load_settings
-from p2c_notebook.store import RunStore, stage_of
+from p2c_notebook.store import PLANNING, RunStore, stage_of
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, show
 from p2c_notebook.usage import Usage
@@ -98,6 +98,7 @@ class Walkthrough:
         self.progress_box.add_class("p2c-progress-box")
         self.panel_box = widgets.VBox()
         self.panel_box.add_class("p2c-panels")
+        self.pending = {stage: html("", "p2c-pending", f"p2c-pending-{stage}") for stage in ("analysis", "code")}
         self.repo_panel = RepoPanel(self.run_dir)
         self.widget = widgets.VBox([self.style, self.header, self.progress_box, self.panel_box, self.repo_panel.widget])
         self.widget.add_class("p2c-walkthrough")
@@ -160,11 +161,21 @@ class Walkthrough:
             if self._closed:
                 return
             rows = [r for r in rows if r.artifact != "paper"]
-            order = [r.artifact for r in rows]
+            # Planned files get a panel once their analysis / code exists; until then one line per stage lists
+            # them, so a logic design of many files is drawn at once.
+            shown = [r for r in rows if r.status != "missing" or stage_of(r.artifact) in PLANNING]
+            pending = {
+                stage: [r.artifact.partition("/")[2] for r in rows if stage_of(r.artifact) == stage]
+                for stage in ("analysis", "code")
+            }
+            for stage, files in pending.items():
+                missing = [f for f in files if f"{stage}/{f}" not in {r.artifact for r in shown}]
+                self.pending[stage].value = render.pending_html(STAGE_NAMES[stage], missing, len(files))
+            order = [r.artifact for r in shown]
             if order != list(self.panels):
                 self._rebuild(order)
             busy = self.busy
-            for row in rows:
+            for row in shown:
                 entry = self.pipeline.store.entry(row.artifact)
                 self.panels[row.artifact].update(row, entry.sha256 if entry else None, busy)
             nxt = self.next_stage(rows)
@@ -180,7 +191,12 @@ class Walkthrough:
     def _rebuild(self, order: list[str]) -> None:
         old = self.panels
         self.panels = {a: old.pop(a) if a in old else ArtifactPanel(a, self) for a in order}
-        self.panel_box.children = [p.widget for p in self.panels.values()]
+        children = []
+        for stage in ("plan", "design", "logic", "config", "analysis", "code"):
+            children += [p.widget for a, p in self.panels.items() if stage_of(a) == stage]
+            if stage in self.pending:
+                children.append(self.pending[stage])
+        self.panel_box.children = children
         for gone in old.values():
             close_tree(gone.widget)
 
