@@ -168,7 +168,10 @@ def parse_config(text: str) -> dict[str, Any]:
     except (ValueError, TypeError, AttributeError) as exc:  # a scalar the YAML types reject: 2024-02-30, !!int x
         raise PlanError(f"config.yaml has a value YAML cannot convert ({exc}): quote it as a string.") from None
     if not isinstance(data, dict) or not data:
-        raise PlanError("config.yaml must be a non-empty mapping of settings (key: value).")
+        raise PlanError(
+            "config.yaml must be a non-empty YAML mapping of settings (`training:` then indented "
+            "`learning_rate: 0.1` lines), not Markdown headings or bullet lists."
+        )
     return data
 
 
