@@ -227,6 +227,8 @@ class Pipeline:
                 self.bus.emit(Notice(level="error", message=str(exc)))
                 self.bus.emit(RunFinished(ok=False, message=str(exc), total=self.store.spent()))
                 raise
+            finally:
+                self.store.flush()
             self.bus.emit(RunFinished(ok=result.state != "cancelled", message=result.message, total=self.store.spent()))
             return result
 
@@ -559,14 +561,17 @@ class Pipeline:
                 raise EditedArtifactError(f"{artifact} holds your edits; confirm overwriting them to regenerate it.")
             ctx = self._context()
             stage, _, path = artifact.partition("/")
-            if stage in PLANNERS:
-                saved = PLANNERS[stage](ctx, feedback)
-            elif stage == "analysis":
-                saved = analyze_file(ctx, path, feedback)
-            elif stage == "code":
-                saved = code_file(ctx, path, feedback)
-            else:
-                raise RunError(f"{artifact} cannot be regenerated.")
+            try:
+                if stage in PLANNERS:
+                    saved = PLANNERS[stage](ctx, feedback)
+                elif stage == "analysis":
+                    saved = analyze_file(ctx, path, feedback)
+                elif stage == "code":
+                    saved = code_file(ctx, path, feedback)
+                else:
+                    raise RunError(f"{artifact} cannot be regenerated.")
+            finally:
+                self.store.flush()
             self.bus.emit(ArtifactSaved(artifact=artifact, path=str(self.store.root / saved.path), status=saved.status))
             self.store.refresh(self.order())
             return saved

@@ -106,6 +106,12 @@ class RecordingBackend:
     def model(self) -> str:
         return self.inner.model
 
+    def __getattr__(self, name: str) -> Any:
+        """What the wrapped backend tells about itself (its settings, its context window) shows through."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     @property
     def description(self) -> str:
         return f"{self.inner.description}, recording to {self.path}"

@@ -69,6 +69,19 @@ def atomic_write(path: Path, data: str | bytes, durable: bool = True) -> None:
         raise
 
 
+def manifest_text(data: dict[str, Any]) -> str:
+    """The manifest as JSON with one line per artifact: readable, diffable, and encoded at C speed."""
+    lines = []
+    for key in sorted(data):
+        value = data[key]
+        if isinstance(value, dict) and key in ("artifacts", "pending") and value:
+            inner = ",\n".join(f"    {json.dumps(k)}: {json.dumps(value[k], sort_keys=True)}" for k in sorted(value))
+            lines.append(f"  {json.dumps(key)}: {{\n{inner}\n  }}")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def artifact_file(artifact: str) -> str:
     """Where an artifact lives inside the run folder (relative path)."""
     if artifact in FILES:
@@ -136,6 +149,7 @@ class RunStore:
         self.root = Path(root)
         self._lock = threading.RLock()
         self._hashes: dict[str, tuple[int, int, str]] = {}
+        self._dirty = False  # tokens spent that only memory holds
         self._notes: list[str] = []  # what locking recovered, handed out by the next refresh()
         self._data: dict[str, Any] = {
             "version": 1,
@@ -169,8 +183,16 @@ class RunStore:
         return (Path(path) / MANIFEST).is_file()
 
     # --- manifest -------------------------------------------------------------------------------
-    def _flush(self, durable: bool = True) -> None:
-        atomic_write(self.root / MANIFEST, json.dumps(self._data, indent=2, sort_keys=True) + "\n", durable)
+    def _flush(self, durable: bool = False) -> None:
+        """Write the manifest (atomically; an fsync only when asked: it is rebuilt from files if ever lost)."""
+        atomic_write(self.root / MANIFEST, manifest_text(self._data), durable)
+        self._dirty = False
+
+    def flush(self) -> None:
+        """Write what only memory holds (the tokens spent since the last artifact was saved)."""
+        with self._lock:
+            if self._dirty:
+                self._flush()
 
     def _digest(self, rel: str) -> str:
         """sha256 of a run file, re-read only when its size or mtime changed since we last hashed it."""
@@ -204,9 +226,10 @@ class RunStore:
         return Usage.from_dict(self._data.get("spent", {}))
 
     def add_spent(self, usage: Usage) -> None:
+        """Counted at once, written with the next manifest write (the artifact's save, or `flush`)."""
         with self._lock:
             self._data["spent"] = (self.spent() + usage).to_dict()
-            self._flush(durable=False)
+            self._dirty = True
 
     # --- artifacts ------------------------------------------------------------------------------
     def read(self, artifact: str) -> str:
