@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from p2c_notebook.errors import P2CError
+from p2c_notebook.estimate import estimate_paper
 from p2c_notebook.paper import read_paper
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.render import TerminalRenderer
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     paper = sub.add_parser("paper", help="read a paper and report what was extracted (no model calls)")
     paper.add_argument("paper")
     paper.add_argument("--text", action="store_true", help="print the text the model will see")
+    paper.add_argument("--model", help="the model to estimate tokens and cost for (default: the configured one)")
     return parser
 
 
@@ -142,7 +144,12 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_paper(args: argparse.Namespace) -> int:
     paper = read_paper(args.paper)
-    print(paper.to_text() if args.text else paper.report().summary())
+    if args.text:
+        print(paper.to_text())
+        return 0
+    print(paper.report().summary())
+    model = args.model or load_settings({}).model
+    print(estimate_paper(paper.to_text(), model).describe().replace("Estimate:", "Estimate for a run:"))
     return 0
 
 

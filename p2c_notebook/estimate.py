@@ -190,6 +190,13 @@ def estimate_plan(
     return Estimate(model, tuple(calls), len(plan.files), plan.files_assumed, usage_cost)
 
 
+def estimate_paper(paper: str, model: str, prices: dict[str, tuple[float, float, float]] | None = None) -> Estimate:
+    """A whole run over `paper` with a typical repository, before any run folder exists."""
+    files = typical_files()
+    plan = Plan(list(PLANNING_STEPS), files, list(files), list(files), files_assumed=True)
+    return estimate_plan(paper, plan, lambda _: None, model, prices)
+
+
 def _cost(model: str, calls: Iterable[Call], prices: dict[str, tuple[float, float, float]] | None) -> float | None:
     listed = list(calls)
     return cost_of(

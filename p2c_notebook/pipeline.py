@@ -232,13 +232,11 @@ class Pipeline:
             self.bus.emit(RunFinished(ok=result.state != "cancelled", message=result.message, total=self.store.spent()))
             return result
 
-    def estimate(self, from_stage: str | None = None, until: str | None = None) -> Estimate:
-        """Calls, tokens and cost of what `run(from_stage, until)` would generate now (nothing is sent)."""
-        first = step_index(from_stage) if from_stage else 0
-        last = step_index(until) if until else len(STEPS) - 1
-        return self._estimate(first, last, redo=bool(from_stage))
+    def estimate(self, until: str | None = None) -> Estimate:
+        """Calls, tokens and cost of what `run(until=until)` would generate now (nothing is sent)."""
+        return self._estimate(0, step_index(until) if until else len(STEPS) - 1)
 
-    def _estimate(self, first: int, last: int, redo: bool = False) -> Estimate:
+    def _estimate(self, first: int, last: int) -> Estimate:
         planning = self._planning_todo(first, last)
         files: dict[str, list[str]] = {}
         if "logic" not in planning and (logic := self._saved_logic()) is not None:
@@ -251,8 +249,6 @@ class Pipeline:
         else:
             analysis, code = [], []
         todo = set(planning) | {f"analysis/{f}" for f in analysis} | {f"code/{f}" for f in code}
-        if redo:
-            todo |= {a for a in self.order() if a != "paper" and STEPS.index(stage_of(a)) >= first}
 
         def saved(artifact: str) -> str | None:
             if artifact in todo or self.store.entry(artifact) is None:

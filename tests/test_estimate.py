@@ -82,3 +82,11 @@ def test_filler_and_model_windows() -> None:
     assert known_context_window("gpt-4o-mini-2024-07-18") == 128_000
     assert known_context_window("openai/gpt-4.1") == 1_047_576
     assert known_context_window("some-local-model") is None
+
+
+def test_p2c_paper_prints_what_a_run_would_cost_before_any_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2c_notebook.cli import main
+
+    assert main(["paper", str(EXAMPLE / "paper.pdf"), "--model", "gpt-4.1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("Estimate for a run: 20 calls for 8 files") and "$" in last and "gpt-4.1" in last
