@@ -598,3 +598,14 @@ def test_notebook_runs_the_magics_in_a_kernel(serve: Any, paper_md: Path, tmp_pa
     assert "['approved', 'generated'] None" in "".join(o.get("text", "") for o in outputs)
     assert API_KEY not in json.dumps(outputs)
     assert (tmp_path / "run/repo/main.py").read_text() == CODE["main.py"]
+
+
+def test_the_stream_header_names_every_call_in_flight(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario(latency=0.2))
+    run = make_run(server, paper_md, tmp_path / "run", until="config")
+    wt = open_walkthrough(server, run, concurrency=len(FILES))
+    headers: list[str] = []
+    wt.pipeline.bus.subscribe(lambda e: headers.append(wt.stream.value) if isinstance(e, StageStarted) else None)
+    wt.run(require_approval=False, block=True)  # the analyses all start at once
+    assert wt.last_error is None
+    assert any(f"{len(FILES)} in flight: analysis/" in h for h in headers), headers[-3:]

@@ -61,6 +61,7 @@ class Walkthrough:
         self._closed = False
         self._cancel_requested = False
         self._streams: dict[str, str] = {}
+        self._in_flight: list[str] = []  # artifacts whose calls are running, oldest first
         self._streaming = ""
         self._stream_drawn = 0.0
         self._notices: list[tuple[str, str]] = []
@@ -398,6 +399,7 @@ class Walkthrough:
             with self._lock:
                 self._streams[event.artifact] = ""
                 self._streaming = event.artifact
+                self._in_flight = [*(a for a in self._in_flight if a != event.artifact), event.artifact]
             self._draw_stream(force=True)
         elif isinstance(event, RunStarted):
             if self._cancel_requested:  # Cancel clicked before the run cleared the pipeline's flag
@@ -410,6 +412,8 @@ class Walkthrough:
         elif isinstance(event, UsageReported):
             self._draw_meter(event.total)
         elif isinstance(event, ArtifactSaved):
+            with self._lock:
+                self._in_flight = [a for a in self._in_flight if a != event.artifact]
             self._draw_stream(force=True)
             self._apply(self.recorded_rows())
         elif isinstance(event, Notice) and event.level != "error":  # errors reach the status line
@@ -417,6 +421,8 @@ class Walkthrough:
         elif isinstance(event, AwaitingApproval):
             self._status(f"Waiting for approval of {', '.join(event.pending)} before {event.next_stage}.", "hint")
         elif isinstance(event, RunFinished):
+            with self._lock:
+                self._in_flight = []
             self._draw_meter(event.total)
             self._draw_stream(force=True)
 
@@ -437,10 +443,13 @@ class Walkthrough:
         self._stream_drawn = now
         with self._lock:
             artifact, text = self._streaming, self._streams.get(self._streaming, "")
+            flying = list(self._in_flight)
         if not artifact:
             return
         show(self.stream, True)
         title = f"{'Streaming' if self.busy else 'Last reply'}: {artifact}"
+        if len(flying) > 1:
+            title += f" · {len(flying)} in flight: " + ", ".join(flying[:6]) + (" …" if len(flying) > 6 else "")
         self.stream.value = f"<div class='p2c-hint'>{render.esc(title)}</div><pre>{render.esc(text)}</pre>"
 
     def _header(self) -> str:
