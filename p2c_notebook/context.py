@@ -42,6 +42,7 @@ class StageContext:
     settings: Settings
     prompts: PromptBuilder
     cancel: threading.Event = field(default_factory=threading.Event)
+    _answers: dict[tuple[str, str | None], str] = field(default_factory=dict, repr=False)
 
     # --- reading saved artifacts (as the user approved or edited them) ---------------------------
     def design(self) -> ArchitectureDesign:
@@ -67,11 +68,14 @@ class StageContext:
         """
         answers: dict[str, str] = {}
         for step in PLANNING_CONTEXT[upto] if upto else PLANNING:
-            text = self.store.read(step)
-            if step == "config":
-                parse_config(text)
-                text = f"```yaml\n{text.rstrip()}\n```"
-            answers[step] = text.rstrip()
+            key = (step, self.store.hash_of(step))
+            if key not in self._answers:  # every file call of a run reads the same four answers
+                text = self.store.read(step)
+                if step == "config":
+                    parse_config(text)
+                    text = f"```yaml\n{text.rstrip()}\n```"
+                self._answers[key] = text.rstrip()
+            answers[step] = self._answers[key]
         return answers
 
     def input_hashes(self, artifacts: list[str]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from string import Template
 from typing import Any
@@ -193,6 +193,7 @@ def interface_of(path: str, code: str) -> str:
     return "\n".join(lines)
 
 
+@lru_cache(maxsize=16)
 def compact_json(text: str) -> str:
     """JSON without indentation (about a quarter fewer tokens); text that is not JSON is kept as it is."""
     try:
