@@ -16,7 +16,7 @@ from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
 from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
-from p2c_notebook.prompts.builder import PLANNING_CONTEXT
+from p2c_notebook.prompts.builder import PLANNING_CONTEXT, json_schema
 from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 from p2c_notebook.store import PLANNING, RunStore, artifact_file
@@ -105,7 +105,7 @@ class StageContext:
             stage,
             file,
             1,
-            schema.model_json_schema() if schema else None,
+            json_schema(schema) if schema else None,
             schema.__name__ if schema else "artifact",
         )
         where = f"{stage}" + (f" of {file}" if file else "")

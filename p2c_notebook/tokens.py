@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import re
 
-_PIECES = re.compile(r"[A-Za-z]+|\d|\s+|[^\sA-Za-z\d]")
+_WORDS = re.compile(r"[A-Za-z]+")
+_ONES = re.compile(r"[^\sA-Za-z]")  # each digit and each other symbol is one token
+_BREAKS = re.compile(r"\s{2,}|\n")  # a run of white space counts once if it is longer than one space or breaks a line
 
 
 def estimate_tokens(text: str) -> int:
     """Approximate a BPE token count: long words split in ~4-letter chunks, digits and symbols count one.
 
-    Within about 15% of tiktoken's cl100k/o200k counts on English papers and Python code.
+    Within about 15% of tiktoken's cl100k/o200k counts on English papers and Python code. Counted with
+    C-speed regular expressions: an estimate runs before every call, over texts the size of a paper.
     """
-    count = 0
-    for piece in _PIECES.findall(text):
-        if piece[0].isalpha():
-            count += max(1, (len(piece) + 3) // 5 + (1 if len(piece) > 12 else 0))
-        elif piece[0].isspace():
-            count += 1 if "\n" in piece or len(piece) > 1 else 0
-        else:
-            count += 1
-    return count
+    words = sum(max(1, (n + 3) // 5 + (n > 12)) for n in map(len, _WORDS.findall(text)))
+    return words + len(_ONES.findall(text)) + len(_BREAKS.findall(text))

@@ -40,8 +40,15 @@ def render(name: str, **values: str) -> str:
     return _template(name).substitute(values)
 
 
+@cache
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema, built once (pydantic takes milliseconds each time); callers must not change it."""
+    return model.model_json_schema()
+
+
+@cache
 def schema_text(model: type[BaseModel]) -> str:
-    return json.dumps(model.model_json_schema(), separators=(",", ":"), sort_keys=True)
+    return json.dumps(json_schema(model), separators=(",", ":"), sort_keys=True)
 
 
 class PromptBuilder:
