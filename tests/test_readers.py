@@ -17,6 +17,8 @@ import pytest
 from p2c_notebook.errors import PaperError
 from p2c_notebook.paper import Paper, read_paper
 
+EXAMPLE_PAPER_PDF = Path(__file__).resolve().parents[1] / "examples" / "mixup" / "paper.pdf"
+
 PAPERS = Path(__file__).parents[1].parent / "shared/papers/transformer"
 TOP_LEVEL = {
     "1": "Introduction",
@@ -399,3 +401,17 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
     path = tmp_path / "paper.docx"
     path.write_bytes(b"\x00\x01binary")
     expect_error(path, "paper.docx", "unknown paper format")
+
+
+def test_the_report_says_how_much_compaction_saved() -> None:
+    report = read_paper(EXAMPLE_PAPER_PDF).report()
+    assert report.source_characters is not None and report.source_characters > report.characters
+    assert "% less than the" in report.summary() and "references" in report.summary()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    import subprocess
+
+    shell = f"p2c paper {EXAMPLE_PAPER_PDF} --text | head -c 20"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and len(done.stdout) == 20

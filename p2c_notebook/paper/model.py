@@ -48,6 +48,8 @@ class Paper(BaseModel):
     pages: int | None = None
     pages_read: int | None = None  # PDF: how many of `pages` were read (the rest is listed in `dropped`)
     dropped: list[str] = Field(default_factory=list)  # what was removed: "references", "acknowledgements"...
+    # Characters of the source as read (a PDF's text layer, the file's text otherwise), before compaction.
+    source_characters: int | None = None
 
     def to_text(self) -> str:
         """Render the paper as Markdown for prompts: stable, byte-identical for the same paper."""
@@ -73,6 +75,7 @@ class Paper(BaseModel):
             characters=len(text),
             estimated_tokens=estimate_tokens(text),
             dropped=list(self.dropped),
+            source_characters=self.source_characters,
         )
 
 
@@ -149,6 +152,7 @@ class PaperReport(BaseModel):
     captions: int
     characters: int
     estimated_tokens: int
+    source_characters: int | None = None
     dropped: list[str]
 
     def summary(self) -> str:
@@ -156,8 +160,12 @@ class PaperReport(BaseModel):
         if self.pages and self.pages_read is not None and self.pages_read < self.pages:
             pages = f"{self.pages} pages (read only pages 1-{self.pages_read}), "
         dropped = f"; dropped {', '.join(self.dropped)}" if self.dropped else ""
+        saved = ""
+        if self.source_characters and self.source_characters > self.characters:
+            share = 1 - self.characters / self.source_characters
+            saved = f" ({share:.0%} less than the {self.source_characters:,} characters read)"
         return (
             f"{self.source} ({self.source_format}): {pages}{self.sections} sections, "
-            f"{self.equations} equations, {self.captions} captions, {self.characters:,} characters, "
+            f"{self.equations} equations, {self.captions} captions, {self.characters:,} characters{saved}, "
             f"~{self.estimated_tokens:,} tokens{dropped}"
         )

@@ -631,7 +631,8 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int =
             pages, heights, rotated, fonts, images = _extract(doc, path, max(1, max_pages), max(1, max_chars))
         finally:
             doc.close()
-    if sum(len(ln.text) for lines in pages for ln in lines) < 50:
+    read_characters = sum(len(ln.text) for lines in pages for ln in lines)
+    if read_characters < 50:
         hint = "it is a scanned, image-only PDF" if images else "it holds no text"
         raise PaperError(
             f"{path.name} has no text layer ({hint}): run OCR first, e.g. "
@@ -648,7 +649,8 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int =
         sizes[round(row.size * 2) / 2] += len(row.text)
     body_size = sizes.most_common(1)[0][0] if sizes else 10.0
     limit = (page_count, len(pages), max_pages)
-    return _structure(rows, body_size, path, limit, (rotated, headers, numbers))
+    paper = _structure(rows, body_size, path, limit, (rotated, headers, numbers))
+    return paper.model_copy(update={"source_characters": read_characters})
 
 
 def _structure(

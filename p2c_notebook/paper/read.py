@@ -67,7 +67,20 @@ def read_paper(
     skipped is listed in `Paper.dropped` (and so in the report); text files over 20 MB are refused.
     """
     max_chars = max(max_chars, _MIN_CHARS)
-    return limit_characters(_read(Path(path), max_pages, max_chars), max_chars)
+    paper = _read(Path(path), max_pages, max_chars)
+    if paper.source_characters is None and Path(path).is_file() and paper.source_format != "pdf":
+        paper = paper.model_copy(update={"source_characters": _text_length(Path(path))})
+    return limit_characters(paper, max_chars)
+
+
+def _text_length(path: Path) -> int | None:
+    """Characters of a text source (LaTeX, s2orc JSON, Markdown), to report what compaction saved."""
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        return None
+    try:
+        return len(path.read_bytes().decode("utf-8", errors="replace"))
+    except OSError:
+        return None
 
 
 def _read(path: Path, max_pages: int, max_chars: int) -> Paper:
