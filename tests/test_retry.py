@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -14,11 +15,11 @@ import openai
 import pytest
 from conftest import settings_for, small_scenario
 
-from p2c_notebook.backend import ChatRequest, OpenAIBackend
+from p2c_notebook.backend import ChatRequest, OpenAIBackend, sse_chunks
 from p2c_notebook.errors import BackendError, ReplyError
 from p2c_notebook.local.backend import MAX_TOKENS, tuned_settings
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.retry import RetryNotice, RetryPolicy, classify, retry_after
+from p2c_notebook.retry import IncompleteReply, RetryNotice, RetryPolicy, classify, retry_after
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.testing import ScriptedServer
 
@@ -146,3 +147,50 @@ def test_a_reply_cut_at_the_limit_every_time_names_the_limit_the_backend_really_
     local_like.close()
     assert f"max_tokens={MAX_TOKENS})" in str(info.value) and str(settings.max_tokens) not in str(info.value)
     assert [r["max_tokens"] for r in server.requests] == [MAX_TOKENS] * 3
+
+
+class _Lines:
+    """A stand-in for the SDK's streaming response: only what `sse_chunks` reads."""
+
+    def __init__(self, lines: list[str], broken: BaseException | None = None) -> None:
+        self.lines, self.broken, self.request = lines, broken, None
+
+    def iter_lines(self) -> Iterator[str]:
+        yield from self.lines
+        if self.broken is not None:
+            raise self.broken
+
+
+def test_sse_chunks_read_events_the_way_servers_send_them() -> None:
+    lines = [
+        ": keep-alive comment",
+        'data: {"choices": [{"delta": {"content": "a"}}]}',
+        "",
+        "event: message",
+        'data: {"choices": [{"delta":',
+        'data:  {"content": "b"}}]}',
+        "",
+        "data: [DONE]",
+        "",
+        'data: {"never": "read"}',
+        "",
+    ]
+    chunks = list(sse_chunks(_Lines(lines)))
+    assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["a", "b"]
+
+
+def test_sse_chunks_raise_errors_sent_in_the_stream() -> None:
+    with pytest.raises(openai.APIError, match="overloaded"):
+        list(sse_chunks(_Lines(['data: {"error": {"message": "overloaded"}}', ""])))
+    with pytest.raises(IncompleteReply, match="not JSON"):
+        list(sse_chunks(_Lines(["data: {oops", ""])))
+
+
+class _SdkLines(_Lines):
+    __module__ = "httpx2._models"  # where the SDK's responses come from: their transport errors are httpx2's
+
+
+def test_a_connection_that_breaks_mid_stream_is_an_incomplete_reply() -> None:
+    response = _SdkLines(['data: {"choices": []}', ""], broken=httpx2.RemoteProtocolError("peer closed"))
+    with pytest.raises(IncompleteReply, match="RemoteProtocolError"):
+        list(sse_chunks(response))
