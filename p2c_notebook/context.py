@@ -97,7 +97,7 @@ class StageContext:
         parse: Callable[[str], T],
         schema: type[BaseModel] | None = None,
     ) -> tuple[T, Usage]:
-        """Call the model and parse its reply; re-ask once with the problem, then fail clearly."""
+        """Call the model and parse its reply; re-ask with the problem (`max_repairs` times), then fail clearly."""
         self.bus.emit(StageStarted(artifact=artifact, stage=stage, file=file))
         total = Usage()
         request = ChatRequest(
@@ -123,10 +123,11 @@ class StageContext:
             if notice.restart:
                 self.bus.emit(TokenDelta(artifact, "", restart=True))
 
-        for attempt in (1, 2):
+        attempts = 1 + self.settings.max_repairs
+        for attempt in range(1, attempts + 1):
             if self.cancel.is_set():
                 raise Cancelled(f"Cancelled before {artifact}; everything saved before is kept.")
-            if attempt == 2:
+            if attempt > 1:
                 self.bus.emit(TokenDelta(artifact, "", restart=True))
             completion = self.backend.complete(request, on_delta, on_retry)
             total += completion.usage
@@ -150,24 +151,26 @@ class StageContext:
                 error = describe_validation(exc)
             except PlanError as exc:
                 error = str(exc)
-            if attempt == 1:
-                self.bus.warn(f"The reply for {where} was unusable ({error}); asking the model once more.", artifact)
+            if attempt < attempts:
+                again = "once more" if attempts == 2 else f"again ({attempt} of {attempts - 1})"
+                self.bus.warn(f"The reply for {where} was unusable ({error}); asking the model {again}.", artifact)
                 request = ChatRequest(
                     PromptBuilder.with_repair(messages, completion.text, error),
                     stage,
                     file,
-                    2,
+                    attempt + 1,
                     request.schema,
                     request.schema_name,
                 )
+        times = "twice" if attempts == 2 else f"{attempts} times"
         raise ReplyError(
-            f"The model's reply for {where} was unusable twice: {error} "
+            f"The model's reply for {where} was unusable {times}: {error} "
             "Try a stronger model (--model), or write the artifact yourself and rerun."
         )
 
 
 def check_python(path: str, code: str) -> None:
-    """Generated Python must at least parse; the model gets the syntax error back once."""
+    """Generated Python must at least parse; the model gets the syntax error back to repair."""
     if not path.endswith(".py"):
         return
     try:

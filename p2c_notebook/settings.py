@@ -31,6 +31,7 @@ _ENV = {
     "P2C_RETRY_BASE_DELAY": "retry_base_delay",
     "P2C_RETRY_MAX_DELAY": "retry_max_delay",
     "P2C_MAX_CONTINUATIONS": "max_continuations",
+    "P2C_MAX_REPAIRS": "max_repairs",
     "P2C_LOCAL_MODEL": "local_model",
     "P2C_LOCAL_N_CTX": "local_n_ctx",
     "P2C_RECORD": "record",
@@ -73,6 +74,12 @@ class Settings(BaseModel):
         default=30.0,
         ge=0,
         description="seconds: the longest single wait before a retry, also the cap on a server's Retry-After",
+    )
+    max_repairs: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="times an unusable reply (broken JSON, invalid YAML, Python that does not parse) is re-asked",
     )
     max_continuations: int = Field(
         default=2,

@@ -236,6 +236,27 @@ def test_python_with_a_syntax_error_is_reasked(serve: Any, paper_md: Path, tmp_p
         ast.parse((tmp_path / "run/repo" / path).read_text())
 
 
+def test_max_repairs_sets_how_often_an_unusable_reply_is_reasked(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    broken = {"content": "```python\ndef load(:\n```"}
+    scenario = small_scenario()
+    scenario["responses"].insert(
+        0,
+        {
+            "stage": "code",
+            "file": "data.py",
+            "replies": [broken, broken, {"content": "```python\n" + CODE["data.py"] + "```"}],
+        },
+    )
+    server = serve(scenario)
+    with start(paper_md, tmp_path / "once", server) as pipeline, pytest.raises(ReplyError, match="unusable twice"):
+        pipeline.run()
+    server.reset()
+    with start(paper_md, tmp_path / "twice", server, max_repairs=2) as pipeline:
+        assert pipeline.run().state == "done"
+    asked = [r["attempt"] for r in server.requests if r["stage"] == "code" and r["file"] == "data.py"]
+    assert asked == [1, 2, 3]
+
+
 def test_unknown_model_completes_with_cost_unknown(serve: Any, paper_md: Path, tmp_path: Path) -> None:
     server = serve(small_scenario())
     with start(paper_md, tmp_path / "run", server, model="my-own-finetune") as pipeline:

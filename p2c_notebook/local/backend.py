@@ -61,6 +61,8 @@ def tuned_settings(settings: Settings, model: str, base_url: str) -> Settings:
             "reasoning_effort": None,
             "extra_body": extra,
             "max_retries": min(settings.max_retries, 1),  # a retry re-runs a whole CPU generation
+            # A small model's Python sometimes does not parse; a second repair is cheaper than a failed run.
+            "max_repairs": settings.max_repairs if "max_repairs" in given else 2,
             "prices": {**settings.prices, model: (0.0, 0.0, 0.0)},  # this machine's time, not dollars
         }
     )
