@@ -6,11 +6,13 @@ whose inputs are not approved, and the caller (CLI, widget, magic) approves and 
 
 from __future__ import annotations
 
+import shlex
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -194,9 +196,31 @@ class Pipeline:
         todo = [r.artifact for r in rows if r.status in ("missing", "stale")]
         if not todo:
             return "Nothing left to do: the repository is in " + str(self.store.root / "repo")
-        return f"Next: `p2c run {self.store.root}` generates {todo[0]}" + (
-            f" and {len(todo) - 1} more" if len(todo) > 1 else ""
-        )
+        command = shlex.join(["p2c", "run", str(self.store.root), *self._last_run_flags()])
+        return f"Next: `{command}` generates {todo[0]}" + (f" and {len(todo) - 1} more" if len(todo) > 1 else "")
+
+    def _run_options(self) -> dict[str, str]:
+        """How this run reaches its model, as flags would say it (never the key, nor a password in a URL)."""
+        given = self.settings.model_fields_set
+        options = {"backend": self.settings.backend} if self.settings.backend != "auto" else {}
+        if "model" in given:
+            options["model"] = self.settings.model
+        url = self.settings.base_url
+        if url and "base_url" in given and not (urlsplit(url).username or urlsplit(url).password):
+            options["base_url"] = url
+        return options
+
+    def _last_run_flags(self) -> list[str]:
+        """The flags of the run that last worked in this folder, so `p2c run RUN` asks the same model."""
+        last = self.store.meta.get("last_run")
+        if not isinstance(last, dict):
+            return []
+        flags = []
+        for name in ("backend", "model", "base_url"):
+            value = last.get(name)
+            if isinstance(value, str) and value:
+                flags += [f"--{name.replace('_', '-')}", value]
+        return flags
 
     # --- running ------------------------------------------------------------------------------------
     def run(
@@ -292,6 +316,8 @@ class Pipeline:
             self.backend  # noqa: B018 - started first: the estimate uses its model, prices and context window
             estimate = self._estimate(first, last)
             self.estimates = [estimate]
+            if self.store.meta.get("last_run") != self._run_options():
+                self.store.set_meta(last_run=self._run_options())
         if estimate is not None:
             self._check_budget(estimate)
         self.bus.emit(

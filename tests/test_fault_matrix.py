@@ -249,7 +249,10 @@ def test_status_after_a_failed_cli_run_lists_what_is_done_and_the_command_that_r
     assert lines["code/models/net.py"] == "missing" and lines["code/main.py"] == "missing"
     assert "Done: 9 of 11 artifacts" in status.stdout
     assert "HTTP 503" in status.stdout, "status repeats why the last run stopped"
-    assert f"Next: `p2c run {run}` generates code/models/net.py and 1 more" in status.stdout
+    # The next command asks the same server the failed run asked (never with its key).
+    again = f"p2c run {run} --backend scripted:{tmp_path / 'broken.yaml'}"
+    assert f"Next: `{again}` generates code/models/net.py and 1 more" in status.stdout
+    assert API_KEY not in status.stdout
     resumed = p2c("run", str(run), "--backend", f"scripted:{tmp_path / 'fixed.yaml'}")
     assert resumed.returncode == 0, resumed.stderr
     assert "saved code/models/net.py" in resumed.stderr and "saved code/data.py" not in resumed.stderr

@@ -356,3 +356,15 @@ def test_server_without_structured_output_falls_back_to_tolerant_parsing(
     assert design_calls[0]["response_format"]["type"] == "json_schema"
     assert design_calls[1]["response_format"] is None
     assert all(r["response_format"] is None for r in server.requests if r["stage"] == "logic")
+
+
+def test_the_next_command_asks_the_same_model_without_secrets(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run(until="config")
+        command = pipeline.next_command()
+    assert f"--model gpt-4o-mini --base-url {server.base_url}` generates analysis/" in command
+    manifest_text = (tmp_path / "run" / "manifest.json").read_text()
+    assert API_KEY not in manifest_text and '"last_run"' in manifest_text
+    with_password = Pipeline(tmp_path / "other", settings=settings_for(server, base_url="http://me:pw@127.0.0.1:9/v1"))
+    assert "base_url" not in with_password._run_options()
