@@ -133,7 +133,8 @@ class Pipeline:
         self.store.set_meta(
             paper={"source": paper.source, "format": paper.source_format, "report": report.model_dump()}
         )
-        self.store.refresh(self.order())
+        for note in self.store.refresh(self.order()):  # e.g. what the lock recovered from a killed run
+            self.bus.info(note)
 
     # --- backend ----------------------------------------------------------------------------------
     @property

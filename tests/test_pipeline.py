@@ -12,7 +12,7 @@ import pytest
 from conftest import API_KEY, CODE, DESIGN, settings_for, small_scenario
 
 from p2c_notebook.errors import EditedArtifactError, PlanError, ReplyError, RunError
-from p2c_notebook.events import ArtifactSaved, AwaitingApproval, Event, TokenDelta, UsageReported
+from p2c_notebook.events import ArtifactSaved, AwaitingApproval, Event, Notice, TokenDelta, UsageReported
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.store import sha256
 
@@ -368,3 +368,17 @@ def test_the_next_command_asks_the_same_model_without_secrets(serve: Any, paper_
     assert API_KEY not in manifest_text and '"last_run"' in manifest_text
     with_password = Pipeline(tmp_path / "other", settings=settings_for(server, base_url="http://me:pw@127.0.0.1:9/v1"))
     assert "base_url" not in with_password._run_options()
+
+
+def test_what_the_lock_recovered_is_said_even_when_the_paper_changed(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    server = serve(small_scenario())
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        pipeline.run(until="plan")
+    (tmp_path / "run" / ".lock").write_text("pid 99999 on elsewhere since 2026-01-01\n")  # a killed run's lock
+    paper_md.write_text(paper_md.read_text() + "\n## 2 Results\n\nThe loss falls.\n")
+    events: list[Event] = []
+    start(paper_md, tmp_path / "run", server, events).close()
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert any("Recovered the run folder" in n and "pid 99999" in n for n in notes), notes
