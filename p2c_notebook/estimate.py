@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from p2c_notebook.errors import PaperError
 from p2c_notebook.prompts.builder import PLANNING_STEPS, Messages, PromptBuilder
-from p2c_notebook.tokens import estimate_tokens
+from p2c_notebook.tokens import common_prefix_len, estimate_tokens
 from p2c_notebook.usage import cost_of
 
 TYPICAL_OUTPUT = {"plan": 1500, "design": 1200, "logic": 1200, "config": 300, "analysis": 800, "code": 1500}
@@ -128,21 +128,10 @@ class _Prefixes:
             covered = sum(_tokens(m["content"]) for m in messages[:same])
             if same < most and messages[same]["role"] == earlier[same]["role"]:
                 a, b = messages[same]["content"], earlier[same]["content"]
-                covered += _tokens(a[: _common_prefix(a, b)])
+                covered += _tokens(a[: common_prefix_len(a, b)])
             best = max(best, covered)
         self._sent.append(messages)
         return best
-
-
-def _common_prefix(a: str, b: str) -> int:
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 @dataclass

@@ -17,3 +17,18 @@ def estimate_tokens(text: str) -> int:
     """
     words = sum(max(1, (n + 3) // 5 + (n > 12)) for n in map(len, _WORDS.findall(text)))
     return words + len(_ONES.findall(text)) + len(_BREAKS.findall(text))
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    """How many leading characters two prompts share (what a provider's prefix cache could reuse).
+
+    A binary search over slice comparisons: C-speed even for paper-sized prompts.
+    """
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 
 from p2c_notebook.errors import P2CError
 from p2c_notebook.testing.scenario import CONTENT_FAULTS, Fault, ResponseRule, Scenario, load_scenario
-from p2c_notebook.tokens import estimate_tokens
+from p2c_notebook.tokens import common_prefix_len, estimate_tokens
 
 _CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 _MALFORMED = '{"file_list": ['
@@ -95,18 +95,6 @@ def _content_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
-
-
-def _common_prefix_len(a: str, b: str) -> int:
-    """Binary search over slice comparisons: C-speed even for paper-sized prompts."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _covered_text(roles: list[str], texts: list[str], shared: int) -> str:
@@ -258,7 +246,7 @@ class ScriptedServer:
         serial = "".join(f"{role}\n{text}\n" for role, text in zip(roles, texts, strict=True))
         prompt_tokens = estimate_tokens("\n".join(texts))
         with self._lock:
-            shared = max((_common_prefix_len(serial, p) for p in self._prompts), default=0)
+            shared = max((common_prefix_len(serial, p) for p in self._prompts), default=0)
             self._prompts.append(serial)
             prior = _continued_text(messages) if continuation else None
             answer = self._choose(stage, file, attempt, model, prior)
