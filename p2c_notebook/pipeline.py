@@ -167,12 +167,8 @@ class Pipeline:
     # --- what exists --------------------------------------------------------------------------------
     def files(self) -> list[str]:
         """Planned files in dependency order ([] before the logic design exists or when it is invalid)."""
-        if self.store.entry("logic") is None:
-            return []
-        try:
-            return LogicDesign.model_validate_json(self.store.read("logic")).order
-        except ValidationError:
-            return []
+        logic = self._saved_logic()
+        return logic.order if logic is not None else []
 
     def order(self) -> list[str]:
         files = self.files()
@@ -264,7 +260,8 @@ class Pipeline:
     def _estimate(self, first: int, last: int) -> Estimate:
         planning = self._planning_todo(first, last)
         files: dict[str, list[str]] = {}
-        if "logic" not in planning and (logic := self._saved_logic()) is not None:
+        logic = None if "logic" in planning else self._saved_logic()
+        if logic is not None:
             files = {f.path: list(f.depends_on) for f in logic.files}
             analysis, code = self._file_todo(first, last, list(files))
         elif last >= STEPS.index("analysis"):
@@ -283,7 +280,7 @@ class Pipeline:
             except RunError:
                 return None
 
-        plan = Plan(planning, files, analysis, code, files_assumed="logic" in planning or not self._saved_logic())
+        plan = Plan(planning, files, analysis, code, files_assumed=logic is None)
         model = self._backend.model if self._backend is not None else self.settings.model
         return estimate_plan(self.store.read("paper"), plan, saved, model, self._effective_settings().prices)
 

@@ -165,13 +165,10 @@ class Walkthrough:
             # Planned files get a panel once their analysis / code exists; until then one line per stage lists
             # them, so a logic design of many files is drawn at once.
             shown = [r for r in rows if r.status != "missing" or stage_of(r.artifact) in PLANNING]
-            pending = {
-                stage: [r.artifact.partition("/")[2] for r in rows if stage_of(r.artifact) == stage]
-                for stage in ("analysis", "code")
-            }
-            for stage, files in pending.items():
-                missing = [f for f in files if f"{stage}/{f}" not in {r.artifact for r in shown}]
-                self.pending[stage].value = render.pending_html(STAGE_NAMES[stage], missing, len(files))
+            for stage, line in self.pending.items():
+                planned = [r for r in rows if stage_of(r.artifact) == stage]
+                missing = [r.artifact.partition("/")[2] for r in planned if r.status == "missing"]
+                line.value = render.pending_html(STAGE_NAMES[stage], missing, len(planned))
             order = [r.artifact for r in shown]
             if order != list(self.panels):
                 self._rebuild(order)
