@@ -66,6 +66,7 @@ class Estimate:
     files: int
     files_assumed: bool
     cost: float | None
+    paper_tokens: int = 0  # the paper alone, as the estimate counted it
 
     @property
     def input_tokens(self) -> int:
@@ -181,7 +182,7 @@ def estimate_plan(
         analysis = text(f"analysis/{path}", TYPICAL_OUTPUT["analysis"])
         add(f"code/{path}", builder.code(answers, path, "", analysis, direct, {}), TYPICAL_OUTPUT["code"])
     usage_cost = _cost(model, calls, prices)
-    return Estimate(model, tuple(calls), len(plan.files), plan.files_assumed, usage_cost)
+    return Estimate(model, tuple(calls), len(plan.files), plan.files_assumed, usage_cost, _tokens(paper))
 
 
 def estimate_paper(paper: str, model: str, prices: dict[str, tuple[float, float, float]] | None = None) -> Estimate:
@@ -208,13 +209,13 @@ def _schemas() -> dict[str, type]:
     return {"design": ArchitectureDesign, "logic": LogicDesign}
 
 
-def check_fits(estimate: Estimate, window: int | None, paper_tokens: int, reply_room: int) -> str | None:
+def check_fits(estimate: Estimate, window: int | None, reply_room: int) -> str | None:
     """Refuse before paying when the paper cannot fit; a warning when the largest call may not."""
     if window is None or not estimate.calls:
         return None
-    if paper_tokens + reply_room > window:
+    if estimate.paper_tokens + reply_room > window:
         raise PaperError(
-            f"The paper alone is ~{paper_tokens:,} tokens and {estimate.model} reads at most {window:,} "
+            f"The paper alone is ~{estimate.paper_tokens:,} tokens and {estimate.model} reads at most {window:,} "
             f"(with {reply_room:,} kept for its reply): no call was made. Use a model with a larger context window "
             "(--model, or P2C_CONTEXT_WINDOW if this one is larger than we think), or a shorter version of the paper."
         )

@@ -49,7 +49,6 @@ from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.runlog import RunLog
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.store import PLANNING, Entry, RunStore, artifact_file, atomic_write, sha256, stage_of
-from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage
 
 STEPS = ("plan", "design", "logic", "config", "analysis", "code")
@@ -301,8 +300,7 @@ class Pipeline:
         window = self.settings.context_window or getattr(self._backend, "context_window", None)
         window = window or known_context_window(estimate.model)
         reply_room = min(self._effective_settings().max_tokens, 2 * TYPICAL_OUTPUT["code"])
-        paper_tokens = estimate_tokens(self.store.read("paper"))
-        warning = check_fits(estimate, window, paper_tokens, reply_room)
+        warning = check_fits(estimate, window, reply_room)
         if warning:
             self.bus.warn(warning)
 
