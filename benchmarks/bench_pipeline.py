@@ -7,7 +7,9 @@
 For each N it generates a synthetic run (benchmarks/synthetic.py: depth-4 dependency graph, replies of the
 issue's output sizes), then in the same process:
 
-* ours: `Pipeline.start(paper).run()` against a ScriptedServer with 0.5 s per call + 1 ms per output token;
+* ours: `Pipeline.start(paper).run()` against a ScriptedServer with 0.5 s per call + 1 ms per output token,
+  served from a child process as a provider's server would be (`--in-process-server`: from a thread of this
+  process, where its per-request work competes with the client for the GIL, more so the more calls run at once);
 * reference-like: the reference implementation's schedule through the same openai client and the same
   server replies: 2N + 4 strictly sequential calls, the planning conversation, then one analysis call per
   file and one coding call per file, each re-sending the paper, every planning answer and (coding) the full
@@ -50,6 +52,7 @@ from p2c_notebook.prompts.builder import PromptBuilder, language_for, render
 from p2c_notebook.settings import Settings
 from p2c_notebook.store import PLANNING, stage_of
 from p2c_notebook.testing import ScriptedServer
+from p2c_notebook.testing.process import ServerProcess
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage, cost_of
 
@@ -169,24 +172,35 @@ def sequential_deps(steps: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
 
 
 # --- ours -----------------------------------------------------------------------------------------------------
-def settings_for(server: ScriptedServer, concurrency: int, stream: bool = True) -> Settings:
+Server = ScriptedServer | ServerProcess
+Serve = Callable[[dict[str, Any]], Server]
+
+
+def settings_for(server: Server, concurrency: int, stream: bool = True) -> Settings:
     key = SecretStr(API_KEY)
     return Settings(base_url=server.base_url, api_key=key, model=MODEL, concurrency=concurrency, stream=stream)
 
 
-def timeline(server: ScriptedServer, began_epoch: float) -> list[dict[str, Any]]:
+def timeline(server: Server, began_epoch: float) -> list[dict[str, Any]]:
     return [
         {"stage": r["stage"], "file": r["file"], "start_s": round(r["timestamp"] - began_epoch, 4)}
         for r in server.requests
     ]
 
 
-def run_ours(synth: Synthetic, paper: Path, latency: float, token_latency: float, stream: bool = True) -> Measured:
+def run_ours(
+    synth: Synthetic,
+    paper: Path,
+    latency: float,
+    token_latency: float,
+    stream: bool = True,
+    serve: Serve = ServerProcess,
+) -> Measured:
     """The full pipeline over HTTP; only `run()` is timed (reading the paper is measured on its own)."""
     seconds, dag = call_seconds(synth, latency, token_latency), pipeline_dag(synth)
     bound, _ = critical_path(seconds, dag)
     with (
-        ScriptedServer(synth.scenario(latency, token_latency)) as server,
+        serve(synth.scenario(latency, token_latency)) as server,
         tempfile.TemporaryDirectory(prefix="p2c-bench-") as tmp,
     ):
         with Pipeline.start(
@@ -295,11 +309,16 @@ class ReferenceLike:
 
 
 def run_reference(
-    synth: Synthetic, paper_text: str, latency: float, token_latency: float, stream: bool = True
+    synth: Synthetic,
+    paper_text: str,
+    latency: float,
+    token_latency: float,
+    stream: bool = True,
+    serve: Serve = ServerProcess,
 ) -> Measured:
     seconds = call_seconds(synth, latency, token_latency)
     bound = sum(seconds.values())  # sequential: every call is on its path
-    with ScriptedServer(synth.scenario(latency, token_latency)) as server:
+    with serve(synth.scenario(latency, token_latency)) as server:
         began_epoch, began = time.time(), time.perf_counter()
         backend = OpenAIBackend(settings_for(server, 1, stream))
         try:
@@ -372,13 +391,13 @@ def _instrumented_run(synth: Synthetic, paper: Path) -> tuple[float, float, int,
             finally:
                 inside += time.perf_counter() - began
 
-        def timed_write(path: Path, data: str | bytes, *more: Any) -> None:
+        def timed_write(path: Path, data: str | bytes, durable: bool = True) -> None:
             nonlocal writes, written
             began = time.perf_counter()
-            atomic_write(path, data, *more)
+            atomic_write(path, data, durable)
             writes, written = writes + 1, written + time.perf_counter() - began
 
-        pipeline.backend.complete = timed_complete  # type: ignore[method-assign]
+        pipeline.backend.complete = timed_complete  # type: ignore[method-assign,assignment]
         store.atomic_write = timed_write
         try:
             began = time.perf_counter()
@@ -634,11 +653,17 @@ def describe_extras(extras: Mapping[str, Any]) -> list[str]:
 
 
 def measure(
-    n: int, paper: Path, paper_text: str, latency: float, token_latency: float, stream: bool = True
+    n: int,
+    paper: Path,
+    paper_text: str,
+    latency: float,
+    token_latency: float,
+    stream: bool = True,
+    serve: Serve = ServerProcess,
 ) -> dict[str, Any]:
     synth = build(n)
-    ours = run_ours(synth, paper, latency, token_latency, stream)
-    ref = run_reference(synth, paper_text, latency, token_latency, stream)
+    ours = run_ours(synth, paper, latency, token_latency, stream, serve)
+    ref = run_reference(synth, paper_text, latency, token_latency, stream, serve)
     return {
         "n": n,
         "depth": depth(synth.deps),
@@ -658,7 +683,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-stream",
         action="store_true",
-        help="both schedules ask for whole replies (the scripted server's per-chunk sleeps add ~5%% when streaming)",
+        help="both schedules ask for whole replies instead of streams",
+    )
+    parser.add_argument(
+        "--in-process-server",
+        action="store_true",
+        help="serve the timed runs from a thread of this process instead of a child process",
     )
     parser.add_argument("--no-extras", action="store_true", help="only the pipeline table")
     parser.add_argument("--save", action="store_true", help="write benchmarks/results/latest.json")
@@ -674,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{os.cpu_count()} CPUs, load average {load}; paper {paper.name} (the reference-like schedule sends "
         f"{paper_source}, ~{estimate_tokens(paper_text):,} tokens); scripted server: {latency:g} s per call "
-        f"+ {token_latency * 1000:g} ms per output token, {'whole replies' if args.no_stream else 'streaming'}; "
+        f"+ {token_latency * 1000:g} ms per output token, {'whole replies' if args.no_stream else 'streaming'}, "
+        f"{'in this process' if args.in_process_server else 'in a child process'}; "
         "synthetic outputs (tokens): plan 1.5k, design 1.2k, logic 1.2k, config 0.3k, analysis 0.8k and code 1.5k "
         "per file",
         flush=True,
@@ -682,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for n in args.n:
         print(f"N={n}: running ours, then the reference-like schedule...", flush=True)
-        results.append(measure(n, paper, paper_text, latency, token_latency, not args.no_stream))
+        serve: Serve = ScriptedServer if args.in_process_server else ServerProcess
+        results.append(measure(n, paper, paper_text, latency, token_latency, not args.no_stream, serve))
     extras: dict[str, Any] = {}
     if not (args.quick or args.no_extras):
         synth = build(8)
@@ -732,6 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "latency_s": latency,
         "token_latency_s": token_latency,
         "stream": not args.no_stream,
+        "server": "in-process" if args.in_process_server else "child process",
         "paper": paper.name,
         "reference_paper": paper_source,
         "cpus": os.cpu_count(),

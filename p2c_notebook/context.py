@@ -6,7 +6,7 @@ import ast
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -43,6 +43,7 @@ class StageContext:
     prompts: PromptBuilder
     cancel: threading.Event = field(default_factory=threading.Event)
     _answers: dict[tuple[str, str | None], str] = field(default_factory=dict, repr=False)
+    _designs: dict[tuple[str, str | None], BaseModel] = field(default_factory=dict, repr=False)
 
     # --- reading saved artifacts (as the user approved or edited them) ---------------------------
     def design(self) -> ArchitectureDesign:
@@ -52,14 +53,19 @@ class StageContext:
         return self._load("logic", LogicDesign)
 
     def _load(self, artifact: str, model: type[M]) -> M:
+        key = (artifact, self.store.hash_of(artifact))
+        if key in self._designs:  # every file call of a run reads the same designs
+            return cast(M, self._designs[key])
         text = self.store.read(artifact)
         try:
-            return model.model_validate_json(text)
+            loaded = model.model_validate_json(text)
         except ValidationError as exc:
             raise RunError(
                 f"{self.store.root / artifact_file(artifact)} is not valid: {describe_validation(exc)} "
                 f"Fix the file, or regenerate it with `p2c run {self.store.root} --from {artifact}`."
             ) from None
+        self._designs[key] = loaded
+        return loaded
 
     def answers(self, upto: str | None = None) -> dict[str, str]:
         """The planning answers as they re-enter prompts (config inside its yaml fence).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from p2c_notebook.store import PLANNING, Entry, RunStore, artifact_file, atomic_
 from p2c_notebook.usage import Usage
 
 STEPS = ("plan", "design", "logic", "config", "analysis", "code")
+_SENDING_S = 0.05  # how long the scheduler lets new calls go out before doing its own deferred work
 ALIASES = {"planning": "plan", "analyze": "analysis", "coding": "code", "repo": "code"}
 PLANNERS = {"plan": make_plan, "design": make_design, "logic": make_logic, "config": make_config}
 
@@ -343,18 +345,22 @@ class Pipeline:
         self._drop_orphans(logic)
         files = logic.order
         analysis_todo, code_todo = self._file_todo(first, last, files)
+        refine: Callable[[], None] | None = None
         if estimate is not None and estimate.files_assumed and (analysis_todo or code_todo):
-            refined = self._estimate(first, last)  # the real file list and dependencies are known now
-            self.estimates.append(refined)
-            self.bus.info(refined.describe().replace("Estimate:", "Estimate for the rest of the run:", 1))
+
+            def refine() -> None:
+                refined = self._estimate(first, last)  # the real file list and dependencies are known now
+                self.estimates.append(refined)
+                self.bus.info(refined.describe().replace("Estimate:", "Estimate for the rest of the run:", 1))
+
         progress.remaining(len(analysis_todo) + len(code_todo))
         if analysis_todo and (require_approval or last < STEPS.index("code")):
             # On its own when the coding stage waits for approval of the analyses (or is not asked for).
             pending = self._unapproved(["paper", *PLANNING]) if require_approval else []
             if pending:
                 return self._pause(pending, "analysis", produced)
-            self._schedule([f"analysis/{f}" for f in analysis_todo], {}, produced, progress)
-            analysis_todo = []
+            self._schedule([f"analysis/{f}" for f in analysis_todo], {}, produced, progress, refine)
+            analysis_todo, refine = [], None
         if last < STEPS.index("code"):
             return RunResult("stopped", "Stopped after analysis as asked.", produced)
         if code_todo:
@@ -362,7 +368,7 @@ class Pipeline:
             if pending:
                 return self._pause(pending, "code", produced)
             # Otherwise one schedule for both stages: code(f) starts once analysis(f) and its imports are saved.
-            self._schedule(*_file_graph(analysis_todo, code_todo, logic), produced, progress)
+            self._schedule(*_file_graph(analysis_todo, code_todo, logic), produced, progress, refine)
         self._sync_repo_config()
         return RunResult("done", f"The repository is in {self.store.root / 'repo'}", produced)
 
@@ -393,18 +399,28 @@ class Pipeline:
         return analysis, code
 
     def _schedule(
-        self, artifacts: list[str], deps: dict[str, list[str]], produced: list[str], progress: _Counter
+        self,
+        artifacts: list[str],
+        deps: dict[str, list[str]],
+        produced: list[str],
+        progress: _Counter,
+        once_started: Callable[[], None] | None = None,
     ) -> None:
         """Run steps concurrently; a step starts as soon as the steps it depends on are saved.
 
         When more steps are ready than the concurrency limit allows, the one with the longest chain of
-        steps waiting on it goes first, so the critical path never queues behind leaves.
+        steps waiting on it goes first, so the critical path never queues behind leaves. `once_started` runs
+        once the steps' calls are on their way (nothing came back for a moment): work that must not delay them,
+        such as the refined estimate, overlaps the model's latency instead.
         """
         remaining = sorted(artifacts, key=_chain_lengths(artifacts, deps).__getitem__, reverse=True)
         running: dict[Future[Entry], str] = {}
         done: set[str] = set()
         errors: list[BaseException] = []
         ctx = self._context()
+        if any("/" in a for a in artifacts):  # file steps share the planning: read it once, not in each thread
+            ctx.answers()
+            ctx.logic()
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="p2c") as pool:
             while remaining or running:
                 if not errors and not self._cancel.is_set():
@@ -416,10 +432,14 @@ class Pipeline:
                 if not running:
                     break
                 try:
-                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    idle = _SENDING_S if once_started is not None else None
+                    finished, _ = wait(list(running), timeout=idle, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:
                     self._cancel.set()  # streams in flight stop at their next token
                     raise
+                if not finished and once_started is not None:  # the calls are on their way: nothing to delay
+                    once_started()
+                    once_started = None
                 for future in finished:
                     artifact = running.pop(future)
                     try:
@@ -429,6 +449,8 @@ class Pipeline:
                         continue
                     done.add(artifact)
                     self._saved(entry, produced, progress)
+        if once_started is not None:  # every step came back before the calls ever left it idle
+            once_started()
         if errors:
             raise errors[0]
         self._check_cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 _WORDS = re.compile(r"[A-Za-z]+")
 _ONES = re.compile(r"[^\sA-Za-z]")  # each digit and each other symbol is one token
@@ -15,7 +16,8 @@ def estimate_tokens(text: str) -> int:
     Within about 15% of tiktoken's cl100k/o200k counts on English papers and Python code. Counted with
     C-speed regular expressions: an estimate runs before every call, over texts the size of a paper.
     """
-    words = sum(max(1, (n + 3) // 5 + (n > 12)) for n in map(len, _WORDS.findall(text)))
+    lengths = Counter(map(len, _WORDS.findall(text)))  # a few dozen distinct lengths, counted in C
+    words = sum(max(1, (n + 3) // 5 + (n > 12)) * count for n, count in lengths.items())
     return words + len(_ONES.findall(text)) + len(_BREAKS.findall(text))
 
 

@@ -11,7 +11,7 @@ from conftest import EXAMPLE, settings_for, small_scenario
 
 from p2c_notebook.errors import PaperError
 from p2c_notebook.estimate import TYPICAL_FILES, filler, known_context_window
-from p2c_notebook.events import Event, Notice, RunStarted
+from p2c_notebook.events import ArtifactSaved, Event, Notice, RunStarted, StageStarted
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.tokens import estimate_tokens
 
@@ -40,6 +40,24 @@ def test_the_estimate_before_a_typical_run_is_within_a_quarter_of_what_it_uses(s
     assert started[0].estimate == before.describe() and "$" in started[0].estimate
     # Once the logic design is saved the estimate counts the real files and dependencies.
     assert len(refined.calls) == 2 * TYPICAL_FILES and not refined.files_assumed
+
+
+def test_the_refined_estimate_waits_until_the_file_calls_are_on_their_way(serve: Any, tmp_path: Path) -> None:
+    synth = synthetic.build(4)
+    server = serve(synth.scenario(latency=0.3))
+    events: list[Event] = []
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "run", settings=settings_for(server)) as pipeline:
+        pipeline.bus.subscribe(events.append)
+        assert pipeline.run().state == "done"
+        assert len(pipeline.estimates) == 2
+    order = [
+        "refined" if isinstance(e, Notice) and e.message.startswith("Estimate for the rest") else type(e).__name__
+        for e in events
+        if isinstance(e, (Notice, StageStarted, ArtifactSaved))
+        and (not isinstance(e, StageStarted | ArtifactSaved) or e.artifact.startswith("analysis/"))
+    ]
+    # Computing it takes tens of milliseconds: the first file calls go out first and it overlaps their latency.
+    assert order.index("StageStarted") < order.index("refined") < order.index("ArtifactSaved")
 
 
 def test_a_finished_run_has_nothing_left_to_estimate(serve: Any, paper_md: Path, tmp_path: Path) -> None:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +15,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from p2c_notebook.errors import ConfigError
 from p2c_notebook.testing import Scenario, ScriptedServer, load_scenario
+from p2c_notebook.testing.process import ServerProcess
 
 PLAN = "Plan: implement the model, the trainer and the evaluation loop in three files, one after another."
 SCENARIO: dict[str, Any] = {
@@ -408,28 +405,24 @@ def test_scenario_object_and_unversioned_path(tmp_path: Path) -> None:
         _ = srv.base_url
 
 
-def test_cli_serves_a_scenario_file(tmp_path: Path) -> None:
+def test_cli_serves_a_scenario_file_in_a_child_process(tmp_path: Path) -> None:
     scenario_file = tmp_path / "scenario.json"
     scenario_file.write_text(json.dumps({"responses": [{"stage": "plan", "content": "from the cli"}]}))
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2c_notebook.testing.server", "--scenario", str(scenario_file), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("scripted server listening on http://127.0.0.1:")
-        base_url = line.rsplit(" ", 1)[1]
-        client = openai.OpenAI(api_key="sk-test", base_url=base_url, max_retries=0, timeout=5)
+    child = ServerProcess(scenario_file)
+    with child:
+        assert child.base_url.startswith("http://127.0.0.1:")
+        client = openai.OpenAI(api_key="sk-test", base_url=child.base_url, max_retries=0, timeout=5)
         assert ask(client, "plan") == "from the cli"
-        assert [r["stage"] for r in get_json(base_url.removesuffix("/v1") + "/_p2c/requests")] == ["plan"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=5)
-    assert proc.returncode == 0, stderr
-    assert stderr == ""
+        assert [r["stage"] for r in child.requests] == ["plan"]
+        assert child.requests[0]["messages"] == MESSAGES
+    assert child.returncode == 0, child.stderr
+    assert child.stderr == ""
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = child.base_url
+
+
+def test_a_child_server_that_cannot_start_says_why(tmp_path: Path) -> None:
+    bad = tmp_path / "scenario.json"
+    bad.write_text("{not json")
+    with pytest.raises(RuntimeError, match="did not start: error: "):
+        ServerProcess(bad).start()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from p2c_notebook.errors import P2CError
 from p2c_notebook.testing.scenario import CONTENT_FAULTS, Fault, ResponseRule, Scenario, load_scenario
@@ -130,7 +130,29 @@ def _chunks(text: str) -> list[str]:
     return ["".join(words[i : i + _WORDS_PER_CHUNK]) for i in range(0, len(words), _WORDS_PER_CHUNK)]
 
 
-class ScriptedServer:
+_S = TypeVar("_S", bound="Served")
+
+
+class Served:
+    """`with server:` starts it and stops it however the block ends."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ScriptedServer(Served):
     """Serve a scenario on a background thread; use as a context manager or call `start()` / `stop()`."""
 
     def __init__(
@@ -181,15 +203,6 @@ class ScriptedServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> ScriptedServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     @property
     def base_url(self) -> str:
         """`http://HOST:PORT/v1`, the value to give the OpenAI client as `base_url`."""
@@ -232,8 +245,12 @@ class ScriptedServer:
         self._hits[id(rule)] = seen + 1
         return seen
 
-    def _decide(self, path: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> _Answer:
-        """Record the request and pick its answer; `headers` holds the lower-cased X-P2C-* headers."""
+    def _decide(
+        self, path: str, headers: Mapping[str, str], body: Mapping[str, Any], arrived: float | None = None
+    ) -> _Answer:
+        """Record the request and pick its answer; `headers` holds the lower-cased X-P2C-* headers.
+
+        `arrived` (epoch seconds) is when its headers came in; the record's timestamp, now if not given."""
         stage = headers.get("x-p2c-stage", "")
         file = headers.get("x-p2c-file", "")
         attempt = _to_int(headers.get("x-p2c-attempt"))
@@ -257,7 +274,7 @@ class ScriptedServer:
             self._requests.append(
                 RecordedRequest(
                     index=answer.index,
-                    timestamp=time.time(),
+                    timestamp=time.time() if arrived is None else arrived,
                     path=path,
                     stage=stage,
                     file=file,
@@ -385,6 +402,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, _error(f"Unknown path {path}", "invalid_request_error", "unknown_url"))
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        arrived = (time.time(), time.monotonic())
         owner, path = self.server.owner, self.path.split("?", 1)[0].rstrip("/")
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
@@ -395,7 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._json(400, _error("The request body must be a JSON object.", "invalid_request_error"))
         elif path in _CHAT_PATHS:
-            self._chat(path, body)
+            self._chat(path, body, arrived)
         elif path == "/_p2c/reset":
             owner.reset()
             self._json(200, {"ok": True})
@@ -411,15 +429,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- chat completions ------------------------------------------------------------------------------
 
-    def _chat(self, path: str, body: dict[str, Any]) -> None:
+    def _chat(self, path: str, body: dict[str, Any], arrived: tuple[float, float]) -> None:
+        """Answer a chat request `scenario.latency` seconds after it `arrived` (epoch, monotonic): the time the
+        server itself takes to read and record it is part of that latency, not added to it."""
         owner = self.server.owner
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-p2c-")}
-        answer = owner._decide(path, headers, body)
+        answer = owner._decide(path, headers, body, arrived[0])
         kind = answer.fault.kind if answer.fault else None
         if kind == "reset":
             self._reset()
             return
-        if not owner._sleep(owner.scenario.latency):
+        if not owner._sleep(owner.scenario.latency - (time.monotonic() - arrived[1])):
             self._drop()
             return
         if kind == "timeout" and answer.fault is not None:
