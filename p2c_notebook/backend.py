@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import random
+import ssl
 import sys
 import threading
 import time
@@ -76,6 +79,32 @@ class Backend(Protocol):
 _OFFICIAL = "https://api.openai.com/v1"
 
 
+def _tls_environment() -> tuple[str | None, str | None]:
+    return os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext | bool:
+    """The TLS context the SDK's HTTP library would build for a new client (default verification, the
+    environment's certificate settings), built once: loading the CA bundle takes ~50 ms, more than a call.
+    True (the client builds its own) where the library has no such function."""
+    library = sys.modules.get(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
+    create = getattr(library, "create_ssl_context", None)
+    return create() if callable(create) else True
+
+
+def _verified_tls() -> ssl.SSLContext | bool:
+    cert_file, cert_dir = _tls_environment()
+    try:
+        return _tls_context(cert_file, cert_dir)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"Cannot load the TLS certificates (SSL_CERT_FILE={cert_file or 'unset'}, "
+            f"SSL_CERT_DIR={cert_dir or 'unset'}): {exc.strerror or exc}. Point them at a readable CA bundle or "
+            "unset them."
+        ) from None
+
+
 class OpenAIBackend:
     """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio...)."""
 
@@ -92,7 +121,13 @@ class OpenAIBackend:
             key = "not-needed"  # local servers ignore it, but the client requires one
         self._base_url = base_url
         # Retries are ours (RetryPolicy): announced, jittered, honouring Retry-After, resetting streamed text.
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=settings.timeout, max_retries=0)
+        self._client = openai.OpenAI(
+            api_key=key,
+            base_url=base_url,
+            timeout=settings.timeout,
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(verify=_verified_tls()),
+        )
         self._structured = settings.structured_output
         self._lock = threading.Lock()
         self._on_close = on_close

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
@@ -23,6 +24,7 @@ from p2c_notebook.store import PLANNING, RunStore, artifact_file
 from p2c_notebook.usage import Usage
 
 T = TypeVar("T")
+DELTA_INTERVAL_S = 0.03  # streamed text reaches the event bus at most this often per reply (~30 frames a second)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -117,25 +119,45 @@ class StageContext:
         where = f"{stage}" + (f" of {file}" if file else "")
         error = ""
 
+        unsent: list[str] = []
+        sent_at = 0.0
+
+        def send() -> None:
+            """Stream text goes out at most every DELTA_INTERVAL_S: one event per chunk, with many replies
+            streaming at once, would keep the event bus (and whatever draws it) busy for nothing."""
+            nonlocal sent_at
+            sent_at = time.monotonic()
+            if unsent:
+                text = "".join(unsent)
+                unsent.clear()
+                self.bus.emit(TokenDelta(artifact, text))
+
+        def restart() -> None:
+            unsent.clear()
+            self.bus.emit(TokenDelta(artifact, "", restart=True))
+
         def on_delta(text: str) -> None:
             if self.cancel.is_set():  # abandons the stream: the artifact in progress is discarded
                 raise Cancelled(f"Cancelled while generating {artifact}; everything saved before is kept.")
-            self.bus.emit(TokenDelta(artifact, text))
+            unsent.append(text)
+            if time.monotonic() - sent_at >= DELTA_INTERVAL_S:
+                send()
 
         def on_retry(notice: RetryNotice) -> None:
             if self.cancel.is_set():
                 raise Cancelled(f"Cancelled while generating {artifact}; everything saved before is kept.")
             self.bus.warn(f"{where}: {notice.describe()}.", artifact)
             if notice.restart:
-                self.bus.emit(TokenDelta(artifact, "", restart=True))
+                restart()
 
         attempts = 1 + self.settings.max_repairs
         for attempt in range(1, attempts + 1):
             if self.cancel.is_set():
                 raise Cancelled(f"Cancelled before {artifact}; everything saved before is kept.")
             if attempt > 1:
-                self.bus.emit(TokenDelta(artifact, "", restart=True))
+                restart()
             completion = self.backend.complete(request, on_delta, on_retry)
+            send()
             total += completion.usage
             self.store.add_spent(completion.usage)
             self.bus.emit(UsageReported(artifact=artifact, usage=completion.usage, total=self.store.spent()))

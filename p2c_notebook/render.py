@@ -72,8 +72,9 @@ class TerminalRenderer:
             self.done, self.steps = event.done, event.total
             self._status()
         elif isinstance(event, Notice):
-            prefix = {"info": "", "warning": "warning: ", "error": "error: "}[event.level]
-            self._line(prefix + event.message)
+            if event.level == "error":
+                return  # it ends the run: the command (CLI, magic) reports it once, as it exits
+            self._line(("warning: " if event.level == "warning" else "") + event.message)
         elif isinstance(event, AwaitingApproval):
             self._line(f"waiting for approval of {', '.join(event.pending)} before {event.next_stage}")
         elif isinstance(event, RunFinished):

@@ -106,6 +106,8 @@ def test_unreachable_server_is_a_clear_error(
     assert main([*argv, "--timeout", "5"]) == 4
     err = capsys.readouterr().err
     assert "Cannot reach the model server" in err and API_KEY not in err
+    assert err.count("Cannot reach the model server") == 1  # said once, as the command exits
+    assert err.splitlines()[-1].startswith("p2c: error: Cannot reach the model server")
 
 
 def test_missing_key_is_a_clear_error(

@@ -319,6 +319,19 @@ def test_manifest_hashes_match_files(serve: Any, paper_md: Path, tmp_path: Path)
         assert sha256((run / entry["path"]).read_bytes()) == entry["sha256"], name
 
 
+def test_streamed_text_reaches_the_bus_in_batches_and_whole(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    design = json.dumps(DESIGN, indent=2)
+    server = serve(small_scenario())
+    server.add_response({"stage": "design", "content": design})  # hundreds of chunks, all at once
+    events: list[Event] = []
+    with start(paper_md, tmp_path / "run", server, events) as pipeline:
+        assert pipeline.run(until="design").state == "stopped"
+    deltas = [e for e in events if isinstance(e, TokenDelta) and e.artifact == "design"]
+    chunks = len(design.split()) // 3  # the scripted server sends three words a chunk
+    assert 1 <= len(deltas) < chunks / 4  # a reply that arrives at once is not one event per chunk
+    assert "".join(d.text for d in deltas) == design  # and nothing is lost: the rest is sent when it ends
+
+
 def test_cancel_discards_the_artifact_in_progress_and_keeps_the_rest(
     serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:

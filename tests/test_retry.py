@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,7 @@ import pytest
 from conftest import settings_for, small_scenario
 
 from p2c_notebook.backend import ChatRequest, OpenAIBackend, sse_chunks
-from p2c_notebook.errors import BackendError, ReplyError
+from p2c_notebook.errors import BackendError, ConfigError, ReplyError
 from p2c_notebook.local.backend import MAX_TOKENS, tuned_settings
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.retry import IncompleteReply, RetryNotice, RetryPolicy, classify, retry_after
@@ -194,3 +195,22 @@ def test_a_connection_that_breaks_mid_stream_is_an_incomplete_reply() -> None:
     response = _SdkLines(['data: {"choices": []}', ""], broken=httpx2.RemoteProtocolError("peer closed"))
     with pytest.raises(IncompleteReply, match="RemoteProtocolError"):
         list(sse_chunks(response))
+
+
+def test_backends_share_one_verifying_tls_context_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2c_notebook.backend import _tls_context, _tls_environment
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    context = _tls_context(*_tls_environment())
+    assert context is _tls_context(*_tls_environment())  # the CA bundle is loaded once per process
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    certifi = pytest.importorskip("certifi")
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert _tls_context(*_tls_environment()) is not context  # a changed certificate setting is honoured
+
+
+def test_an_unreadable_certificate_bundle_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="Cannot load the TLS certificates .*missing.pem.* unset them"):
+        OpenAIBackend(Settings(base_url="http://127.0.0.1:9/v1", model="m"))

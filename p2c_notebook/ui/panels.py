@@ -95,14 +95,13 @@ class ArtifactPanel:
         self.status = "missing"
         self.digest: str | None = None
         self.render_seconds = 0.0
-        self.title = html(f"<span>{render.esc(render.title_of(artifact))}</span>", "p2c-title")
-        self.badge = html("missing", "p2c-badge", "p2c-badge-missing")
-        self.usage = html("", "p2c-usage")
+        self._usage = ""
+        # Title, status badge and usage in one widget: a panel is drawn for every file as it lands, and each
+        # widget is a model (with its layout and style) to create and synchronise.
+        self.head = html("", "p2c-head")
         self.message = html("", "p2c-message")
         self.content = widgets.VBox()
         self.content.add_class("p2c-content")
-        self.head = widgets.HBox([self.title, self.badge, self.usage])
-        self.head.add_class("p2c-panel-head")
         self.widget = widgets.VBox([self.head, self.content, self.message])
         for name in ("p2c-panel", f"p2c-panel-{render.slug(artifact)}", f"p2c-stage-{self.stage}"):
             self.widget.add_class(name)
@@ -112,8 +111,16 @@ class ArtifactPanel:
         self._set_status("missing")
         self._fill_missing()
 
+    def _draw_head(self) -> None:
+        status = render.esc(self.status)
+        self.head.value = (
+            f"<div class='p2c-panel-head'><span class='p2c-title'>{render.esc(render.title_of(self.artifact))}"
+            f"</span><span class='p2c-badge p2c-badge-{status}'>{status}</span>"
+            f"<span class='p2c-usage'>{render.esc(self._usage)}</span></div>"
+        )
+
     def ensure_controls(self) -> None:
-        """Buttons, feedback box and editor, built when the artifact first exists.
+        """Buttons, feedback box and editor, built when the artifact first exists and no job runs.
 
         A logic design of 16 files adds 32 panels at once; without their controls they are a tenth of the
         widgets, so the logic panel is drawn promptly.
@@ -161,15 +168,20 @@ class ArtifactPanel:
 
     # --- state from the run folder -------------------------------------------------------------------
     def update(self, row: Row, digest: str | None, busy: bool) -> None:
-        """Bring the panel in line with a manifest row; content is re-rendered only when the file changed."""
-        if row.status != "missing":
+        """Bring the panel in line with a manifest row; content is re-rendered only when the file changed.
+
+        The buttons come once no job runs: while one does they would all be disabled, and building them for
+        every file that lands mid-run is most of the cost of drawing it.
+        """
+        if row.status != "missing" and not busy:
             self.ensure_controls()
         if row.status != self.status:
             self._set_status(row.status)
         note = " · inputs changed since your edit" if row.inputs_changed else ""
         usage = render.usage_line(row.usage) + note
-        if self.usage.value != render.esc(usage):
-            self.usage.value = render.esc(usage)
+        if usage != self._usage:
+            self._usage = usage
+            self._draw_head()
         self.set_busy(busy)
         if digest != self.digest:
             self.digest = digest
@@ -190,12 +202,10 @@ class ArtifactPanel:
             self.save_button.disabled = busy
 
     def _set_status(self, status: str) -> None:
-        self.badge.remove_class(f"p2c-badge-{self.status}")
         self.widget.remove_class(f"p2c-status-{self.status}")
         self.status = status
-        self.badge.add_class(f"p2c-badge-{status}")
         self.widget.add_class(f"p2c-status-{status}")
-        self.badge.value = render.esc(status)
+        self._draw_head()
         if status != "edited" and self.has_controls:
             show(self.confirm_button, False)
 
@@ -284,6 +294,7 @@ class ArtifactPanel:
         self.message.value = ""
 
     def ask_confirmation(self) -> None:
+        self.ensure_controls()
         show(self.confirm_button, True)
         self.show_error(f"{self.artifact} holds your edits: click Confirm to regenerate it and lose them.")
 
