@@ -93,7 +93,7 @@ class ArtifactPanel:
         self.stage = artifact.partition("/")[0]
         self.owner = owner
         self.status = "missing"
-        self.digest: str | None = None
+        self.digest: str | None = ""  # nothing drawn yet: the first update fills the content, whatever it is
         self.render_seconds = 0.0
         self._usage = ""
         # Title, status badge and usage in one widget: a panel is drawn for every file as it lands, and each
@@ -109,7 +109,6 @@ class ArtifactPanel:
         self.editor_box: Any = None
         self._busy = False
         self._set_status("missing")
-        self._fill_missing()
 
     def _draw_head(self) -> None:
         status = render.esc(self.status)
