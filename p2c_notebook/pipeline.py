@@ -163,7 +163,9 @@ class Pipeline:
         paper = self.store.read("paper")
         schemas: dict[str, type[BaseModel]] = {"design": ArchitectureDesign, "logic": LogicDesign}
         prompts = PromptBuilder(paper, schemas)
-        return StageContext(self.store, self.backend, self.bus, self.settings, prompts, self._cancel)
+        backend = self.backend
+        # The backend's own settings: a local model's are tuned (more repair re-asks, its reply limit).
+        return StageContext(self.store, backend, self.bus, self._effective_settings(), prompts, self._cancel)
 
     # --- what exists --------------------------------------------------------------------------------
     def files(self) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from conftest import API_KEY, CODE, DESIGN, settings_for, small_scenario
 
+from p2c_notebook.backend import OpenAIBackend
 from p2c_notebook.errors import EditedArtifactError, PlanError, ReplyError, RunError
 from p2c_notebook.events import ArtifactSaved, AwaitingApproval, Event, Notice, TokenDelta, UsageReported
 from p2c_notebook.pipeline import Pipeline
@@ -255,6 +256,16 @@ def test_max_repairs_sets_how_often_an_unusable_reply_is_reasked(serve: Any, pap
         assert pipeline.run().state == "done"
     asked = [r["attempt"] for r in server.requests if r["stage"] == "code" and r["file"] == "data.py"]
     assert asked == [1, 2, 3]
+
+
+def test_the_repair_reasks_follow_the_backends_own_settings(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    """A local model's tuned settings (two repairs) apply, not only the settings the run was started with."""
+    server = serve(small_scenario())
+    tuned = OpenAIBackend(settings_for(server, max_repairs=2, max_tokens=1234))
+    with Pipeline.start(paper_md, tmp_path / "run", settings=settings_for(server), backend=tuned) as pipeline:
+        ctx = pipeline._context()
+        assert pipeline.settings.max_repairs == 1
+        assert ctx.settings.max_repairs == 2 and ctx.settings.max_tokens == 1234
 
 
 def test_unknown_model_completes_with_cost_unknown(serve: Any, paper_md: Path, tmp_path: Path) -> None:
