@@ -24,8 +24,8 @@ from p2c_notebook.store import PLANNING, RunStore, artifact_file
 from p2c_notebook.usage import Usage
 
 T = TypeVar("T")
-DELTA_INTERVAL_S = 0.03  # streamed text reaches the event bus at most this often per reply (~30 frames a second)
 M = TypeVar("M", bound=BaseModel)
+DELTA_INTERVAL_S = 0.03  # streamed text reaches the event bus at most this often per reply (~30 frames a second)
 
 
 def describe_validation(exc: ValidationError) -> str:

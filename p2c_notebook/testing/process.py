@@ -26,9 +26,9 @@ _READY = "scripted server listening on "
 class ServerProcess(Served):
     """`python -m p2c_notebook.testing.server` for one scenario; `base_url` and `requests` as `ScriptedServer`."""
 
-    def __init__(self, scenario: Mapping[str, Any] | str | Path, start_timeout: float = 30.0) -> None:
+    def __init__(self, scenario: Mapping[str, Any] | str | Path, timeout: float = 30.0) -> None:
         self._scenario = scenario
-        self._start_timeout = start_timeout
+        self._timeout = timeout  # to start, to stop, to answer
         self._proc: subprocess.Popen[str] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._base_url = ""
@@ -71,7 +71,7 @@ class ServerProcess(Served):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             try:
-                _, self.stderr = proc.communicate(timeout=self._start_timeout)
+                _, self.stderr = proc.communicate(timeout=self._timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 _, self.stderr = proc.communicate()
@@ -90,5 +90,5 @@ class ServerProcess(Served):
     def requests(self) -> list[RecordedRequest]:
         """The chat requests the child received so far, oldest first (fetched from its `/_p2c/requests`)."""
         url = self.base_url.removesuffix("/v1") + "/_p2c/requests"
-        with urllib.request.urlopen(url, timeout=self._start_timeout) as reply:  # noqa: S310 - our own 127.0.0.1 URL
+        with urllib.request.urlopen(url, timeout=self._timeout) as reply:  # noqa: S310 - our own 127.0.0.1 URL
             return cast(list[RecordedRequest], json.loads(reply.read()))

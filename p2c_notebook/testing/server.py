@@ -245,12 +245,10 @@ class ScriptedServer(Served):
         self._hits[id(rule)] = seen + 1
         return seen
 
-    def _decide(
-        self, path: str, headers: Mapping[str, str], body: Mapping[str, Any], arrived: float | None = None
-    ) -> _Answer:
+    def _decide(self, path: str, headers: Mapping[str, str], body: Mapping[str, Any], arrived: float) -> _Answer:
         """Record the request and pick its answer; `headers` holds the lower-cased X-P2C-* headers.
 
-        `arrived` (epoch seconds) is when its headers came in; the record's timestamp, now if not given."""
+        `arrived` (epoch seconds) is when its headers came in: the record's timestamp."""
         stage = headers.get("x-p2c-stage", "")
         file = headers.get("x-p2c-file", "")
         attempt = _to_int(headers.get("x-p2c-attempt"))
@@ -274,7 +272,7 @@ class ScriptedServer(Served):
             self._requests.append(
                 RecordedRequest(
                     index=answer.index,
-                    timestamp=time.time() if arrived is None else arrived,
+                    timestamp=arrived,
                     path=path,
                     stage=stage,
                     file=file,

@@ -174,12 +174,12 @@ class ArtifactPanel:
         """
         if row.status != "missing" and not busy:
             self.ensure_controls()
-        if row.status != self.status:
-            self._set_status(row.status)
         note = " · inputs changed since your edit" if row.inputs_changed else ""
         usage = render.usage_line(row.usage) + note
-        if usage != self._usage:
-            self._usage = usage
+        usage_changed, self._usage = usage != self._usage, usage
+        if row.status != self.status:
+            self._set_status(row.status)  # draws the head, with the usage too
+        elif usage_changed:
             self._draw_head()
         self.set_busy(busy)
         if digest != self.digest:

@@ -230,8 +230,9 @@ class Walkthrough:
 
         def work() -> str:
             self.pipeline.regenerate(artifact, feedback, overwrite_edited)
-            if panel is not None and panel.has_controls:
-                panel.feedback.value = ""
+            if panel is not None:
+                if panel.has_controls:
+                    panel.feedback.value = ""
                 panel.show_note(f"Regenerated {artifact}" + (" with your feedback." if feedback else "."))
             return f"Regenerated {artifact}; what depends on it is now stale."
 
