@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from p2c_notebook.errors import PlanError
 from p2c_notebook.paths import safe_relative_path
@@ -62,14 +62,27 @@ class ArchitectureDesign(BaseModel):
     sequence: SequenceDiagram = Field(default_factory=SequenceDiagram)
     open_questions: list[str] = Field(default_factory=list, max_length=20)
 
+    _repeated: list[str] = PrivateAttr(default_factory=list)
+
     @field_validator("file_list")
     @classmethod
     def _paths_are_safe(cls, value: list[str]) -> list[str]:
         return check_file_list(value)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_repeats(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> ArchitectureDesign:
+        """Remember files the reply listed more than once (kept once), for `check` to mention."""
+        design: ArchitectureDesign = handler(data)
+        raw = data.get("file_list") if isinstance(data, dict) else None
+        if isinstance(raw, list) and len(raw) > len(design.file_list):
+            listed = [safe_relative_path(p) for p in raw]
+            design._repeated = [p for p in design.file_list if listed.count(p) > 1]
+        return design
+
     def check(self) -> list[str]:
         """Consistency warnings that do not invalidate the design (returned, not raised)."""
-        warnings: list[str] = []
+        warnings = [f"{p!r} was listed more than once; kept once" for p in self._repeated]
         files = set(self.file_list)
         names = {c.name for c in self.classes}
         for spec in self.classes:
@@ -116,10 +129,14 @@ class LogicDesign(BaseModel):
             path = safe_relative_path(item.path)
             deps = [safe_relative_path(d) for d in item.depends_on]
             normalised.append(item.model_copy(update={"path": path, "depends_on": deps}))
+        warnings = []
+        firsts: dict[str, FileLogic] = {}
+        for item in normalised:
+            if item.path in firsts:
+                warnings.append(f"The logic design lists {item.path} more than once; kept its first entry.")
+            firsts.setdefault(item.path, item)
+        normalised = list(firsts.values())
         paths = [f.path for f in normalised]
-        dupes = sorted({p for p in paths if paths.count(p) > 1})
-        if dupes:
-            raise PlanError(f"The logic design lists {', '.join(dupes)} more than once.")
         missing = [p for p in design.file_list if p not in paths]
         extra = [p for p in paths if p not in design.file_list]
         if missing or extra:
@@ -137,7 +154,6 @@ class LogicDesign(BaseModel):
             if item.path in item.depends_on:
                 raise PlanError(f"{item.path} depends on itself.")
         ordered = topological_order({f.path: f.depends_on for f in normalised}, paths)
-        warnings = []
         if ordered != paths:
             warnings.append("The logic design did not list dependencies first; reordered to " + ", ".join(ordered))
         by_path = {f.path: f for f in normalised}
@@ -176,17 +192,72 @@ def parse_config(text: str) -> dict[str, Any]:
 
 
 def check_file_list(paths: list[str]) -> list[str]:
-    """Normalise planned paths; reject unsafe ones and duplicates (also those differing only in case)."""
+    """Normalise planned paths (NFC); keep the first of exact duplicates; reject unsafe paths, names that
+    collide on some file system (case, look-alike letters) and a name used both as a file and as a folder.
+
+    Raises before any file is written or asked for, so a bad plan never fails half-way through the code.
+    """
     result: list[str] = []
     seen: dict[str, str] = {}
     for raw in paths:
         path = safe_relative_path(raw)
-        key = path.casefold()
+        if path in result:
+            continue  # the same file twice: listed once (ArchitectureDesign.check says so)
+        key = _skeleton(path.casefold())
         if key in seen:
-            raise PlanError(f"The file list names {seen[key]!r} and {raw!r}: the same file on many file systems.")
+            same = seen[key].casefold() == path.casefold()
+            how = "the same file on many file systems" if same else "names that look alike"
+            raise PlanError(f"The file list names {seen[key]!r} and {raw!r}: {how}. Keep one of them.")
         seen[key] = path
         result.append(path)
+    _check_files_and_folders(result)
     return result
+
+
+#: What p2c itself writes into repo/: a planned folder of that name would make the write fail.
+_OWN_REPO_FILES = ("config.yaml",)
+#: Letters of other scripts drawn like Latin ones (after case folding): two names differing only in these
+#: would be told apart by no reader. Names mixing scripts are refused by the sanitiser; this catches a name
+#: written wholly in look-alikes (Cyrillic `сор.py` beside `cop.py`).
+_LOOK_ALIKES = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u04bb\u0501\u051b\u051d"
+    "\u03bf\u03bd\u03b9\u03c1\u03ba\u03c5\u03c7\u0585\u0578\u057d",
+    "aeopcyxsijhdqwovipkuxonu",
+)
+
+
+def _skeleton(folded: str) -> str:
+    return folded.translate(_LOOK_ALIKES)
+
+
+def _check_files_and_folders(paths: list[str]) -> None:
+    """Each name is a file or a folder, never both: `model` beside `model/x.py` (or `model.md/x.py`, whose
+    folder is where the notes of `model` are saved) could not be written. Compared case-folded, as on the
+    file systems that ignore case, where `Models/` and `models/` are also one folder."""
+    planned = {p.casefold(): p for p in paths}
+    files = {**{p.casefold(): p for p in _OWN_REPO_FILES}, **planned}
+    folders: dict[str, str] = {}
+    for path in paths:
+        parts = path.split("/")
+        for end in range(1, len(parts)):
+            folder = "/".join(parts[:end])
+            key = folder.casefold()
+            if key in files:
+                mine = " (p2c writes the run's config there)" if key not in planned else ""
+                raise PlanError(
+                    f"The file list uses {files[key]!r}{mine} both as a file and as the folder of {path!r}. "
+                    "Rename one of them."
+                )
+            if key.endswith(".md") and key[:-3] in planned:
+                raise PlanError(
+                    f"The notes on {planned[key[:-3]]!r} are saved as analysis/{planned[key[:-3]]}.md, which "
+                    f"{path!r} needs as a folder. Rename one of them."
+                )
+            if folders.setdefault(key, folder) != folder:
+                raise PlanError(
+                    f"The file list spells one folder two ways ({folders[key]!r} and {folder!r}): the same "
+                    "folder on many file systems. Use one spelling."
+                )
 
 
 def topological_order(deps: dict[str, list[str]], preferred: list[str]) -> list[str]:

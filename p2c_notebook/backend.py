@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import random
+import socket
 import ssl
 import sys
 import threading
@@ -13,12 +15,22 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import openai
 from openai.types.chat import ChatCompletion
 
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
-from p2c_notebook.retry import IncompleteReply, RetryNotice, RetryPolicy, classify, is_html, retry_after
+from p2c_notebook.retry import (
+    CallDeadline,
+    IncompleteReply,
+    RetryNotice,
+    RetryPolicy,
+    classify,
+    is_html,
+    retry_after,
+)
+from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage, cost_of
@@ -105,6 +117,76 @@ def _verified_tls() -> ssl.SSLContext | bool:
         ) from None
 
 
+#: What each server (base URL, model) was found to refuse, for the rest of the process: a later backend for the
+#: same server (a second run, a notebook's next cell) starts from it instead of probing again.
+_LEARNED: dict[tuple[str, str], dict[str, str]] = {}
+_LEARNED_LOCK = threading.Lock()
+
+#: structured_output "auto" steps down this ladder when a server refuses a response_format type; the schema
+#: then goes in the prompt and the tolerant parser reads the reply.
+_FORMATS = ("auto", "json_object", "off")
+
+
+def learned_capabilities(base_url: str, model: str) -> dict[str, str]:
+    """What this process learned about a server: `structured_output` and `token_parameter` when they differ
+    from what was first tried (empty when nothing was refused)."""
+    with _LEARNED_LOCK:
+        return dict(_LEARNED.get((base_url.rstrip("/"), model), {}))
+
+
+class _Deadline:
+    """A call's wall-clock deadline. When it passes, the call's connection is shut down: that wakes a read
+    blocked on a server that trickles tokens or sends only keep-alives, which no per-read time-out ends."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._response: Any = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def attach(self, response: Any) -> None:
+        """The call's HTTP response, once its headers arrived: the connection to shut at the deadline."""
+        with self._lock:
+            self._response = response
+            expired = self.expired
+        if expired:
+            _shut(response)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            response = self._response
+        if response is not None:
+            _shut(response)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._response = None
+
+
+def _shut(response: Any) -> None:
+    """Shut down an unfinished response's socket (a finished one's connection may serve another call now)."""
+    if getattr(response, "is_closed", True):
+        return
+    stream = (getattr(response, "extensions", None) or {}).get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _ReplyTooLong(Exception):
+    """A reply grew past `max_reply_chars`: stopped mid-stream, never saved nor sent back in a prompt."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the reply passed {limit} characters")
+        self.limit = limit
+
+
 class OpenAIBackend:
     """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp, LM Studio...)."""
 
@@ -120,15 +202,31 @@ class OpenAIBackend:
                 )
             key = "not-needed"  # local servers ignore it, but the client requires one
         self._base_url = base_url
+        # The HTTP time-outs bound each wait for the server (connect, a read); `timeout` bounds the whole call
+        # (a _Deadline, attached to the response by the hook once its headers arrive).
+        self._local = threading.local()
+        idle = min(settings.read_timeout, settings.timeout)
         # Retries are ours (RetryPolicy): announced, jittered, honouring Retry-After, resetting streamed text.
         self._client = openai.OpenAI(
             api_key=key,
             base_url=base_url,
-            timeout=settings.timeout,
+            timeout=openai.Timeout(idle),
             max_retries=0,
-            http_client=openai.DefaultHttpxClient(verify=_verified_tls()),
+            http_client=openai.DefaultHttpxClient(
+                verify=_verified_tls(), event_hooks={"response": [self._on_response]}
+            ),
         )
-        self._structured = settings.structured_output
+        self._server = (base_url.rstrip("/"), settings.model)
+        learned = learned_capabilities(*self._server)
+        self._structured: str = settings.structured_output
+        if settings.structured_output == "auto":
+            self._structured = learned.get("structured_output", "auto")
+        token_param: str = settings.token_parameter
+        if token_param == "auto":
+            token_param = "max_completion_tokens" if settings.is_reasoning_model() else "max_tokens"
+            token_param = learned.get("token_parameter", token_param)
+        self._token_parameter = token_param
+        self._stream_usage = learned.get("stream_options") != "off"
         self._lock = threading.Lock()
         self._on_close = on_close
         self.policy = RetryPolicy(settings.max_retries, settings.retry_base_delay, settings.retry_max_delay)
@@ -141,9 +239,7 @@ class OpenAIBackend:
 
     @property
     def description(self) -> str:
-        from p2c_notebook.replay import Scrubber  # replay imports this module
-
-        return Scrubber().text(f"{self.settings.model} at {self._base_url}")  # no user:password@ in URLs
+        return Scrubber.for_settings(self.settings).text(f"{self.settings.model} at {self._base_url}")
 
     def close(self) -> None:
         self._client.close()
@@ -155,14 +251,24 @@ class OpenAIBackend:
         """The output token limit every request carries."""
         return self.settings.max_tokens
 
+    @property
+    def capabilities(self) -> dict[str, str]:
+        """What this backend asks the server for now: `structured_output` and `token_parameter` (after any
+        fallback from a refusal)."""
+        with self._lock:
+            return {"structured_output": self._structured, "token_parameter": self._token_parameter}
+
+    def _on_response(self, response: Any) -> None:
+        """The HTTP client's hook, in the calling thread, once a response's headers arrived."""
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None:
+            deadline.attach(response)
+
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         s = self.settings
         params: dict[str, Any] = {"model": s.model, "messages": request.messages}
         reasoning = s.is_reasoning_model()
-        token_param = s.token_parameter
-        if token_param == "auto":
-            token_param = "max_completion_tokens" if reasoning else "max_tokens"
-        params[token_param] = self.max_tokens
+        params[self._token_parameter] = self.max_tokens
         if s.reasoning_effort:
             params["reasoning_effort"] = s.reasoning_effort
         if s.temperature is not None and not reasoning:
@@ -177,11 +283,17 @@ class OpenAIBackend:
             params["response_format"] = {"type": "json_object"}
         elif request.schema is not None and mode == "json_object_schema":
             params["response_format"] = {"type": "json_object", "schema": request.schema}
+        if request.schema is not None and mode in ("json_object", "off"):
+            params["messages"] = _with_schema(request.messages, request.schema)
         if s.extra_body:
             params["extra_body"] = dict(s.extra_body)
+        if s.stream:
+            params["stream"] = True
+            if self._stream_usage:
+                params["stream_options"] = {"include_usage": True}
         params["extra_headers"] = {
             "X-P2C-Stage": request.stage,
-            "X-P2C-File": request.file,
+            "X-P2C-File": quote(request.file, safe="/"),  # percent-encoded UTF-8: header values are ASCII
             "X-P2C-Attempt": str(request.attempt),
         }
         return params
@@ -218,8 +330,10 @@ class OpenAIBackend:
         shown: str,
     ) -> Completion:
         """One call, repeated after transient failures; `shown` is text streamed by earlier calls of this
-        reply, streamed again after a restart so the user still sees the whole reply."""
+        reply, streamed again after a restart so the user still sees the whole reply. A request the server
+        refused for what it asks is never repeated unchanged (see `_call_checked`)."""
         attempt = 1
+        room = self.settings.max_reply_chars - len(shown)
         while True:
             streamed = False
 
@@ -229,13 +343,15 @@ class OpenAIBackend:
                 on_delta(text)
 
             try:
-                return self._call_checked(params, delta, request)
-            except (openai.OpenAIError, IncompleteReply, _NotACompletion) as exc:
+                return self._call_checked(params, delta, request, room)
+            except (openai.OpenAIError, IncompleteReply, CallDeadline, _NotACompletion, _ReplyTooLong) as exc:
                 reason = classify(exc)
                 if streamed and reason == "the connection failed":
                     reason = "the reply stream was cut off"
+                if reason is not None and _refused_parameter(exc, params) is not None:
+                    reason = None  # the same request cannot succeed: fail now, not after max_retries waits
                 if reason is None or attempt >= self.policy.attempts:
-                    raise self._scrubbed(self._translate(exc, request, attempt)) from None
+                    raise self._scrubbed(self._translate(exc, request, attempt, params)) from None
                 response = exc.response if isinstance(exc, openai.APIStatusError) else None
                 wait = self.policy.delay(attempt, retry_after(response.headers if response else None), self._random)
                 attempt += 1
@@ -246,29 +362,85 @@ class OpenAIBackend:
                     on_delta(shown)
 
     def _call_checked(
-        self, params: dict[str, Any], on_delta: Callable[[str], None], request: ChatRequest
+        self, params: dict[str, Any], on_delta: Callable[[str], None], request: ChatRequest, room: int
     ) -> Completion:
-        try:
-            completion = self._call(params, on_delta, request)
-        except openai.BadRequestError as exc:
-            if "response_format" in params and self._structured == "auto" and _mentions_format(exc):
-                with self._lock:
-                    self._structured = "off"  # this server has no structured output: parse tolerantly
-                params.pop("response_format")
-                completion = self._call(params, on_delta, request)
-            else:
-                raise
-        return completion
+        """One call; when the server refuses something the request asks (a response_format type, the token
+        limit's parameter name), the request is changed (`params` in place, so continuations inherit it), the
+        change remembered for this server, and sent again. Each change steps down a finite ladder."""
+        changed: set[str] = set()
+        while True:
+            try:
+                return self._call(params, on_delta, request, room)
+            except openai.APIError as exc:
+                if not self._adapt(exc, params, request, changed):
+                    raise
 
-    def _call(self, params: dict[str, Any], on_delta: Callable[[str], None], request: ChatRequest) -> Completion:
-        if not self.settings.stream:
+    def _adapt(self, exc: openai.APIError, params: dict[str, Any], request: ChatRequest, changed: set[str]) -> bool:
+        """Change `params` after a refusal that names one of its parameters; False when nothing can change.
+        `changed` holds what this request changed already (a token parameter is swapped once, never back)."""
+        refused = _refused_parameter(exc, params)
+        if refused == "response_format" and self.settings.structured_output == "auto":
+            sent = params.pop("response_format").get("type")
+            mode = "json_object" if sent == "json_schema" else "off"
+            with self._lock:  # concurrent calls may learn it at once: never step back up
+                if _FORMATS.index(mode) > _FORMATS.index(self._structured):
+                    self._structured = mode
+                learned = self._structured
+            self._learn("structured_output", learned)
+            if mode == "json_object":
+                params["response_format"] = {"type": "json_object"}
+            if request.schema is not None:
+                params["messages"] = _with_schema(params["messages"], request.schema)
+            return True
+        if refused == "stream_options":  # the usage chunk is optional: without it, usage is estimated
+            params.pop("stream_options")
+            with self._lock:
+                self._stream_usage = False
+            self._learn("stream_options", "off")
+            return True
+        other = {"max_completion_tokens": "max_tokens", "max_tokens": "max_completion_tokens"}.get(refused or "")
+        if other and refused and self.settings.token_parameter == "auto" and "token_parameter" not in changed:
+            changed.add("token_parameter")
+            with self._lock:
+                self._token_parameter = other
+            self._learn("token_parameter", other)
+            params[other] = params.pop(refused)
+            return True
+        return False
+
+    def _learn(self, name: str, value: str) -> None:
+        with _LEARNED_LOCK:
+            _LEARNED.setdefault(self._server, {})[name] = value
+
+    def _call(
+        self, params: dict[str, Any], on_delta: Callable[[str], None], request: ChatRequest, room: int
+    ) -> Completion:
+        """One HTTP call within the `timeout` deadline; a reply longer than `room` characters is stopped."""
+        deadline = _Deadline(self.settings.timeout)
+        self._local.deadline = deadline
+        try:
+            return self._send(params, on_delta, room, deadline)
+        except (IncompleteReply, openai.APIConnectionError) as exc:
+            if deadline.expired and not isinstance(exc, openai.APITimeoutError):
+                raise CallDeadline(self.settings.timeout) from None  # we cut it: not the server's doing
+            raise
+        finally:
+            self._local.deadline = None
+            deadline.cancel()
+
+    def _send(
+        self, params: dict[str, Any], on_delta: Callable[[str], None], room: int, deadline: _Deadline
+    ) -> Completion:
+        if not params.get("stream"):
             response = self._client.chat.completions.create(**params)
             if not isinstance(response, ChatCompletion):  # the SDK hands back the raw body when it is not JSON
                 raise _NotACompletion(str(response))
             choice = response.choices[0] if response.choices else None
             text = (choice.message.content or "") if choice else ""
+            if len(text) > room:
+                raise _ReplyTooLong(self.settings.max_reply_chars)
             return Completion(text, self._usage(response.usage, params, text), choice.finish_reason if choice else None)
-        stream = self._client.chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
+        stream = self._client.chat.completions.create(**params)
         parts: list[str] = []
         finish: str | None = None
         usage = None
@@ -277,12 +449,15 @@ class OpenAIBackend:
                 raise _NotACompletion(stream.response.read().decode("utf-8", "replace")[:300])
             # The chunks are read as plain JSON: building the SDK's typed chunk objects costs ~0.3 ms each, which
             # with several replies streaming at once is most of a CPU.
-            for chunk in sse_chunks(stream.response):
+            for chunk in sse_chunks(stream.response, deadline):
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or ():
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
+                        room -= len(delta)
+                        if room < 0:
+                            raise _ReplyTooLong(self.settings.max_reply_chars)
                         parts.append(delta)
                         on_delta(delta)
                     if choice.get("finish_reason"):
@@ -305,7 +480,9 @@ class OpenAIBackend:
         cost = cost_of(self.settings.model, prompt, completion, cached, self.settings.prices)
         return Usage(prompt, completion, cached, 1, cost)
 
-    def _translate(self, exc: BaseException, request: ChatRequest, attempts: int) -> Exception:
+    def _translate(
+        self, exc: BaseException, request: ChatRequest, attempts: int, params: dict[str, Any] | None = None
+    ) -> Exception:
         where = f"stage {request.stage}" + (f", file {request.file}" if request.file else "")
         tried = f" after {attempts} attempts" if attempts > 1 else ""
         resume = "finished artifacts are kept: rerun the same command to resume"
@@ -315,15 +492,29 @@ class OpenAIBackend:
                 f"{_short(exc.body, 120)!r}. Check --base-url / OPENAI_BASE_URL (an OpenAI-compatible API usually "
                 f"ends in /v1); {resume}."
             )
+        if isinstance(exc, _ReplyTooLong):
+            return ReplyError(
+                f"The model's reply for {where} passed {exc.limit:,} characters and was stopped; nothing of it "
+                "was saved. Raise --max-reply-chars (P2C_MAX_REPLY_CHARS) if a reply that long is meant, or try "
+                f"another model; {resume}."
+            )
+        if isinstance(exc, CallDeadline):
+            return BackendError(
+                f"The model server at {self._base_url} did not finish its reply within the {exc.seconds:g} s "
+                f"time-out{tried} ({where}): it kept sending slowly, or only keep-alives. Raise --timeout "
+                f"(P2C_TIMEOUT) if replies really take that long, or check the server; {resume}."
+            )
         if isinstance(exc, IncompleteReply):
             return BackendError(
                 f"The reply stream from {self._base_url} was cut off before the model finished{tried} ({where}). "
                 f"Check the server or a proxy in between, or turn streaming off (P2C_STREAM=false); {resume}."
             )
         if isinstance(exc, openai.APITimeoutError):
+            idle = min(self.settings.read_timeout, self.settings.timeout)
             return BackendError(
-                f"The model server at {self._base_url} did not answer in time{tried} ({where}; the time-out is "
-                f"{self.settings.timeout:g} s). Raise --timeout or P2C_TIMEOUT, or try again; {resume}."
+                f"The model server at {self._base_url} did not answer in time{tried} ({where}; nothing came for "
+                f"{idle:g} s). Raise --read-timeout (P2C_READ_TIMEOUT) or --timeout (P2C_TIMEOUT), or try again; "
+                f"{resume}."
             )
         if isinstance(exc, openai.APIConnectionError):
             return BackendError(
@@ -351,6 +542,21 @@ class OpenAIBackend:
                 f"{tried} ({where}): a proxy or gateway error, or --base-url is not the API (it usually ends in "
                 f"/v1); {resume}."
             )
+        refused = _refused_parameter(exc, params) if params is not None else None
+        if refused is not None and isinstance(exc, openai.APIError):
+            status = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else "an error"
+            fix = (
+                "set structured_output to auto (P2C_STRUCTURED_OUTPUT=auto) to let p2c fall back, or off"
+                if refused == "response_format"
+                else "set token_parameter to auto in the settings file"
+                if refused in ("max_tokens", "max_completion_tokens")
+                else f"unset {refused} (its flag, P2C_ variable or settings-file entry)"
+            )
+            return BackendError(
+                f"The model server at {self._base_url} refused the request's {refused} with {status} ({where}): "
+                f"{_message(exc) if isinstance(exc, openai.APIStatusError) else _short(str(exc), 200)}. Sending "
+                f"it again cannot help: {fix}; {resume}."
+            )
         if isinstance(exc, openai.APIStatusError):
             hint = (
                 "Check --model, --max-tokens and the server's limits"
@@ -364,14 +570,9 @@ class OpenAIBackend:
             return ReplyError(f"The model server sent a reply that is not a chat completion ({where}).")
         return BackendError(f"The model call failed ({where}): {_short(str(exc))}")
 
-
     def _scrubbed(self, error: Exception) -> Exception:
         """Servers may echo the key, the Authorization header or URL credentials in errors: never pass them on."""
-        from p2c_notebook.replay import Scrubber  # replay imports this module
-
-        secrets = [self.settings.api_key.get_secret_value()] if self.settings.api_key else []
-        text = Scrubber(secrets).text(str(error))
-        return error if text == str(error) else type(error)(text)
+        return Scrubber.for_settings(self.settings).error(error)
 
 
 class _NotACompletion(Exception):
@@ -382,9 +583,57 @@ class _NotACompletion(Exception):
         self.body = body
 
 
-def _mentions_format(exc: openai.BadRequestError) -> bool:
-    text = str(exc).lower()
-    return "response_format" in text or "json_schema" in text or "structured" in text
+#: Parameters a server may refuse by name, and the words that name each in an error body.
+_NAMED_BY = {
+    "response_format": ("response_format", "json_schema", "json_object", "structured output", "guided_json"),
+    "max_completion_tokens": ("max_completion_tokens",),
+    "max_tokens": ("max_tokens",),
+    "stream_options": ("stream_options", "include_usage"),
+    "reasoning_effort": ("reasoning_effort",),
+    "temperature": ("temperature",),
+}
+#: How a refusal reads ("unsupported", pydantic's "extra inputs are not permitted", "input should be ...").
+_REFUSAL_WORDS = (
+    "unsupported", "not supported", "unknown", "unrecogni", "not permitted", "not allowed", "unexpected",
+    "invalid", "input should be", "must be", "does not support", "not a valid", "extra",
+)  # fmt: skip
+#: Words of a too-long request, which names max_tokens without refusing the parameter itself.
+_SIZE_WORDS = ("context", "too large", "too long", "exceed", "maximum")
+
+
+def _error_text(exc: BaseException) -> str:
+    body = exc.body if isinstance(exc, openai.APIError) else None
+    return f"{exc} {json.dumps(body, default=str) if body is not None else ''}".lower()
+
+
+def _refused_parameter(exc: BaseException, params: dict[str, Any]) -> str | None:
+    """The request parameter a server refused, read from the error body whatever the status (servers say
+    400, 422 or 500); None when the error is not such a refusal (and so may be worth a retry)."""
+    if not isinstance(exc, openai.APIError) or isinstance(exc, openai.APIConnectionError):
+        return None
+    if isinstance(exc, openai.APIStatusError) and (
+        exc.status_code in (401, 403, 404, 408, 429) or is_html(exc.response)
+    ):
+        return None
+    text = _error_text(exc)
+    for name, words in _NAMED_BY.items():
+        if name not in params or not any(word in text for word in words):
+            continue
+        if name == "response_format":
+            return name  # a server that names the format it cannot follow refuses it, whatever the wording
+        if any(word in text for word in _REFUSAL_WORDS) and not any(word in text for word in _SIZE_WORDS):
+            return name
+    return None
+
+
+def _with_schema(messages: Messages, schema: dict[str, Any]) -> Messages:
+    """The messages with the JSON schema stated in the last one, unless a message already states it."""
+    text = json.dumps(schema, separators=(",", ":"), sort_keys=True)
+    if any(text in str(message.get("content") or "") for message in messages) or not messages:
+        return messages
+    last = messages[-1]
+    ask = f"\n\nReply with one JSON object only, following this JSON schema:\n{text}"
+    return [*messages[:-1], {**last, "content": f"{last.get('content') or ''}{ask}"}]
 
 
 def _message(exc: openai.APIStatusError, limit: int = 300) -> str:
@@ -422,15 +671,17 @@ def _transport_errors(response: Any) -> tuple[type[BaseException], ...]:
     return (error,) if isinstance(error, type) and issubclass(error, BaseException) else ()
 
 
-def sse_chunks(response: Any) -> Iterator[dict[str, Any]]:
+def sse_chunks(response: Any, deadline: _Deadline | None = None) -> Iterator[dict[str, Any]]:
     """The JSON objects of a chat-completions event stream, up to `data: [DONE]`.
 
     An error object in the stream raises `openai.APIError`; a connection that breaks mid-stream raises
-    `IncompleteReply` (retried: nothing of the reply is kept).
+    `IncompleteReply` (retried: nothing of the reply is kept); a passed `deadline` raises `CallDeadline`.
     """
     data: list[str] = []
     try:
         for line in response.iter_lines():
+            if deadline is not None and deadline.expired:
+                raise CallDeadline(deadline.seconds)
             if line.startswith("data:"):
                 data.append(line[5:].lstrip())
                 continue
@@ -467,8 +718,7 @@ def make_backend(settings: Settings, notify: Callable[[str], None] | None = None
     if settings.record:
         from p2c_notebook.replay import RecordingBackend
 
-        secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
-        return RecordingBackend(backend, settings.record, secrets)
+        return RecordingBackend(backend, settings.record, Scrubber.for_settings(settings))
     return backend
 
 

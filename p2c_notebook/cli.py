@@ -8,14 +8,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from p2c_notebook.errors import P2CError
 from p2c_notebook.estimate import estimate_paper
 from p2c_notebook.paper import read_paper
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.render import TerminalRenderer
+from p2c_notebook.render import TerminalRenderer, TerminalStream
 from p2c_notebook.runlog import last_failure
+from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import load_settings
 from p2c_notebook.store import RunStore
 
@@ -50,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, help="output token limit per call")
     run.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"])
     run.add_argument("--temperature", type=float)
-    run.add_argument("--timeout", type=float, help="seconds to wait for one call")
+    run.add_argument("--timeout", type=float, help="seconds one call may take, start to end")
+    run.add_argument("--read-timeout", type=float, help="seconds of silence from the server before a call times out")
+    run.add_argument("--max-reply-chars", type=int, help="characters a reply may have before it is stopped")
     run.add_argument("--no-stream", action="store_true", help="do not stream replies")
     run.add_argument("-v", "--verbose", action="store_true", help="print the model's replies as they stream")
 
@@ -84,6 +87,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "reasoning_effort": args.reasoning_effort,
         "temperature": args.temperature,
         "timeout": args.timeout,
+        "read_timeout": args.read_timeout,
+        "max_reply_chars": args.max_reply_chars,
         "stream": False if args.no_stream else None,
     }
 
@@ -163,8 +168,28 @@ COMMANDS = {
 }
 
 
+def _scrubber(args: argparse.Namespace) -> Scrubber:
+    """Every credential this command's settings send, so that nothing it prints (errors too) shows one."""
+    try:
+        return Scrubber.for_settings(load_settings(_settings(args) if args.command == "run" else {}))
+    except P2CError:
+        return Scrubber()  # the command itself reports the bad settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Its output goes through `TerminalStream`: control characters in model text are shown
+    escaped, never obeyed, and credentials are scrubbed, on every path (artifacts, streaming, status, errors)."""
     args = _parser().parse_args(argv)
+    stdout, stderr, scrub = sys.stdout, sys.stderr, _scrubber(args).text
+    sys.stdout = cast(TextIO, TerminalStream(stdout, scrub))
+    sys.stderr = cast(TextIO, TerminalStream(stderr, scrub))
+    try:
+        return _dispatch(args)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except P2CError as exc:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from p2c_notebook.analysis import analyze_file
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backend import Backend, make_backend
-from p2c_notebook.coding import code_file
+from p2c_notebook.coding import code_file, code_inputs
 from p2c_notebook.context import StageContext, describe_validation
 from p2c_notebook.diagrams import diagram_files
 from p2c_notebook.errors import Cancelled, ConfigError, EditedArtifactError, P2CError, PlanError, RunError
@@ -48,14 +48,22 @@ from p2c_notebook.planning import make_config, make_design, make_logic, make_pla
 from p2c_notebook.prompts import PromptBuilder
 from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.runlog import RunLog
+from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings, load_settings
-from p2c_notebook.store import PLANNING, Entry, RunStore, artifact_file, atomic_write, sha256, stage_of
+from p2c_notebook.store import PLANNING, Entry, RunStore, Status, artifact_file, sha256, stage_of
 from p2c_notebook.usage import Usage
 
 STEPS = ("plan", "design", "logic", "config", "analysis", "code")
 _SENDING_S = 0.05  # how long the scheduler lets new calls go out before doing its own deferred work
 ALIASES = {"planning": "plan", "analyze": "analysis", "coding": "code", "repo": "code"}
 PLANNERS = {"plan": make_plan, "design": make_design, "logic": make_logic, "config": make_config}
+#: repo/config.yaml, a copy of planning/config.yaml tracked like any artifact (unless the plan codes its own).
+REPO_CONFIG = "code/config.yaml"
+
+
+def config_copied(files: list[str]) -> bool:
+    """Whether repo/config.yaml is the planning config's copy: there are files, and none of them is config.yaml."""
+    return bool(files) and REPO_CONFIG.partition("/")[2] not in files
 
 
 def step_index(name: str) -> int:
@@ -99,8 +107,7 @@ class Pipeline:
         self._own_backend = backend is None
         self._cancel = threading.Event()
         self.estimates: list[Estimate] = []  # of the last run: at its start, and once its file list was known
-        secrets = [self.settings.api_key.get_secret_value()] if self.settings.api_key else []
-        self.log = RunLog(self.store.root / "logs" / "run.log", secrets)
+        self.log = RunLog(self.store.root / "logs" / "run.log", Scrubber.for_settings(self.settings))
         self.bus.subscribe(self.log)
 
     # --- opening ----------------------------------------------------------------------------------
@@ -141,7 +148,11 @@ class Pipeline:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = make_backend(self.settings, notify=self.bus.info)
+            settings = self.settings
+            if not settings.local_server_log:  # an embedded llama.cpp server logs into this run's logs/
+                log = str(self.store.root / "logs" / "local-server.log")
+                settings = settings.model_copy(update={"local_server_log": log})
+            self._backend = make_backend(settings, notify=self.bus.info)
         return self._backend
 
     def close(self) -> None:
@@ -175,12 +186,14 @@ class Pipeline:
 
     def order(self) -> list[str]:
         files = self.files()
-        return ["paper", *PLANNING, *(f"analysis/{f}" for f in files), *(f"code/{f}" for f in files)]
+        copies = [REPO_CONFIG] if config_copied(files) else []
+        return ["paper", *PLANNING, *(f"analysis/{f}" for f in files), *(f"code/{f}" for f in files), *copies]
 
     def rows(self) -> list[Row]:
         """Each artifact's status as the files on disk say now (read-only: safe while another process runs)."""
         self.store.reload()
         self.store.refresh(self.order(), persist=False)
+        self._adopt_written(persist=False)
         rows = []
         known = {e.artifact: e for e in self.store.entries()}
         for artifact in self.order():
@@ -239,6 +252,7 @@ class Pipeline:
         with self.store.locked():
             for note in self.store.refresh(self.order()):
                 self.bus.info(note)
+            self._adopt_written()
             self._warn_kept_edits()
             if from_stage:
                 self._redo_from(STEPS[first], overwrite_edited)
@@ -336,7 +350,7 @@ class Pipeline:
                 if pending:
                     return self._pause(pending, step, produced)
                 self._check_cancel()
-                self._saved(PLANNERS[step](self._context()), produced, progress)
+                self._saved(self._step(self._context(), step), produced, progress)
         elif todo_planning:
             # config.yaml builds on the plan only: it is written while the designs are.
             deps = {s: [d for d in PLANNING_CONTEXT[s] if d in todo_planning] for s in todo_planning}
@@ -371,7 +385,7 @@ class Pipeline:
                 return self._pause(pending, "code", produced)
             # Otherwise one schedule for both stages: code(f) starts once analysis(f) and its imports are saved.
             self._schedule(*_file_graph(analysis_todo, code_todo, logic), produced, progress, refine)
-        self._sync_repo_config()
+        self._copy_repo_config()
         return RunResult("done", f"The repository is in {self.store.root / 'repo'}", produced)
 
     def _planning_todo(self, first: int, last: int) -> list[str]:
@@ -458,6 +472,9 @@ class Pipeline:
         self._check_cancel()
 
     def _step(self, ctx: StageContext, artifact: str) -> Entry:
+        adopted = self._adopt([artifact])  # written by the user since the run started: never asked for
+        if adopted:
+            return adopted[0]
         stage, _, path = artifact.partition("/")
         if stage in PLANNERS:
             return PLANNERS[stage](ctx)
@@ -538,17 +555,85 @@ class Pipeline:
         planned = set(logic.order)
         for entry in self.store.entries():
             stage, _, path = entry.artifact.partition("/")
+            if entry.artifact == REPO_CONFIG:
+                continue  # the copy of the config when not planned, a planned file when it is
             if stage in ("analysis", "code") and path not in planned:
                 keep = entry.status == "edited"
                 self.store.forget(entry.artifact, delete_file=not keep)
                 if keep:
                     self.bus.warn(f"{entry.path} is no longer planned; your edited copy is left in place.")
 
-    def _sync_repo_config(self) -> None:
-        text = self.store.read("config")
-        target = self.store.root / "repo" / "config.yaml"
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            atomic_write(target, text)
+    def _copy_repo_config(self) -> None:
+        """repo/config.yaml: the planning config, copied when missing or stale; an edit of the copy is kept."""
+        if not config_copied(self.files()) or self._adopt([REPO_CONFIG]):
+            return
+        entry = self.store.entry(REPO_CONFIG)
+        if entry is None or entry.status == "stale":
+            saved = self._save_repo_config()
+            self.bus.emit(
+                ArtifactSaved(artifact=REPO_CONFIG, path=str(self.store.root / saved.path), status="generated")
+            )
+            self.store.refresh(self.order())
+
+    def _save_repo_config(self) -> Entry:
+        return self.store.save(REPO_CONFIG, self.store.read("config"), {"config": self.store.hash_of("config") or ""})
+
+    def _inputs_of(self, artifact: str) -> list[str]:
+        """What an artifact is made from (as its stage records it), for a file the user wrote in its place."""
+        stage, _, path = artifact.partition("/")
+        if stage in PLANNERS:
+            return ["paper", *PLANNING_CONTEXT[stage]]
+        if artifact == REPO_CONFIG and config_copied(self.files()):
+            return ["config"]
+        if stage == "analysis":
+            return ["paper", *PLANNING]
+        logic = self._saved_logic()
+        return code_inputs(logic, path) if logic is not None and path in logic.order else ["paper", *PLANNING]
+
+    def _adopt(self, artifacts: list[str], persist: bool = True) -> list[Entry]:
+        """Files the user wrote where an artifact is missing become that artifact as an edit: never asked for.
+
+        ("write the artifact yourself and rerun" is what a failed reply suggests.) Each is checked the way an
+        edit is; one whose inputs do not exist yet waits until they do (the step itself adopts it then).
+        """
+        adopted = []
+        pending = self.store.meta.get("pending") or {}
+        for artifact in artifacts:
+            if artifact == "paper" or artifact in pending or self.store.entry(artifact) is not None:
+                continue
+            rel = artifact_file(artifact)
+            text = self.store.read_path(rel)
+            if text is None:
+                continue
+            inputs = self._inputs_of(artifact)
+            if stage_of(artifact) in PLANNERS and any(self.store.entry(i) is None for i in inputs):
+                continue
+            try:
+                extra = validate_edit(artifact, text, self)
+            except PlanError as exc:
+                raise PlanError(
+                    f"{self.store.root / rel}, written by you where {artifact} was missing, cannot be used: {exc} "
+                    "Fix the file, or delete it to have it generated."
+                ) from None
+            status: Status = "edited"
+            if artifact == REPO_CONFIG and self.store.entry("config") and text == self.store.read("config"):
+                status = "generated"  # the copy an earlier version wrote without recording it
+            hashes = {i: h for i in inputs if (h := self.store.hash_of(i)) is not None}
+            adopted.append(self.store.adopt(artifact, text, hashes, status, extra, persist))
+            if persist and status == "edited":
+                self.bus.info(
+                    f"{rel} was written by you where {artifact} was missing: it is kept as your edit and not asked "
+                    "for; what depends on it is regenerated.",
+                    artifact,
+                )
+        if adopted:
+            self.store.refresh(self.order(), persist)
+        return adopted
+
+    def _adopt_written(self, persist: bool = True) -> None:
+        """`_adopt` over every artifact; an adopted logic design brings its files, so look again."""
+        while self._adopt(self.order(), persist):
+            pass
 
     # --- human gates -------------------------------------------------------------------------------
     def resolve(self, name: str) -> list[str]:
@@ -569,6 +654,7 @@ class Pipeline:
     def approve(self, name: str) -> list[str]:
         with self.store.locked():
             self.store.refresh(self.order())
+            self._adopt_written()
             artifacts = self.resolve(name)
             for artifact in artifacts:
                 entry = self.store.entry(artifact)
@@ -598,6 +684,7 @@ class Pipeline:
         self._cancel.clear()
         with self.store.locked():
             self.store.refresh(self.order())
+            self._adopt_written()
             entry = self.store.entry(artifact)
             if entry is not None and entry.status == "edited" and not overwrite_edited:
                 raise EditedArtifactError(f"{artifact} holds your edits; confirm overwriting them to regenerate it.")
@@ -606,6 +693,8 @@ class Pipeline:
             try:
                 if stage in PLANNERS:
                     saved = PLANNERS[stage](ctx, feedback)
+                elif artifact == REPO_CONFIG and config_copied(self.files()):
+                    saved = self._save_repo_config()
                 elif stage == "analysis":
                     saved = analyze_file(ctx, path, feedback)
                 elif stage == "code":
@@ -627,7 +716,7 @@ def validate_edit(artifact: str, text: str, pipeline: Pipeline) -> dict[str, str
         if artifact == "logic":
             design = ArchitectureDesign.model_validate_json(pipeline.store.read("design"))
             LogicDesign.model_validate_json(text).check_against(design)
-        elif artifact == "config":
+        elif artifact == "config" or (artifact == REPO_CONFIG and config_copied(pipeline.files())):
             parse_config(text)
     except ValidationError as exc:
         raise PlanError(f"Your edit of {artifact} is invalid: {describe_validation(exc)}") from None

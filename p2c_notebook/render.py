@@ -1,11 +1,17 @@
-"""Terminal rendering of pipeline events: a progress bar with live token and cost totals."""
+"""Terminal rendering of pipeline events: a progress bar with live token and cost totals.
+
+Text bound for a terminal is model text (or a paper's, or a file name a model planned), so every write goes
+through `TerminalStream`: control characters are shown as `\\xNN`, never obeyed (no retitling, no clearing).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
-from typing import TextIO
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
 from p2c_notebook.events import (
     ArtifactSaved,
@@ -21,12 +27,46 @@ from p2c_notebook.events import (
 )
 from p2c_notebook.usage import Usage
 
+# C0 controls but tab and newline, DEL, and C1 controls (U+0080-U+009F: `\x9b` is a CSI on many terminals)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """Text a terminal shows but does not obey: CRLF becomes a newline, any other control character `\\xNN`
+    (so `ESC]0;title BEL` prints as `\\x1b]0;title\\x07`, and a lone CR cannot overwrite the line)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text.replace("\r\n", "\n"))
+
+
+class TerminalStream:
+    """A text stream that escapes control characters (see `escape_controls`) and hides every credential the
+    scrubber knows; `raw` is the stream underneath, for the renderer's own redraw codes."""
+
+    def __init__(self, raw: TextIO, scrub: Callable[[str], str] | None = None) -> None:
+        self.raw = raw
+        self._scrub = scrub
+
+    def write(self, text: str) -> int:
+        if self._scrub is not None:
+            text = self._scrub(text)
+        return self.raw.write(escape_controls(text))
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...: those of the real stream
+        return getattr(self.raw, name)
+
+
+def terminal(stream: TextIO | TerminalStream) -> TerminalStream:
+    return stream if isinstance(stream, TerminalStream) else TerminalStream(stream)
+
 
 class TerminalRenderer:
     """Renders events on a terminal (one redrawn status line) or a log (one line per saved artifact)."""
 
     def __init__(self, stream: TextIO | None = None, verbose: bool = False, width: int = 24) -> None:
-        self.stream = stream or sys.stderr
+        self.stream = terminal(stream or sys.stderr)
         self.verbose = verbose
         self.width = width
         self.live = self.stream.isatty() and not verbose
@@ -93,12 +133,13 @@ class TerminalRenderer:
 
     def _status(self) -> None:
         if self.live:
-            self.stream.write("\r\x1b[2K" + self.bar()[:200])
+            self.stream.raw.write("\r\x1b[2K")
+            self.stream.write(self.bar()[:200])
             self.stream.flush()
 
     def _clear(self) -> None:
         if self.live:
-            self.stream.write("\r\x1b[2K")
+            self.stream.raw.write("\r\x1b[2K")
             self.stream.flush()
 
     def _line(self, text: str) -> None:

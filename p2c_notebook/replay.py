@@ -4,8 +4,8 @@ A cassette is JSON Lines, one entry per model call. Each entry is found again by
 canonical JSON of what the pipeline asked (messages, stage, file, attempt, schema name), which does not depend
 on the model, server or settings. The entry also keeps a compact copy of the request for debugging (every
 message's role, length and hash, and the last message in full), the reply text, finish reason and usage.
-Anything that looks like a secret (the configured key, `sk-...` keys, `Bearer ...`, authorization or api-key
-fields, passwords in URLs) is scrubbed before a line is written.
+Every credential of the settings, and anything that looks like one (`sk-...` keys, `Bearer`/`Basic` tokens,
+authorization or api-key fields, passwords in URLs), is scrubbed before a line is written (see `secrets`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,18 +20,11 @@ from typing import Any
 
 from p2c_notebook.backend import Backend, ChatRequest, Completion, OnRetry
 from p2c_notebook.errors import BackendError, ConfigError
+from p2c_notebook.secrets import Scrubber
 from p2c_notebook.usage import Usage
 
 FORMAT = 1
 _STREAM_PIECE = 64  # characters per replayed delta
-
-_SECRET_PATTERNS = [
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"),
-    re.compile(r"(?i)(\b(?:authorization|api[_-]?key|x-api-key)[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._~+/=\-]{16,}"),
-    re.compile(r"(?i)(https?://[^/\s:@]+:)[^@\s/]+@"),
-]
-
 
 class ReplayMissError(BackendError):
     """The replayed run asked something the cassette does not hold."""
@@ -69,36 +61,13 @@ def _compact(request: ChatRequest) -> dict[str, Any]:
     }
 
 
-class Scrubber:
-    """Replaces secrets in every string of a JSON-like value."""
-
-    def __init__(self, secrets: list[str] | None = None) -> None:
-        self._secrets = sorted({s for s in secrets or [] if len(s) >= 4}, key=len, reverse=True)
-
-    def text(self, value: str) -> str:
-        for secret in self._secrets:
-            value = value.replace(secret, "[secret]")
-        for pattern in _SECRET_PATTERNS:
-            value = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[secret]", value)
-        return value
-
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, dict):
-            return {k: self.value(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.value(v) for v in value]
-        return value
-
-
 class RecordingBackend:
     """Wraps any backend and appends one cassette line per completed call (failed calls are not recorded)."""
 
-    def __init__(self, inner: Backend, path: Path | str, secrets: list[str] | None = None) -> None:
+    def __init__(self, inner: Backend, path: Path | str, scrub: Scrubber | None = None) -> None:
         self.inner = inner
         self.path = Path(path)
-        self._scrub = Scrubber(secrets)
+        self._scrub = scrub or Scrubber()
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -21,6 +21,15 @@ class IncompleteReply(Exception):
     """A streamed reply ended without a finish reason: the connection was cut before the model finished."""
 
 
+class CallDeadline(Exception):
+    """One call ran past its wall-clock deadline (`timeout`): a server that trickles tokens or sends only
+    keep-alives would otherwise hold it open for ever."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the call took longer than its {seconds:g} s time-out")
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class RetryNotice:
     """One retry about to happen, for the user: why, how long we wait, which attempt comes next.
@@ -102,6 +111,8 @@ def classify(exc: BaseException) -> str | None:
     """Why a failed call may succeed when repeated, in words; None when repeating cannot help."""
     if isinstance(exc, IncompleteReply):
         return "the reply stream was cut off"
+    if isinstance(exc, CallDeadline):
+        return f"the reply took longer than the {exc.seconds:g} s time-out"
     if isinstance(exc, openai.APITimeoutError):
         return "the server did not answer in time"
     if isinstance(exc, openai.APIConnectionError):

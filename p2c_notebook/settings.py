@@ -27,6 +27,8 @@ _ENV = {
     "P2C_STRUCTURED_OUTPUT": "structured_output",
     "P2C_STREAM": "stream",
     "P2C_TIMEOUT": "timeout",
+    "P2C_READ_TIMEOUT": "read_timeout",
+    "P2C_MAX_REPLY_CHARS": "max_reply_chars",
     "P2C_MAX_RETRIES": "max_retries",
     "P2C_RETRY_BASE_DELAY": "retry_base_delay",
     "P2C_RETRY_MAX_DELAY": "retry_max_delay",
@@ -58,7 +60,20 @@ class Settings(BaseModel):
     structured_output: Literal["auto", "json_schema", "json_object", "json_object_schema", "off"] = "auto"
     extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields, e.g. repeat_penalty")
     stream: bool = True
-    timeout: float = Field(default=600.0, gt=0)
+    timeout: float = Field(
+        default=600.0, gt=0, description="seconds: the most one call may take, start to end (a wall-clock deadline)"
+    )
+    read_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds: the longest silence while waiting for the server (no byte at all); the "
+        "smaller of this and timeout applies",
+    )
+    max_reply_chars: int = Field(
+        default=400_000,
+        gt=0,
+        description="characters: a reply growing past this is stopped mid-stream and is an error (never saved)",
+    )
     max_retries: int = Field(
         default=3,
         ge=0,
@@ -90,6 +105,10 @@ class Settings(BaseModel):
     prices: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
     local_model: str | None = Field(default=None, description="registered local model name or a .gguf path")
     local_n_ctx: int | None = Field(default=None, gt=0, description="context size of the local llama.cpp server")
+    local_server_log: str | None = Field(
+        default=None,
+        description="file the embedded llama.cpp server's output is appended to (a run: RUN/logs/local-server.log)",
+    )
     record: str | None = Field(default=None, description="append every model call to this cassette (.jsonl)")
     context_window: int | None = Field(
         default=None, gt=0, description="the model's context window in tokens (known models and local ones: found)"

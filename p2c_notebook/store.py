@@ -7,11 +7,13 @@ recorded one was edited by the user; an artifact whose inputs changed (or are th
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ LOCK = ".lock"
 LOG = "logs/run.log"
 FOLDERS = ("paper", "planning", "analysis", "repo", "logs")
 PLANNING = ("plan", "design", "logic", "config")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # no artifact comes near this; a larger file is refused, not read into memory
 FILES = {
     "paper": "paper/paper.md",
     "plan": "planning/plan.md",
@@ -48,25 +51,159 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# What to do about an OS error while reading or writing the run folder, by errno.
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space (or choose a run folder on another disk with --out)",
+    errno.EDQUOT: "your disk quota is used up: free some space (or choose a run folder elsewhere with --out)",
+    errno.EROFS: "the file system is read-only: choose a writable run folder with --out",
+    errno.EACCES: "permission denied: make the run folder writable for you (or choose another with --out)",
+    errno.EPERM: "the operation is not permitted: make the run folder writable for you (or choose another with --out)",
+    errno.EIO: "an input/output error (a failing disk or a dropped network drive): check the disk",
+    errno.ENAMETOOLONG: "a name is too long for this file system: shorten the planned file name (edit "
+    "planning/design.json and planning/logic.json) or use a run folder with a shorter path",
+    errno.EMFILE: "too many open files: raise the limit (`ulimit -n`)",
+    errno.ENFILE: "the system has too many open files: close some programs",
+    errno.ENOTDIR: "a file stands where a folder should be: move it away",
+    errno.EISDIR: "a folder stands where a file should be: move it away",
+}
+
+
+def os_error_advice(exc: OSError) -> str:
+    """One line for an OS error: what happened (with its errno name) and what to do about it."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    what = exc.strerror or str(exc)
+    fix = _FIXES.get(exc.errno or 0, "check the run folder")
+    return f"{what}{f' ({name})' if name else ''}; {fix}, then run again. Everything saved before is kept."
+
+
 def atomic_write(path: Path, data: str | bytes, durable: bool = True) -> None:
     """Temp file in the same folder + os.replace: a crash leaves the old file or the new one.
 
     `durable` adds an fsync so the file also survives a power loss; bookkeeping writes skip it (5 ms each).
+    An OS error (disk full, read-only, permissions...) removes the temp file and becomes a one-line RunError.
+    The temp name is short (not the whole target name) so that a name the file system can hold always fits.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:24]}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise RunError(f"Cannot save {path}: {os_error_advice(exc)}") from None
         raise
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _refuse(path: Path, mode: int, link: str | None, expected: str) -> RunError:
+    target = f" (to {link})" if link is not None else ""
+    return RunError(
+        f"Refusing to read {path}: it is {_kind(mode)}{target} where {expected} should be, and p2c reads run files "
+        f"only as regular files, never through links, pipes or devices. Remove it (and put the real {expected[2:]} "
+        "there, or nothing to have it generated again), then run again."
+    )
+
+
+def open_regular(root: Path, rel: str) -> tuple[int, os.stat_result]:
+    """Open root/rel for reading without following any link below `root`; only a regular file is opened.
+
+    Each folder is opened relative to the one before with O_NOFOLLOW, so no link (planted or left behind) can
+    send the read elsewhere, and the last part is checked before it is opened: a FIFO would block the open, a
+    device would never end. Raises FileNotFoundError when nothing is there, RunError for anything else.
+    """
+    parts = Path(rel).parts
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    directory = getattr(os, "O_DIRECTORY", 0)
+    where = root
+    try:
+        dir_fd = os.open(root, os.O_RDONLY | directory)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RunError(f"Cannot read the run folder {root}: {os_error_advice(exc)}") from None
+    try:
+        for index, part in enumerate(parts):
+            where = where / part
+            info = os.lstat(part, dir_fd=dir_fd)  # FileNotFoundError: nothing there
+            last = index == len(parts) - 1
+            wanted = stat.S_ISREG if last else stat.S_ISDIR
+            if not wanted(info.st_mode):
+                link = os.readlink(part, dir_fd=dir_fd) if stat.S_ISLNK(info.st_mode) else None
+                raise _refuse(where, info.st_mode, link, "a file" if last else "a folder")
+            flags = os.O_RDONLY | nofollow | getattr(os, "O_CLOEXEC", 0)
+            flags |= getattr(os, "O_NONBLOCK", 0) if last else directory
+            fd = os.open(part, flags, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = fd
+        opened = os.fstat(dir_fd)
+        if not stat.S_ISREG(opened.st_mode):  # swapped between the check and the open
+            raise _refuse(where, opened.st_mode, None, "a file")
+        return dir_fd, opened
+    except FileNotFoundError:
+        os.close(dir_fd)
+        raise
+    except OSError as exc:
+        os.close(dir_fd)
+        if exc.errno == errno.ELOOP:  # a link put there between the check and the open
+            raise _refuse(where, stat.S_IFLNK, None, "a file or folder") from None
+        raise RunError(f"Cannot read {where}: {os_error_advice(exc)}") from None
+    except BaseException:
+        os.close(dir_fd)
+        raise
+
+
+def read_fd(fd: int, info: os.stat_result, path: Path, limit: int = MAX_FILE_BYTES, tail: bool = False) -> bytes:
+    """Read an opened regular file, at most `limit` bytes; closes `fd`. `tail`: the last `limit` bytes."""
+    try:
+        if info.st_size > limit:
+            if not tail:
+                raise RunError(
+                    f"Refusing to read {path}: it is {info.st_size // 1_000_000} MB, more than p2c reads as a run "
+                    f"file ({limit // 1_000_000} MB). Replace it with the real file (or delete it) and run again."
+                )
+            os.lseek(fd, info.st_size - limit, os.SEEK_SET)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit and not tail:
+            raise RunError(f"Refusing to read {path}: it grew past {limit // 1_000_000} MB while being read.")
+        return b"".join(chunks)[-limit:]
+    except OSError as exc:
+        raise RunError(f"Cannot read {path}: {os_error_advice(exc)}") from None
+    finally:
+        os.close(fd)
+
+
+def read_regular(root: Path, rel: str, limit: int = MAX_FILE_BYTES, tail: bool = False) -> bytes:
+    """The bytes of the regular file root/rel, read without following links (see `open_regular`)."""
+    fd, info = open_regular(root, rel)
+    return read_fd(fd, info, root / rel, limit, tail)
 
 
 def manifest_text(data: dict[str, Any]) -> str:
@@ -166,11 +303,13 @@ class RunStore:
         """
         manifest = self.root / MANIFEST
         with self._lock:
-            if not manifest.exists():
+            try:
+                raw = read_regular(self.root, MANIFEST)
+            except FileNotFoundError:
                 return
             try:
-                data = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+                data = json.loads(raw.decode("utf-8"))
+            except ValueError as exc:
                 raise RunError(
                     f"The manifest {manifest} is unreadable ({exc}). Restore it or start a new run."
                 ) from None
@@ -195,15 +334,32 @@ class RunStore:
                 self._flush()
 
     def _digest(self, rel: str) -> str:
-        """sha256 of a run file, re-read only when its size or mtime changed since we last hashed it."""
-        path = self.root / rel
-        stat = path.stat()
+        """sha256 of a run file, re-read only when its size or mtime changed since we last hashed it.
+
+        Opened without following links and only as a regular file (FileNotFoundError when it is gone).
+        """
+        fd, info = open_regular(self.root, rel)
         cached = self._hashes.get(rel)
-        if cached and cached[0] == stat.st_mtime_ns and cached[1] == stat.st_size:
+        if cached and cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
+            os.close(fd)
             return cached[2]
-        digest = sha256(path.read_bytes())
-        self._hashes[rel] = (stat.st_mtime_ns, stat.st_size, digest)
+        digest = sha256(read_fd(fd, info, self.root / rel))
+        self._hashes[rel] = (info.st_mtime_ns, info.st_size, digest)
         return digest
+
+    def read_path(self, rel: str) -> str | None:
+        """The text of a run file (None when there is none), read as `read` reads artifacts."""
+        try:
+            raw = read_regular(self.root, rel)
+        except FileNotFoundError:
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RunError(
+                f"{self.root / rel} is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8 "
+                "(or delete it to have it generated again) and run again."
+            ) from None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -236,10 +392,10 @@ class RunStore:
         entry = self.entry(artifact)
         if entry is None:
             raise RunError(f"{artifact} has not been generated yet in {self.root}. Run `p2c run` first.")
-        try:
-            return self._inside(entry.path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise RunError(f"Cannot read {entry.path} in {self.root}: {exc}.") from None
+        text = self.read_path(entry.path)
+        if text is None:
+            raise RunError(f"{self.root / entry.path} is missing; `p2c run {self.root}` generates {artifact} again.")
+        return text
 
     def hash_of(self, artifact: str) -> str | None:
         entry = self.entry(artifact)
@@ -267,19 +423,58 @@ class RunStore:
         entry = Entry(artifact, rel, sha256(content), status, dict(inputs), model, usage or Usage(), now())
         with self._lock:
             self._data.setdefault("pending", {})[artifact] = entry.to_dict()
-            self._flush()
-        for path, extra in extras.items():
-            atomic_write(path, extra)
-        atomic_write(target, content)
-        stat = target.stat()
+            try:
+                self._flush()
+            except RunError:
+                self._drop_pending(artifact)
+                raise
+        try:
+            for path, extra in extras.items():
+                atomic_write(path, extra)
+            atomic_write(target, content)
+            info = os.lstat(target)
+        except (RunError, OSError) as exc:
+            with self._lock, contextlib.suppress(RunError):  # the disk may refuse this too: pending is harmless
+                self._drop_pending(artifact)
+                self._flush()
+            if isinstance(exc, OSError):
+                raise RunError(f"Cannot save {target}: {os_error_advice(exc)}") from None
+            raise
         with self._lock:
-            self._hashes[rel] = (stat.st_mtime_ns, stat.st_size, entry.sha256)
+            self._hashes[rel] = (info.st_mtime_ns, info.st_size, entry.sha256)
             self._data["artifacts"][artifact] = entry.to_dict()
-            pending = self._data.get("pending", {})
-            pending.pop(artifact, None)
-            if not pending:
-                self._data.pop("pending", None)
+            self._drop_pending(artifact)
             self._flush()
+        return entry
+
+    def _drop_pending(self, artifact: str) -> None:
+        pending = self._data.get("pending", {})
+        pending.pop(artifact, None)
+        if not pending:
+            self._data.pop("pending", None)
+
+    def adopt(
+        self,
+        artifact: str,
+        text: str,
+        inputs: dict[str, str],
+        status: Status = "edited",
+        extra_files: dict[str, str] | None = None,
+        persist: bool = True,
+    ) -> Entry:
+        """Record a file someone else wrote where `artifact` was missing (its text as read), without a call.
+
+        `persist=False` records it in memory only (a read-only view such as `p2c status`).
+        """
+        rel = artifact_file(artifact)
+        entry = Entry(artifact, rel, sha256(text), status, dict(inputs), "", Usage(), now())
+        with self._lock:
+            if persist:
+                for extra_rel, extra in (extra_files or {}).items():
+                    atomic_write(self._inside(extra_rel), extra)
+            self._data["artifacts"][artifact] = entry.to_dict()
+            if persist:
+                self._flush()
         return entry
 
     def set_status(self, artifact: str, status: Status) -> None:
@@ -333,7 +528,7 @@ class RunStore:
             for name, raw in list(artifacts.items()):
                 try:
                     digest = self._digest(raw["path"])
-                except OSError:
+                except FileNotFoundError:
                     notes.append(f"{raw['path']} is missing; {name} will be generated again.")
                     del artifacts[name]
                     continue
@@ -370,29 +565,53 @@ class RunStore:
         return removed
 
     def _recover_pending(self) -> list[str]:
-        """Adopt files that a killed writer finished writing but did not get to record (see `save`)."""
+        """Adopt files that a killed writer finished writing but did not get to record (see `save`).
+
+        A file that is there but is not what the writer meant to write stays pending: it is the writer's unfinished
+        work, so it is neither recorded nor taken for a file the user wrote (see `Pipeline._adopt`), and the step
+        that writes it runs again.
+        """
         pending: dict[str, dict[str, Any]] = self._data.pop("pending", None) or {}
-        adopted = []
+        adopted, unfinished = [], {}
         for artifact, raw in pending.items():
             try:
-                digest = sha256(self._inside(raw["path"]).read_bytes())
+                digest = sha256(read_regular(self.root, raw["path"]))
             except (OSError, RunError):
                 continue
             if digest == raw["sha256"]:
                 self._data["artifacts"][artifact] = raw
                 adopted.append(artifact)
-        if pending:
+            else:
+                unfinished[artifact] = raw
+        if unfinished:
+            self._data["pending"] = unfinished
+        if pending != unfinished:
             self._flush()
         return adopted
 
     def _check_links(self) -> None:
-        """The run folder's own folders and bookkeeping files must not be links to somewhere else."""
-        for name in (*FOLDERS, MANIFEST, LOG):
+        """The run folder's own folders and bookkeeping files must be what they seem: no links, pipes, devices.
+
+        A FIFO as the lock or log would block the run forever; a link would send writes elsewhere.
+        """
+        for name in (*FOLDERS, MANIFEST, LOG, LOCK):
             path = self.root / name
-            if path.is_symlink():
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise RunError(f"Cannot use {path}: {os_error_advice(exc)}") from None
+            wanted = stat.S_ISDIR(mode) if name in FOLDERS else stat.S_ISREG(mode)
+            if stat.S_ISLNK(mode):
                 raise RunError(
                     f"{path} is a symbolic link (to {os.readlink(path)}); p2c writes only inside the run folder "
                     "and never through links. Replace the link with a folder (or remove it) and run again."
+                )
+            if not wanted:
+                expected = "a folder" if name in FOLDERS else "a regular file"
+                raise RunError(
+                    f"{path} is {_kind(mode)}, where p2c keeps {expected}. Move it out of the run folder and run again."
                 )
 
     @staticmethod
@@ -416,15 +635,22 @@ class RunStore:
         The kernel drops the lock when the process dies, so a killed run leaves no stale lock: its owner
         line is still in the file, which is how the next writer knows to report a recovery.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._check_links()
         lock_path = self.root / LOCK
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"Cannot create the run folder {self.root}: {os_error_advice(exc)}") from None
+        self._check_links()
+        try:
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            fd = os.open(lock_path, flags, 0o644)
         except OSError as exc:
             raise RunError(
-                f"Cannot open the lock file {lock_path} ({exc.strerror}). If it is a link, remove it and run again."
+                f"Cannot open the lock file {lock_path}: {os_error_advice(exc)} If it is a link, remove it."
             ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunError(f"{lock_path} is not a regular file. Remove it and run again.")
         handle = os.fdopen(fd, "r+", encoding="utf-8")
         acquired = False
         try:
@@ -442,10 +668,13 @@ class RunStore:
                 ) from None
             acquired = True
             previous = handle.read().strip()
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
-            handle.flush()
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
+                handle.flush()
+            except OSError as exc:
+                raise RunError(f"Cannot write the lock file {lock_path}: {os_error_advice(exc)}") from None
             with self._lock:
                 self.reload()
                 adopted = self._recover_pending()

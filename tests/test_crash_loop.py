@@ -31,6 +31,7 @@ ALL = {
     "config",
     *(f"analysis/{f}" for f in CODE),
     *(f"code/{f}" for f in CODE),
+    "code/config.yaml",
 }
 
 

@@ -48,7 +48,8 @@ def test_paper_to_complete_run_folder(paper: Path, tmp_path: Path) -> None:
             ast.parse(target.read_text())
     assert (run / "repo/config.yaml").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
-    assert len(manifest["artifacts"]) == 5 + 2 * len(logic.order)
+    copied = "config.yaml" not in logic.order  # repo/config.yaml, the planning config's copy, is an artifact too
+    assert len(manifest["artifacts"]) == 5 + 2 * len(logic.order) + copied
     paper_text = (run / "paper/paper.md").read_text()
     assert len(paper_text) > 2000
     assert manifest["paper"]["report"]["sections"] >= 5

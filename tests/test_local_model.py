@@ -24,7 +24,7 @@ from conftest import EXAMPLE
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backend import ChatRequest, OpenAIBackend
-from p2c_notebook.events import Event, Notice
+from p2c_notebook.events import Event, Notice, TokenDelta
 from p2c_notebook.local import (
     DEFAULT_LOCAL_MODEL,
     MODELS,
@@ -231,15 +231,19 @@ def _cmdline(proc: Path) -> bytes:
         return b""
 
 
-def test_a_broken_model_file_fails_with_the_servers_output(tmp_path: Path, no_llama_left: None) -> None:
+def test_a_broken_model_file_fails_in_one_line_and_the_log_is_kept(tmp_path: Path, no_llama_left: None) -> None:
     if not engine_installed():
         pytest.skip("llama-cpp-python is not installed")
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\xff" * 64)
-    server = LlamaServer(broken, "broken", n_ctx=512, startup_timeout=60)
-    with pytest.raises(ServerStartError, match=r"exited with code .* last output:\n") as caught:
+    log = tmp_path / "logs" / "local-server.log"
+    server = LlamaServer(broken, "broken", n_ctx=512, startup_timeout=60, log_path=log)
+    died = r"broken\.gguf exited while starting \((exit code \d+|killed by SIG[A-Z]+)\): llama.cpp could not load"
+    with pytest.raises(ServerStartError, match=died) as caught:
         server.start()
-    assert "broken.gguf" in str(caught.value) and not server.running()
+    message = str(caught.value)
+    assert "\n" not in message and f"its log is in {log}" in message and caught.value.exit_code == 4
+    assert not server.running() and "gguf" in log.read_text(encoding="utf-8").lower()
 
 
 def test_the_server_dies_with_its_owner(real_model: str, tmp_path: Path, no_llama_left: None) -> None:
@@ -309,3 +313,38 @@ def _smallest_python_file(logic: LogicDesign) -> str:
     assert candidates, f"the logic design plans no Python file: {logic.order}"
     preferred = [f for f in candidates if "metric" in f.path or "util" in f.path] or candidates
     return min(preferred, key=lambda f: len(f.role)).path
+
+
+@pytest.mark.slow
+def test_real_server_killed_during_the_plan_is_restarted_and_planning_goes_on(
+    real_model: str, paper_md: Path, tmp_path: Path, no_llama_left: None
+) -> None:
+    """SIGKILL the llama.cpp server once the plan streams (as the OOM killer would): it is started again, the
+    plan is asked for again, and the run goes on to the design; both lives' output is in logs/local-server.log."""
+    events: list[Event] = []
+    killed: list[int] = []
+    holder: list[Pipeline] = []
+
+    def kill_once(event: Event) -> None:
+        if isinstance(event, TokenDelta) and event.artifact == "plan" and event.text and not killed:
+            backend = holder[0].backend
+            assert isinstance(backend, LocalBackend) and backend.server.pid is not None
+            killed.append(backend.server.pid)
+            os.kill(backend.server.pid, signal.SIGKILL)
+        events.append(event)
+
+    settings = Settings(backend="local", local_model=real_model, api_key=None, concurrency=1)
+    run = tmp_path / "run"
+    with Pipeline.start(paper_md, run, settings=settings, sinks=(kill_once,)) as pipe:
+        holder.append(pipe)
+        result = pipe.run(until="design")
+        backend = pipe.backend
+        assert isinstance(backend, LocalBackend)
+        assert result.state == "stopped", result.message
+        assert killed and backend.restarts == 1 and backend.server.pid != killed[0] and backend.server.running()
+        assert len(pipe.store.read("plan")) > 100
+        ArchitectureDesign.model_validate_json(pipe.store.read("design"))
+    warnings = [e.message for e in events if isinstance(e, Notice) and e.level != "info"]
+    assert any("server died (killed by SIGKILL); starting it again" in w for w in warnings), warnings
+    log = (run / "logs" / "local-server.log").read_text(encoding="utf-8")
+    assert log.count("starting the llama.cpp server") == 2 and "killed by SIGKILL" in log

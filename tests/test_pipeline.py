@@ -25,6 +25,7 @@ ALL = [
     "config",
     *(f"analysis/{f}" for f in ["data.py", "models/net.py", "main.py"]),
     *(f"code/{f}" for f in ["data.py", "models/net.py", "main.py"]),
+    "code/config.yaml",  # repo/config.yaml, the planning config's copy, tracked like every file in repo/
 ]
 
 
@@ -366,7 +367,7 @@ def test_cancel_discards_the_artifact_in_progress_and_keeps_the_rest(
     pipeline.close()
 
 
-def test_server_without_structured_output_falls_back_to_tolerant_parsing(
+def test_server_refusing_the_schema_format_falls_back_to_json_object(
     serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:
     scenario = small_scenario()
@@ -378,8 +379,8 @@ def test_server_without_structured_output_falls_back_to_tolerant_parsing(
         assert pipeline.run().state == "done"
     design_calls = [r for r in server.requests if r["stage"] == "design"]
     assert design_calls[0]["response_format"]["type"] == "json_schema"
-    assert design_calls[1]["response_format"] is None
-    assert all(r["response_format"] is None for r in server.requests if r["stage"] == "logic")
+    assert design_calls[1]["response_format"] == {"type": "json_object"}  # the next step down, remembered
+    assert all(r["response_format"] == {"type": "json_object"} for r in server.requests if r["stage"] == "logic")
 
 
 def test_the_next_command_asks_the_same_model_without_secrets(serve: Any, paper_md: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import tarfile
 import tempfile
+import unicodedata
 from functools import cache
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -19,11 +20,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from p2c_notebook.artifacts import ArchitectureDesign, Config, LogicDesign, parse_config
+from p2c_notebook.artifacts import ArchitectureDesign, Config, LogicDesign, check_file_list, parse_config
 from p2c_notebook.errors import PaperError, PlanError, UnsafePathError
 from p2c_notebook.paper import Paper, read_paper
 from p2c_notebook.parsing import ParseError, extract_code, extract_json, extract_markdown, extract_yaml
 from p2c_notebook.paths import safe_relative_path
+from p2c_notebook.store import RunStore, atomic_write
 
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=150, deadline=None)
@@ -204,6 +206,59 @@ def test_a_sanitised_path_stays_inside_the_folder_on_every_file_system(raw: str)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("x")  # the file system can hold the name
         assert target.read_text() == "x"
+
+
+# --- planned file lists, written into a repository -------------------------------------------------------
+
+#: Name pieces that have broken or disguised paths: tool folders, Windows short names, NFC/NFD forms, case and
+#: script look-alikes, invisible, bidirectional and compatibility characters, the file/folder clash.
+name_pieces = st.sampled_from(
+    [".git", ".GIT", "git~1", ".envrc", ".vscode", ".gitignore", ".github", "workflows", "ci.yml", "config.yaml"]
+    + ["model", "Model", "model.md", "x.py", "données.py", "donne\u0301es.py", "m\u043edel", "\u0441\u043e\u0440.py"]
+    + ["cop.py", "文件.py", "모델", "\u200b", "\u202e", "\u00a0", "\uff0e", "\ufb01", "\u0301", "~", "..", ".", " "]
+)
+wide_names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=10)
+plain_names = st.sampled_from(["src", "train.py", "utils", "data", "données", "模型.py", "модель_v2.py", ".gitignore"])
+pieces = plain_names | plain_names | name_pieces | wide_names
+planned_path = st.builds(
+    lambda folders, name: "/".join([*folders, name]),
+    st.lists(pieces, max_size=3),
+    pieces | pieces.map(lambda name: name + ".py"),
+)
+#: Lists of mostly valid names (NFC and NFD forms, case variants, `x` beside `x.md`), so that many are accepted.
+likely_names = plain_names | st.sampled_from(["donne\u0301es", "Données", "model", "model.md", "Train.py", "x"])
+likely_path = st.lists(likely_names, min_size=1, max_size=3).map("/".join)
+file_lists = st.lists(planned_path, min_size=1, max_size=6) | st.lists(likely_path, min_size=1, max_size=6)
+
+
+@FEW
+@given(files=file_lists)
+def test_a_file_list_is_written_under_its_normalised_names_or_refused_before_any_file(files: list[str]) -> None:
+    """Either every planned file lands inside repo/ under its NFC name (notes under analysis/), beside the
+    config.yaml p2c writes there, or the list is a PlanError and nothing is written; never another error."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = RunStore(folder)
+        atomic_write(Path(folder) / "repo/config.yaml", "lr: 0.1\n")
+        try:
+            accepted = check_file_list(files)
+        except PlanError as error:  # UnsafePathError included
+            assert str(error) and "\n" not in str(error)
+            return
+        finally:
+            before_writes = {str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()}
+            assert before_writes <= {"repo/config.yaml"}, "nothing is written while a list is checked"
+        assert accepted == list(dict.fromkeys(safe_relative_path(f) for f in files))
+        for path in accepted:
+            assert unicodedata.normalize("NFC", path) == path
+            store.save(f"analysis/{path}", "notes\n", {})
+            store.save(f"code/{path}", path, {})
+        repo = Path(folder, "repo")
+        written = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()}
+        assert written == {*accepted, "config.yaml"}
+        for path in accepted:
+            assert (repo / path).read_text(encoding="utf-8") == path
+            assert Path(folder, "analysis", path + ".md").is_file()
+        assert (repo / "config.yaml").read_text() == "lr: 0.1\n"
 
 
 # --- the paper readers -----------------------------------------------------------------------------

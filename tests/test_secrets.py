@@ -1,17 +1,22 @@
-"""The API key and the Authorization header never reach run folders, manifests, logs, cassettes, errors shown
-to people or notebook outputs, even when the model server echoes them back in its error bodies.
+"""Credentials never reach run folders, manifests, logs, cassettes, errors shown to people or notebook outputs,
+even when the model server echoes the Authorization header back in its error bodies.
 
-Keys come from the environment, the --api-key flag and the settings file; every byte a run produces is searched.
+Credentials: the API key (from the environment, the --api-key flag and the settings file) and a user name and
+password in the base URL (sent as HTTP Basic auth). Every byte a run produces is searched for each secret as
+written, percent-encoded and base64-encoded: a server echoing `Authorization: Basic ...` shows the base64 form.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import ipywidgets
 import pytest
@@ -19,6 +24,7 @@ from conftest import small_scenario, subprocess_env
 from IPython.core.interactiveshell import InteractiveShell
 
 from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.secrets import Scrubber, url_credentials
 from p2c_notebook.settings import Settings
 from p2c_notebook.ui import Walkthrough
 
@@ -27,14 +33,35 @@ ENV_KEY = "p2c-distinctive-ENVKEY-5b8e61d0c4"
 FLAG_KEY = "p2c-distinctive-FLAGKEY-a93f27e1b6"
 FILE_KEY = "p2c-distinctive-FILEKEY-0c7d4e8f12"
 KEYS = (ENV_KEY, FLAG_KEY, FILE_KEY)
+USER, PASSWORD = "user", "s3cr@t"  # in a URL: user:s3cr%40t; sent as Basic base64("user:s3cr@t")
 ECHO = "Unauthorized request: the server received Authorization: {authorization}"
 
 
+def encodings(secret: str) -> set[str]:
+    """The secret as written, percent-encoded (either hex case) and base64-encoded (padded or not)."""
+    data = secret.encode("utf-8")
+    forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in forms}
+    for encoded in (base64.b64encode(data), base64.urlsafe_b64encode(data)):
+        forms |= {encoded.decode(), encoded.decode().rstrip("=")}
+    return forms
+
+
+FORMS = sorted({form for secret in (*KEYS, PASSWORD, f"{USER}:{PASSWORD}") for form in encodings(secret)})
+
+
 def leaks(text: str | bytes) -> list[str]:
-    """Keys found in `text`, and any bearer token that is not the scrubbed placeholder."""
+    """Every form of every secret found in `text`, and any Bearer or Basic token that is not the placeholder."""
     data = text.encode("utf-8", "replace") if isinstance(text, str) else text
-    found = [key for key in KEYS if key.encode() in data]
-    return found + [m.decode() for m in re.findall(rb"Bearer (?!\[secret\])\S*", data)]
+    found = [form for form in FORMS if form.encode() in data]
+    return found + [m.decode() for m in re.findall(rb"(?:Bearer|Basic) (?!\[secret\])\S*", data)]
+
+
+def test_the_searched_forms_include_what_a_server_echoes() -> None:
+    """The search is not vacuous: it holds the Basic token httpx sends and the URL's percent-encoded password."""
+    assert "dXNlcjpzM2NyQHQ=" in FORMS and "s3cr%40t" in FORMS and "user%3As3cr%40t" in FORMS
+    assert leaks("Authorization: Basic dXNlcjpzM2NyQHQ") and leaks(f"key={base64.b64encode(ENV_KEY.encode())!r}")
+    assert not leaks("Authorization: Basic [secret], Bearer [secret], http://user:[secret]@host/v1")
 
 
 def assert_no_secret_in_tree(*folders: Path) -> int:
@@ -96,8 +123,8 @@ def test_a_recorded_full_run_and_a_failing_run_hold_no_key_anywhere(
     assert done.returncode == 0, done.stderr
     assert not leaks(done.stdout + done.stderr)
     # The server echoes the Authorization header in its error bodies: 401, 400 and 500 alike.
-    for status in (401, 400, 500):
-        server.add_fault({"stage": "code", "kind": "status", "status": status, "message": ECHO, "times": None})
+    for code in (401, 400, 500):
+        server.add_fault({"stage": "code", "kind": "status", "status": code, "message": ECHO, "times": None})
         failed = p2c_run(
             server,
             tmp_path,
@@ -112,7 +139,7 @@ def test_a_recorded_full_run_and_a_failing_run_hold_no_key_anywhere(
         )
         assert failed.returncode == 4, failed.stderr
         assert "p2c: error:" in failed.stderr and "Traceback" not in failed.stderr
-        assert not leaks(failed.stdout + failed.stderr), (source, status, failed.stderr)
+        assert not leaks(failed.stdout + failed.stderr), (source, code, failed.stderr)
         server.reset()
     status = subprocess.run(
         [sys.executable, "-m", "p2c_notebook.cli", "status", str(run)],
@@ -139,6 +166,109 @@ def test_the_error_echo_really_carries_the_key(serve: Any, paper_md: Path, tmp_p
     assert f"Bearer {ENV_KEY}" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "shown",
+    [
+        "Authorization: Basic dXNlcjpzM2NyQHQ=",  # what httpx sends for user:s3cr%40t
+        "dXNlcjpzM2NyQHQ",  # unpadded
+        "http://user:s3cr%40t@h:1/v1 and http://user:s3cr%40T@h/v1",
+        "user:s3cr@t",
+        "s3cr@t alone, and s3cr%40t, s3cr%40t",
+        "czNjckB0",  # the password's own base64
+        f"{ENV_KEY} {quote(ENV_KEY)} {base64.b64encode(ENV_KEY.encode()).decode()}",
+        "Proxy-Authorization: Basic cHJveHk6cHJveHktcGFzcw==",
+    ],
+)
+def test_the_scrubber_knows_every_form_of_the_configured_credentials(shown: str) -> None:
+    settings = Settings.model_validate({"api_key": ENV_KEY, "base_url": f"http://{USER}:s3cr%40t@h:1/v1"})
+    scrubbed = Scrubber.for_settings(settings, {"HTTPS_PROXY": "http://proxy:proxy-pass@10.0.0.1:3128"}).text(shown)
+    assert not leaks(scrubbed) and "proxy-pass" not in scrubbed and "[secret]" in scrubbed, scrubbed
+
+
+def test_the_scrubber_finds_a_password_as_json_and_repr_escape_it() -> None:
+    password = "quo'te\\back\"slash"
+    scrub = Scrubber(url_credentials(f"https://me:{quote(password, safe='')}@example.org/v1"))
+    for text in (repr(f"error: {password}"), json.dumps({"error": password}), password):
+        assert password not in scrub.text(text)
+        assert "'te" not in scrub.text(text) and "back" not in scrub.text(text), scrub.text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Basic building blocks and basic elements",
+        "the token embeddings; a bearer of news",
+        'api_key = os.environ["OPENAI_API_KEY"]',
+        'headers = {"Authorization": f"Bearer {api_key}"}',
+        "see http://127.0.0.1:8000/v1 or https://[::1]:8080/v1?next=a@b",
+        "user names like user stay; so do emails such as me@example.org",
+    ],
+)
+def test_the_scrubber_leaves_prose_code_and_plain_urls_alone(text: str) -> None:
+    settings = Settings.model_validate({"api_key": ENV_KEY, "base_url": f"http://{USER}:s3cr%40t@h:1/v1"})
+    assert Scrubber.for_settings(settings, {}).text(text) == text
+
+
+def with_credentials(url: str) -> str:
+    """`http://127.0.0.1:PORT/v1` -> `http://user:s3cr%40t@127.0.0.1:PORT/v1`."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{USER}:{quote(PASSWORD, safe='')}@{rest}"
+
+
+def test_url_credentials_reach_the_server_as_basic_auth_and_come_back_in_its_echo(serve: Any) -> None:
+    """httpx turns the URL's user:password into `Authorization: Basic base64(user:password)` (decoded first):
+    the feature works, and the echo the tests below search for really carries the credentials."""
+    import openai
+
+    server = serve(small_scenario(faults=[{"stage": "plan", "kind": "status", "status": 500, "message": ECHO}]))
+    client = openai.OpenAI(api_key=ENV_KEY, base_url=with_credentials(server.base_url), max_retries=0)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], extra_headers={"X-P2C-Stage": "plan"}
+        )
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert f"Basic {token}" in str(caught.value)
+    reply = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], extra_headers={"X-P2C-Stage": "plan"}
+    )
+    assert reply.choices[0].message.content  # the next request, not faulted, is answered
+
+
+def test_a_password_in_the_base_url_is_never_shown_or_saved_in_any_encoding(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    server = serve(small_scenario())
+    url = with_credentials(server.base_url)
+    run, cassette = tmp_path / "run", tmp_path / "calls.cassette.jsonl"
+    flags = ["--base-url", url, "--record", str(cassette)]
+    done = p2c_run(server, tmp_path, str(paper_md), "--out", str(run), "-v", *flags)
+    assert done.returncode == 0, done.stderr
+    assert not leaks(done.stdout + done.stderr)
+    # 401 says which server rejected the credentials (its URL); 500 quotes the server's echo of the header.
+    for code in (401, 500):
+        server.add_fault({"stage": "code", "kind": "status", "status": code, "message": ECHO, "times": None})
+        failed = p2c_run(server, tmp_path, str(run), "--from", "code", *flags)
+        assert failed.returncode == 4 and "p2c: error:" in failed.stderr, failed.stderr
+        assert "127.0.0.1" in failed.stderr or "HTTP 500" in failed.stderr  # the error still says what happened
+        assert not leaks(failed.stdout + failed.stderr), (code, failed.stderr)
+        server.reset()
+    log = (run / "logs/run.log").read_text(encoding="utf-8")
+    assert "Basic [secret]" in log  # the echo was logged, scrubbed: the search below is not vacuous
+    # `p2c status` with settings that know nothing of the password: what it shows was scrubbed when written.
+    status = subprocess.run(
+        [sys.executable, "-m", "p2c_notebook.cli", "status", str(run)],
+        env=subprocess_env(server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0 and "The last run stopped with" in status.stdout, status.stdout
+    assert not leaks(status.stdout + status.stderr), status.stdout
+    assert "@" not in status.stdout.split("Next:")[-1]  # the hint never carries the credentials' URL
+    assert not leaks((run / "manifest.json").read_text(encoding="utf-8"))
+    assert assert_no_secret_in_tree(run, cassette) >= 15
+
+
 # --- notebook outputs ------------------------------------------------------------------------------------
 
 
@@ -162,7 +292,9 @@ def html_values(widget: Any) -> list[str]:
     return values
 
 
+@pytest.mark.parametrize("url_credentials", [False, True], ids=["key", "key and URL password"])
 def test_magics_and_the_widget_never_show_the_key_even_in_errors(
+    url_credentials: bool,
     shell: InteractiveShell,
     serve: Any,
     paper_md: Path,
@@ -175,8 +307,9 @@ def test_magics_and_the_widget_never_show_the_key_even_in_errors(
     bundles: list[Any] = []
     monkeypatch.setattr(shell.display_pub, "publish", lambda data, *a, **k: bundles.append(data))
     run = tmp_path / "run"
+    url = with_credentials(server.base_url) if url_credentials else server.base_url
     for line in (
-        f"use --base-url {server.base_url} --api-key {FLAG_KEY}",
+        f"use --base-url {url} --api-key {FLAG_KEY}",
         f"load {paper_md} --out {run}",
         "plan",  # fails at the design with the echoing error
         "status",
@@ -187,7 +320,7 @@ def test_magics_and_the_widget_never_show_the_key_even_in_errors(
     assert "p2c: error:" in captured.err and "HTTP 500" in captured.err
     assert not leaks(captured.out + captured.err), captured.err
     assert not leaks(repr(bundles))
-    settings = Settings.model_validate({"base_url": server.base_url, "api_key": FLAG_KEY, "max_retries": 0})
+    settings = Settings.model_validate({"base_url": url, "api_key": FLAG_KEY, "max_retries": 0})
     wt = Walkthrough(Pipeline.open(run, settings=settings))
     server.add_fault({"stage": "plan", "kind": "status", "status": 500, "message": ECHO})
     wt.regenerate("plan", block=True)

@@ -29,7 +29,15 @@ from p2c_notebook.ui.magics import P2CMagics
 from p2c_notebook.ui.panels import DiagramView, load_uml
 
 FILES = [f["path"] for f in LOGIC["files"]]
-PANELS = ["plan", "design", "logic", "config", *(f"analysis/{f}" for f in FILES), *(f"code/{f}" for f in FILES)]
+PANELS = [
+    "plan",
+    "design",
+    "logic",
+    "config",
+    *(f"analysis/{f}" for f in FILES),
+    *(f"code/{f}" for f in FILES),
+    "code/config.yaml",  # repo/config.yaml, the planning config's copy, is tracked like every file in repo/
+]
 DOWNSTREAM = {a for a in PANELS if a.startswith(("analysis/", "code/"))}
 HOSTILE = "# Plan\n\nStep one <script>alert(1)</script> and <img src=x onerror=alert(2)> [x](javascript:alert(3))\n"
 
@@ -96,7 +104,7 @@ def test_one_panel_per_artifact_in_pipeline_order(finished: tuple[Any, Path]) ->
     assert any("sequenceDiagram" in o["data"]["text/vnd.mermaid"] for o in mermaid)
     logic_html = "".join(html_values(wt.panel("logic").widget))
     assert "p2c-logic-table" in logic_html and "models/net.py" in logic_html and "the model" in logic_html
-    assert "main.py" in wt.repo_panel.tree.value and "3/3 files" in wt.repo_panel.badge.value
+    assert "main.py" in wt.repo_panel.tree.value and "4/4 files" in wt.repo_panel.badge.value
     assert "p2c-badge-complete" in wt.repo_panel.badge._dom_classes
     assert wt.run_button.disabled and "all artifacts generated" in wt.next_label.value
     assert wt.stale_button.layout.display == "none"
@@ -313,7 +321,8 @@ def test_the_widget_shows_the_run_as_it_is_on_disk(serve: Any, paper_md: Path, t
     assert not any(a.startswith("code/") for a in wt.panels)  # no code yet: one line lists the planned files
     assert "0.3" in "".join(html_values(wt.panel("config").widget))
     pending = wt.pending["code"].value
-    assert f"{len(FILES)} of {len(FILES)} planned file(s) not generated yet" in pending and "main.py" in pending
+    repo = len(FILES) + 1  # and repo/config.yaml, the planning config's copy
+    assert f"{repo} of {repo} planned file(s) not generated yet" in pending and "main.py" in pending
     (run / "planning/plan.md").write_text("# My own plan\n")
     wt.refresh()
     assert badge(wt, "plan") == {"p2c-badge-edited"} and badge(wt, "design") == {"p2c-badge-stale"}

@@ -5,6 +5,10 @@ grammar-constrained JSON for schema'd artifacts (llama-cpp-python's `{"type": "j
 a low temperature with a repeat penalty (greedy decoding makes small models loop), and a token limit per call
 that leaves room for the prompt in the context window. Calls are served one at a time, as the server does, so
 queued calls do not run into the client's time-out.
+
+The backend owns the server process: when it dies (the OOM killer's SIGKILL, a crash), the call is not retried
+against a dead port but the server is started again and the call re-sent; a second death in the same call, or
+more than MAX_RESTARTS in one run, ends the run with one line naming the exit status and the server's log.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import dataclasses
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from p2c_notebook.backend import ChatRequest, Completion, OnRetry, OpenAIBackend
 from p2c_notebook.errors import BackendError
-from p2c_notebook.local.server import LlamaServer
+from p2c_notebook.local.server import LlamaServer, ServerStartError, describe_exit
 from p2c_notebook.local.weights import DEFAULT_LOCAL_MODEL, MODELS, Weights, resolve
+from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage
@@ -31,6 +37,9 @@ DEFAULT_N_CTX = 16384
 # llama.cpp refuses a grammar whose repetitions exceed its limits ("exceeds sane defaults"), and
 # llama-cpp-python's server then exits: string bounds above about 1,000 characters must be tightened.
 GRAMMAR_MAX_LENGTH = 1000
+# Restarts of a server that died, per backend (one run); a call that kills the server twice fails at once.
+MAX_RESTARTS = 2
+DEATH_WAIT_S = 1.0  # a killed server's connections break an instant before it can be reaped
 
 
 def grammar_safe(schema: Any, max_length: int = GRAMMAR_MAX_LENGTH) -> Any:
@@ -124,6 +133,10 @@ def _estimated_usage(request: ChatRequest, text: str, pieces: int) -> Usage:
     return Usage(prompt, pieces or estimate_tokens(text), 0, 1, 0.0, estimated=True)
 
 
+class _ServerDied(Exception):
+    """The server died during a call: raised out of the client's retry loop, which would only retry a dead port."""
+
+
 class LocalBackend:
     """Starts the llama.cpp server for `model` (a registered name or a .gguf path) and talks to it."""
 
@@ -131,7 +144,10 @@ class LocalBackend:
         self.weights: Weights = resolve(model or settings.local_model or DEFAULT_LOCAL_MODEL)
         spec_ctx = self.weights.spec.n_ctx if self.weights.spec else DEFAULT_N_CTX
         self.n_ctx = n_ctx or settings.local_n_ctx or spec_ctx
-        self.server = LlamaServer(self.weights.path, self.weights.name, self.n_ctx)
+        log = Path(settings.local_server_log) if settings.local_server_log else None
+        self.server = LlamaServer(self.weights.path, self.weights.name, self.n_ctx, log_path=log)
+        self.restarts = 0
+        self._given = settings
         base_url = self.server.start()
         try:
             self.settings = tuned_settings(settings, self.weights.name, base_url)
@@ -160,17 +176,7 @@ class LocalBackend:
         self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
     ) -> Completion:
         with self._lock:
-            if not self.server.running():
-                raise BackendError(
-                    f"The local llama.cpp server stopped. Its last output:\n{self.server.log_tail()}\n"
-                    "Rerun to restart it; finished artifacts are kept."
-                )
-            if request.schema is not None:
-                schema = grammar_safe(request.schema)
-                files = planned_files(request.messages) if request.schema_name == "LogicDesign" else None
-                if files:
-                    schema = constrain_logic(schema, files)
-                request = dataclasses.replace(request, schema=schema)
+            request = self._constrained(request)
             pieces = 0
 
             def counting(delta: str) -> None:
@@ -178,25 +184,73 @@ class LocalBackend:
                 pieces += 1
                 on_delta(delta)
 
-            try:
-                completion = self._inner.complete(request, counting, on_retry)
-            except BackendError as exc:
+            def guarded(notice: RetryNotice) -> None:
+                if self.server.exit_code(DEATH_WAIT_S) is not None:
+                    raise _ServerDied
+                if on_retry is not None:
+                    on_retry(notice)
+
+            restarted = False
+            while True:
                 if not self.server.running():
-                    raise BackendError(
-                        f"The local llama.cpp server stopped while answering ({exc}). Its last output:\n"
-                        f"{self.server.log_tail()}\nRerun to restart it; finished artifacts are kept."
-                    ) from None
-                if "context window" in str(exc) or "exceed context" in str(exc):
-                    raise BackendError(
-                        f"{exc} The prompt does not fit the local model's context of {self.n_ctx} tokens: "
-                        "raise it with P2C_LOCAL_N_CTX (more memory), or use a shorter paper."
-                    ) from None
-                raise
+                    self._restart(request, on_retry, again=restarted)
+                    restarted = True
+                    pieces = 0
+                try:
+                    completion = self._inner.complete(request, counting, guarded)
+                    break
+                except _ServerDied:
+                    continue
+                except BackendError as exc:
+                    if self.server.exit_code(DEATH_WAIT_S) is not None:
+                        continue
+                    if "context window" in str(exc) or "exceed context" in str(exc):
+                        raise BackendError(
+                            f"{exc} The prompt does not fit the local model's context of {self.n_ctx} tokens: "
+                            "raise it with P2C_LOCAL_N_CTX (more memory), or use a shorter paper."
+                        ) from None
+                    raise
         if request.schema is not None:
             completion.text = strict_json(completion.text)
         if completion.usage.estimated or not completion.usage.prompt_tokens:
             completion.usage = _estimated_usage(request, completion.text, pieces)
         return completion
+
+    def _constrained(self, request: ChatRequest) -> ChatRequest:
+        """The request with a schema the grammar parser accepts, narrowed to the designed files."""
+        if request.schema is None:
+            return request
+        schema = grammar_safe(request.schema)
+        files = planned_files(request.messages) if request.schema_name == "LogicDesign" else None
+        if files:
+            schema = constrain_logic(schema, files)
+        return dataclasses.replace(request, schema=schema)
+
+    def _restart(self, request: ChatRequest, on_retry: OnRetry | None, again: bool) -> None:
+        """Start a dead server again and point the client at it; one line when that is not allowed or fails."""
+        how = describe_exit(self.server.exit_code())
+        where = f"stage {request.stage}" + (f", file {request.file}" if request.file else "")
+        keep = "rerun to resume; finished artifacts are kept"
+        if again or self.restarts >= MAX_RESTARTS:
+            self.server.keep_log()
+            after = "after a restart" if again else f"after {self.restarts} restarts in this run"
+            raise BackendError(
+                f"The local llama.cpp server died again ({how}) while answering {where}, {after}; "
+                f"{self.server.where_logged()}. It may be running out of memory: close other programs, lower "
+                f"P2C_LOCAL_N_CTX or use a smaller model, then {keep}."
+            )
+        if on_retry is not None:  # what was streamed is void: the call is sent again from the start
+            on_retry(RetryNotice(f"the local llama.cpp server died ({how}); starting it again", 0.0, 2, 2, True))
+        self.restarts += 1
+        try:
+            base_url = self.server.restart()
+        except ServerStartError as exc:
+            raise BackendError(
+                f"The local llama.cpp server died ({how}) while answering {where} and did not start again: {exc}"
+            ) from None
+        previous, self.settings = self._inner, tuned_settings(self._given, self.weights.name, base_url)
+        self._inner = OpenAIBackend(self.settings)
+        previous.close()
 
     def close(self) -> None:
         try:

@@ -9,27 +9,61 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
 import os
 import posixpath
 import re
 import tarfile
 import unicodedata
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from p2c_notebook.errors import PaperError
 from p2c_notebook.paper.model import Caption, Paper, Section
-from p2c_notebook.paper.text import ACKNOWLEDGEMENTS, REFERENCES, decode_text, heading_kind
+from p2c_notebook.paper.text import ACKNOWLEDGEMENTS, MAX_TEXT_BYTES, REFERENCES, decode_text, heading_kind
 
-_MAX_FILE = 20 * 1024 * 1024
-_MAX_TOTAL = 200 * 1024 * 1024
-_MAX_EXPANDED = 20 * 1024 * 1024
+MAX_TEXT = MAX_TEXT_BYTES  # LaTeX text of every form: one file, one member, their sum, the expanded document
+_MAX_UNPACKED = 200 * 1024 * 1024  # all of a tar stream, figures included, that we decompress to find the text
 _MAX_FILES = 10_000
+_MAX_INCLUDES = 10_000  # \\input/\\include expansions in one document
+_CHUNK = 1 << 16
 _TEX = (".tex", ".ltx", ".latex")
+# Members a bundle carries that are never LaTeX text: skipped unread (a tar stream still decompresses them).
+_BINARY = frozenset(
+    (".pdf", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".eps", ".ps", ".svg", ".ico")
+    + (".mp4", ".mov", ".avi", ".gz", ".tgz", ".tar", ".zip", ".bz2", ".xz", ".7z", ".pt", ".pth", ".ckpt", ".npy")
+    + (".npz", ".h5", ".pkl", ".bin", ".ttf", ".otf", ".pfb", ".woff", ".mat", ".docx", ".pptx", ".xlsx")
+)
+_MB = MAX_TEXT // 2**20
+
+
+def read_capped(handle: _Readable, limit: int) -> bytes | None:
+    """Up to `limit` bytes from a stream, None when it holds more; it never reads more than limit + 1 bytes,
+    so a decompression bomb costs at most the limit in time and memory."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = handle.read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _too_large(what: str) -> PaperError:
+    return PaperError(
+        f"{what} more than {_MB} MB of LaTeX text (the limit): give the paper's main .tex file, or a source "
+        "folder or bundle holding only the paper's own files."
+    )
 
 
 class _Source(Protocol):
@@ -41,13 +75,19 @@ class _Source(Protocol):
 
     def read(self, rel: str) -> bytes | None: ...
 
+    def forget(self) -> None:
+        """Drop what was read (once the document is expanded)."""
+
 
 class _DirSource:
-    """Files under a folder; reads never leave it (symlinks included)."""
+    """Files under a folder; reads never leave it (symlinks included). What is read is kept, and all of it
+    together is at most MAX_TEXT bytes."""
 
     def __init__(self, root: Path, name: str) -> None:
         self.root = root.resolve()
         self.name = name
+        self.cache: dict[str, bytes] = {}
+        self.total = 0
 
     def files(self) -> list[str]:
         found: list[str] = []
@@ -64,16 +104,30 @@ class _DirSource:
         return target.is_relative_to(self.root) and target.is_file()
 
     def read(self, rel: str) -> bytes | None:
-        target = (self.root / rel).resolve()
+        if rel in self.cache:
+            return self.cache[rel]
         if not self.exists(rel):
             return None
-        if target.stat().st_size > _MAX_FILE:
-            raise PaperError(f"{rel} in {self.name} is larger than 20 MB: that is not a LaTeX source file.")
-        return target.read_bytes()
+        target = (self.root / rel).resolve()
+        try:
+            with target.open("rb") as handle:
+                data = read_capped(handle, MAX_TEXT)
+        except OSError as exc:
+            raise PaperError(f"{rel} in {self.name} cannot be read ({exc.strerror}): check its permissions.") from exc
+        if data is None:
+            raise _too_large(f"{rel} in {self.name} holds")
+        if self.total + len(data) > MAX_TEXT:
+            raise _too_large(f"the .tex files read from {self.name} hold")
+        self.total += len(data)
+        self.cache[rel] = data
+        return data
+
+    def forget(self) -> None:
+        self.cache.clear()
 
 
 class _MemorySource:
-    """Files from an archive, held in memory under normalised relative names."""
+    """Text files from an archive, held in memory under normalised relative names."""
 
     def __init__(self, contents: dict[str, bytes], name: str) -> None:
         self.contents = contents
@@ -87,6 +141,9 @@ class _MemorySource:
 
     def read(self, rel: str) -> bytes | None:
         return self.contents.get(rel)
+
+    def forget(self) -> None:
+        self.contents.clear()
 
 
 def _safe_name(name: str) -> str | None:
@@ -102,70 +159,180 @@ def _safe_name(name: str) -> str | None:
     return normal
 
 
-def _archive_source(path: Path) -> _Source:
-    """Load a .tar(.gz)/.tgz/.zip bundle (or a gzipped single .tex) into memory, safely."""
-    data = path.read_bytes()
-    contents: dict[str, bytes] = {}
-    total = 0
+class _Counted:
+    """A stream that refuses to give more than `limit` bytes in all: bounds a tar stream's decompression."""
 
-    def add(name: str, size: int, read: Callable[[], bytes | None]) -> None:
-        nonlocal total
+    def __init__(self, stream: _Readable, limit: int, name: str) -> None:
+        self.stream, self.limit, self.name, self.count = stream, limit, name, 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.stream.read(min(size, self.limit + 1 - self.count) if size >= 0 else self.limit + 1 - self.count)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise PaperError(
+                f"{self.name} unpacks to more than {self.limit // 2**20} MB: unpack it yourself and give the "
+                "folder (or the main .tex file)."
+            )
+        return data
+
+
+class _Collector:
+    """Keeps an archive's text members, one at a time, within the size and count limits."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.contents: dict[str, bytes] = {}
+        self.total = 0
+        self.members = 0
+
+    def add(self, name: str, stream: Callable[[], _Readable | None]) -> None:
+        self.members += 1
+        if self.members > _MAX_FILES:
+            raise PaperError(f"{self.name} holds more than {_MAX_FILES} files: give the paper's own source.")
         safe = _safe_name(name)
-        if safe is None or size > _MAX_FILE or len(contents) >= _MAX_FILES:
+        if safe is None or posixpath.splitext(safe)[1].lower() in _BINARY:
             return
-        total += size
-        if total > _MAX_TOTAL:
-            raise PaperError(f"{path.name} unpacks to more than 200 MB: give the LaTeX source folder instead.")
-        blob = read()
-        if blob is not None:
-            contents[safe] = blob
+        handle = stream()
+        if handle is None:
+            return
+        data = read_capped(handle, MAX_TEXT)
+        if data is None:
+            raise _too_large(f"{safe} in {self.name} unpacks to")
+        if self.total + len(data) > MAX_TEXT:
+            raise _too_large(f"the text files in {self.name} hold")
+        self.total += len(data)
+        self.contents[safe] = data
 
+
+def _archive_source(path: Path) -> _Source:
+    """Read a .tar(.gz)/.tgz/.zip bundle (or a gzipped single .tex) as a stream, keeping only its text files.
+
+    Every member and the sum of the kept ones are held to MAX_TEXT bytes, checked while they are decompressed;
+    a tar stream as a whole (figures included) to 200 MB."""
+    collector = _Collector(path.name)
     try:
-        if data.startswith(b"PK\x03\x04"):
-            with zipfile.ZipFile(io.BytesIO(data)) as zipped:
-                for info in zipped.infolist():
-                    if not info.is_dir():
-                        add(info.filename, info.file_size, functools.partial(zipped.read, info))
-        else:
-            gzipped = data.startswith(b"\x1f\x8b")
-            raw = _gunzip(data, path.name) if gzipped else data
-            if raw[257:262] != b"ustar" and not path.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
+        with path.open("rb") as raw:
+            head = raw.read(4)
+            raw.seek(0)
+            if head.startswith(b"PK\x03\x04"):
+                with zipfile.ZipFile(raw) as zipped:
+                    infos = zipped.infolist()
+                    if len(infos) > _MAX_FILES:
+                        raise PaperError(f"{path.name} holds more than {_MAX_FILES} files: give the paper's source.")
+                    for info in infos:
+                        if not info.is_dir():
+                            collector.add(info.filename, functools.partial(zipped.open, info))
+                return _MemorySource(collector.contents, path.name)
+            gzipped = head.startswith(b"\x1f\x8b")
+            stream: _Readable = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            block = stream.read(512)
+            tar = block[257:262] == b"ustar" or path.name.lower().endswith((".tar", ".tar.gz", ".tgz"))
+            if not tar:
                 if not gzipped:
                     raise ValueError("it is neither a zip, a tar nor a gzip file")
                 single = path.name.removesuffix(".gz")
-                return _MemorySource({single if single.endswith(_TEX) else f"{single}.tex": raw}, path.name)
-            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
-                for member in archive.getmembers():
+                single = single if single.lower().endswith(_TEX) else f"{single}.tex"
+                collector.add(single, lambda: _Prefixed(block, stream))
+                return _MemorySource(collector.contents, path.name)
+            counted = _Counted(_Prefixed(block, stream), _MAX_UNPACKED, path.name)
+            with tarfile.open(fileobj=counted, mode="r|") as archive:  # type: ignore[call-overload]
+                for member in archive:
                     if member.isfile():
-                        add(member.name, member.size, functools.partial(_tar_read, archive, member))
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, ValueError) as exc:
+                        collector.add(member.name, functools.partial(archive.extractfile, member))
+                    archive.members = []  # a stream's members need not be remembered
+    except (
+        OSError,
+        EOFError,
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        ValueError,
+        zlib.error,
+        NotImplementedError,
+    ) as exc:
         raise PaperError(
             f"{path.name} is not a readable .tar.gz/.tgz/.zip LaTeX bundle ({exc}): download the source "
             "again, or unpack it and give the folder."
         ) from exc
-    return _MemorySource(contents, path.name)
+    return _MemorySource(collector.contents, path.name)
 
 
-def _gunzip(data: bytes, name: str) -> bytes:
-    """Decompress gzip data, refusing archives that unpack to more than the size limit."""
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
-        raw = handle.read(_MAX_TOTAL + 1)
-    if len(raw) > _MAX_TOTAL:
-        raise PaperError(f"{name} unpacks to more than 200 MB: give the LaTeX source folder instead.")
-    return raw
+class _Prefixed:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, prefix: bytes, stream: _Readable) -> None:
+        self.prefix, self.stream = prefix, stream
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.prefix:
+            if size < 0:
+                data, self.prefix = self.prefix + self.stream.read(), b""
+                return data
+            data, self.prefix = self.prefix[:size], self.prefix[size:]
+            return data
+        return self.stream.read(size)
 
 
-def _tar_read(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
-    handle = archive.extractfile(member)
-    return handle.read() if handle is not None else None
+def pairs(text: str, opener: re.Pattern[str], closer: Callable[[re.Match[str]], str]) -> Iterator[_Pair]:
+    """Non-overlapping spans from each `opener` match to the first match of its closer regex after it, left to
+    right (what `open.*?close` with re.S finds), in linear time: a closer missing after one opener is missing
+    after every later one, so it is searched for once, not once per opener (the quadratic case of `.*?`)."""
+    compiled: dict[str, re.Pattern[str]] = {}
+    missing: set[str] = set()
+    position = 0
+    while match := opener.search(text, position):
+        source = closer(match)
+        if source in missing:
+            position = match.start() + 1
+            continue
+        pattern = compiled.get(source) or compiled.setdefault(source, re.compile(source))
+        found = pattern.search(text, match.end())
+        if found is None:
+            missing.add(source)
+            position = match.start() + 1
+            continue
+        yield _Pair(match, found.start(), found.end())
+        position = found.end()
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """An opener match, where its content ends (the closer's start) and where the closer ends."""
+
+    opener: re.Match[str]
+    inner_end: int
+    end: int
+
+    @property
+    def inner(self) -> str:
+        return self.opener.string[self.opener.end() : self.inner_end]
+
+
+def sub_pairs(
+    text: str, opener: re.Pattern[str], closer: Callable[[re.Match[str]], str], render: Callable[[_Pair], str]
+) -> tuple[str, int]:
+    """Replace every span `pairs` finds by `render(pair)`: (new text, number of spans)."""
+    out: list[str] = []
+    position = count = 0
+    for pair in pairs(text, opener, closer):
+        out.extend((text[position : pair.opener.start()], render(pair)))
+        position, count = pair.end, count + 1
+    if not count:
+        return text, 0
+    out.append(text[position:])
+    return "".join(out), count
+
+
+_COMMENT = re.compile(r"(\\[\\%])|%[^\n]*")  # a \\ or \% is kept as it is; a bare % starts a comment
+_COMMENT_ENV = re.compile(r"\\begin\{comment\}")
+_IFFALSE = re.compile(r"\\iffalse\b")
 
 
 def _strip_comments(text: str) -> str:
     """Remove % comments (not \\%), comment environments and \\iffalse ... \\fi blocks."""
-    text = re.sub(r"\\(url|href)\{[^}\n]*\}", lambda m: m.group(0).replace("%", "\\%"), text)
-    text = re.sub(r"(?<!\\)((?:\\\\)*)%[^\n]*", r"\1", text)
-    text = re.sub(r"\\begin\{comment\}.*?\\end\{comment\}", "", text, flags=re.S)
-    return re.sub(r"\\iffalse\b.*?\\fi\b", "", text, flags=re.S)
+    text = re.sub(r"\\(url|href)\{[^{}\n]*\}", lambda m: m.group(0).replace("%", "\\%"), text)
+    text = _COMMENT.sub(r"\1", text)
+    text = sub_pairs(text, _COMMENT_ENV, lambda _: r"\\end\{comment\}", lambda _: "")[0]
+    return sub_pairs(text, _IFFALSE, lambda _: r"\\fi\b", lambda _: "")[0]
 
 
 _INPUT = re.compile(r"\\(input|include|subfile)(?![A-Za-z])\s*(?:\{([^{}]*)\}|([^\s{}\\%]+))")
@@ -173,19 +340,23 @@ _INPUT = re.compile(r"\\(input|include|subfile)(?![A-Za-z])\s*(?:\{([^{}]*)\}|([
 
 @dataclass
 class _Expander:
-    """Resolves \\input/\\include recursively inside one source, guarding cycles and size."""
+    """Resolves \\input/\\include recursively inside one source, guarding cycles, depth and size: the expanded
+    document (every inclusion counted, however often a file is included) is at most MAX_TEXT characters."""
 
     source: _Source
     main: str
     size: int = 0
-    read_files: list[str] = field(default_factory=list)
+    includes: int = 0
     missing: list[str] = field(default_factory=list)  # preamble \\input files not in the source
+    loaded: dict[str, str] = field(default_factory=dict)
 
     def load(self, rel: str) -> str:
-        data = self.source.read(rel)
-        if data is None:
-            raise PaperError(f"{rel} cannot be read from {self.source.name}.")
-        return _strip_comments(decode_text(data, rel, "LaTeX source"))
+        if rel not in self.loaded:
+            data = self.source.read(rel)
+            if data is None:
+                raise PaperError(f"{rel} cannot be read from {self.source.name}.")
+            self.loaded[rel] = _strip_comments(decode_text(data, rel, "LaTeX source"))
+        return self.loaded[rel]
 
     def resolve(self, target: str, including: str, preamble: bool = False) -> str | None:
         """The source file `target` names; None for a missing file named in the preamble."""
@@ -214,36 +385,51 @@ class _Expander:
             "add the missing file to the source, or remove that line."
         )
 
-    def expand(self, rel: str, stack: tuple[str, ...] = (), preamble: bool = False) -> str:
+    def expand(self, rel: str) -> str:
         """`rel` with its \\input/\\include files inlined. A file missing from the body is an error; one
         missing from the preamble (before \\begin{document}: macros, or TeX-installation files such as
         glyphtounicode) is skipped and listed in `missing`."""
+        out: list[str] = []
+        self._expand(rel, (), False, out)
+        self.loaded.clear()  # the expanded text is all that is needed now: memory is part of the bound
+        self.source.forget()
+        return "".join(out)
+
+    def _expand(self, rel: str, stack: tuple[str, ...], preamble: bool, out: list[str]) -> None:
         if rel in stack:
             chain = " -> ".join((*stack, rel))
             raise PaperError(f"LaTeX files in {self.source.name} include each other in a cycle ({chain}).")
         if len(stack) > 32:
             raise PaperError(f"\\input nesting in {self.source.name} is deeper than 32 files.")
+        self.includes += 1
+        if self.includes > _MAX_INCLUDES:
+            raise PaperError(
+                f"{self.source.name} has more than {_MAX_INCLUDES} \\input/\\include expansions: is a file "
+                "included in a loop? Give the main .tex file with the text inlined."
+            )
         text = self.load(rel)
         begin = -1 if preamble else text.find("\\begin{document}")
-        self.read_files.append(rel)
         self.size += len(text)
-        if self.size > _MAX_EXPANDED:
-            raise PaperError(f"{self.source.name} expands to more than 20 MB of LaTeX: is \\input looping?")
-
-        def replace(match: re.Match[str]) -> str:
+        if self.size > MAX_TEXT:
+            raise _too_large(f"{self.source.name} expands (\\input/\\include) to")
+        position = 0
+        for match in _INPUT.finditer(text):
             target = match.group(2) if match.group(2) is not None else match.group(3)
             if "#" in target:  # inside a macro definition: not a file name
-                return match.group(0)
+                continue
+            out.append(text[position : match.start()])
+            position = match.end()
             if not target.strip():
-                return ""
+                continue
             in_preamble = preamble or match.start() < begin
             child = self.resolve(target, rel, in_preamble)
             if child is None:
                 self.missing.append(target.strip())
-                return ""
-            return "\n" + self.expand(child, (*stack, rel), in_preamble) + "\n"
-
-        return _INPUT.sub(replace, text)
+                continue
+            out.append("\n")
+            self._expand(child, (*stack, rel), in_preamble, out)
+            out.append("\n")
+        out.append(text[position:])
 
 
 def _main_file(source: _Source) -> str:
@@ -264,31 +450,75 @@ def _main_file(source: _Source) -> str:
     return max(scored)[3]
 
 
-def _group(text: str, start: int, open_: str = "{", close: str = "}") -> tuple[str, int] | None:
-    """The balanced {...} group starting at (or after spaces from) `start`: (content, end index)."""
-    index = start
-    while index < len(text) and text[index] in " \t\n":
-        index += 1
-    if index >= len(text) or text[index] != open_:
-        return None
+_MAX_NESTING = 255  # TeX's own limit on grouping levels
+_BRACE_TOKEN = re.compile(r"\\[\s\S]|\{(?:[^{}\\]|\\[\s\S])*\}|[{}]")
+_SPACES = re.compile(r"[ \t\n]*")
+_OPTION = r"(?:\[[^\[\]]*\])"  # [opt]: stops at the next "[", so scans from many openers never overlap
+
+
+def _groups(text: str, starts: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """The balanced {...} group at (or after spaces from) each of `starts`: {start: (content, end index)}.
+
+    One pass over the braces for all starts together, where one scan per start would be quadratic (an unclosed
+    brace makes every later scan run to the end). Innermost groups are matched whole in C; with nothing pending
+    the pass jumps to the next start. Braces nested deeper than TeX allows inside an argument are refused."""
+    begins: dict[int, list[int]] = {}  # position of "{" -> the starts that lead to it
+    for start in starts:
+        index = _SPACES.match(text, start).end()  # type: ignore[union-attr]
+        if index < len(text) and text[index] == "{":
+            begins.setdefault(index, []).append(start)
+    queries = sorted(begins)
+    found: dict[int, tuple[str, int]] = {}
+    pending: list[tuple[int, int]] = []  # (position of "{", depth before it)
     depth = 0
-    for pos in range(index, len(text)):
-        char = text[pos]
-        if char == "\\":
-            continue
-        if char == open_ and (pos == 0 or text[pos - 1] != "\\"):
-            depth += 1
-        elif char == close and text[pos - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[index + 1 : pos], pos + 1
-    return None
+    next_query = 0
+    while next_query < len(queries):
+        depth, position = 0, queries[next_query]
+        for token in _BRACE_TOKEN.finditer(text, position):
+            at = token.start()
+            while next_query < len(queries) and queries[next_query] < at:
+                next_query += 1  # inside an escape: not a group
+            here = next_query < len(queries) and queries[next_query] == at
+            kind = token.group()
+            if kind[0] == "\\":
+                continue
+            if len(kind) > 1:  # an innermost group, matched whole
+                if here:
+                    found.update(dict.fromkeys(begins[at], (text[at + 1 : token.end() - 1], token.end())))
+                    next_query += 1
+            elif kind == "{":
+                if here:
+                    pending.append((at, depth))
+                    next_query += 1
+                depth += 1
+                if pending and depth - pending[0][1] > _MAX_NESTING:
+                    raise PaperError(
+                        f"braces nest more than {_MAX_NESTING} levels deep (TeX's own limit) in the LaTeX "
+                        "source: the file is damaged or not a paper; give the PDF."
+                    )
+            else:
+                depth -= 1
+                if pending and pending[-1][1] == depth:
+                    opened = pending.pop()[0]
+                    found.update(dict.fromkeys(begins[opened], (text[opened + 1 : at], at + 1)))
+            if not pending and (next_query >= len(queries) or queries[next_query] > token.end()):
+                break  # nothing open: jump to the next start
+        else:
+            pending.clear()  # unclosed to the end: no group
+            break
+    return found
+
+
+def _command_matches(text: str, command: str) -> list[re.Match[str]]:
+    return list(re.finditer(rf"\\{command}(?![A-Za-z])\*?\s*{_OPTION}?", text))
 
 
 def _command_arg(text: str, command: str) -> tuple[str, int, int] | None:
     """Find `\\command[opt]{arg}`: (arg, start, end) of the first occurrence."""
-    for match in re.finditer(rf"\\{command}(?![A-Za-z])\*?\s*(?:\[[^\]]*\])?", text):
-        group = _group(text, match.end())
+    matches = _command_matches(text, command)
+    groups = _groups(text, (m.end() for m in matches))
+    for match in matches:
+        group = groups.get(match.end())
         if group:
             return group[0], match.start(), group[1]
     return None
@@ -296,10 +526,14 @@ def _command_arg(text: str, command: str) -> tuple[str, int, int] | None:
 
 def _map_command(text: str, command: str, render: Callable[[str], str]) -> str:
     """Replace every `\\command[opt]{arg}` (balanced braces) by `render(arg)`, in one pass."""
+    matches = _command_matches(text, command)
+    if not matches:
+        return text
+    groups = _groups(text, (m.end() for m in matches))
     out: list[str] = []
     position = 0
-    for match in re.finditer(rf"\\{command}(?![A-Za-z])\*?\s*(?:\[[^\]]*\])?", text):
-        group = _group(text, match.end()) if match.start() >= position else None
+    for match in matches:
+        group = groups.get(match.end()) if match.start() >= position else None
         if group is None:
             continue
         out.extend((text[position : match.start()], render(group[0])))
@@ -308,24 +542,48 @@ def _map_command(text: str, command: str, render: Callable[[str], str]) -> str:
     return "".join(out)
 
 
+def _argument_chains(
+    text: str, starts: dict[int, int], counts: dict[int, int], before: re.Pattern[str]
+) -> dict[int, tuple[str | None, int]]:
+    """Up to counts[key] consecutive {...} arguments from starts[key], each after what `before` matches:
+    {key: (content of the last argument found or None, where the last one ends, else starts[key])}.
+    One pass over the text per argument position, for all keys together."""
+    result: dict[int, tuple[str | None, int]] = {key: (None, start) for key, start in starts.items()}
+    active = list(starts)
+    for round_ in range(max(counts.values(), default=0)):
+        active = [key for key in active if round_ < counts[key]]
+        at = {key: before.match(text, result[key][1]).end() for key in active}  # type: ignore[union-attr]
+        groups = _groups(text, at.values())
+        still: list[int] = []
+        for key in active:
+            group = groups.get(at[key])
+            if group is not None:
+                result[key] = group
+                still.append(key)
+        active = still
+    return result
+
+
+_CELL = re.compile(r"\\(multicolumn|multirow)(?![A-Za-z])")
+_CELL_GAP = re.compile(rf"\s*(?:{_OPTION}\s*)?\*?")
+
+
 def _table_cells(text: str) -> str:
     """Keep only the content of `\\multicolumn{n}{c}{x}` and `\\multirow{n}{*}{x}`."""
+    matches = list(_CELL.finditer(text))
+    if not matches:
+        return text
+    chains = _argument_chains(
+        text, {m.start(): m.end() for m in matches}, dict.fromkeys((m.start() for m in matches), 3), _CELL_GAP
+    )
     out: list[str] = []
     position = 0
-    for match in re.finditer(r"\\(multicolumn|multirow)(?![A-Za-z])", text):
-        if match.start() < position:
+    for match in matches:
+        content, end = chains[match.start()]
+        if match.start() < position or content is None:
             continue
-        end = match.end()
-        content = None
-        for _ in range(3):
-            end += len(re.match(r"\s*(?:\[[^\]]*\])?\s*\*?", text[end:]).group(0))  # type: ignore[union-attr]
-            group = _group(text, end)
-            if group is None:
-                break
-            content, end = group
-        if content is not None:
-            out.extend((text[position : match.start()], content))
-            position = end
+        out.extend((text[position : match.start()], content))
+        position = end
     out.append(text[position:])
     return "".join(out)
 
@@ -366,26 +624,46 @@ _PROTECTED = frozenset(
 )
 
 
-def _macros(text: str) -> dict[str, str]:
-    """Zero-argument \\newcommand/\\def macros (e.g. \\dmodel), to expand in the body."""
+_DEFINITION = re.compile(r"\\(?:re)?newcommand\*?\s*\{?\\([A-Za-z]+)\}?\s*(?=\{)|\\def\s*\\([A-Za-z]+)\s*(?=\{)")
+
+
+def _macros(text: str, end: int) -> dict[str, str]:
+    """Zero-argument \\newcommand/\\def macros (e.g. \\dmodel) defined before `end`, to expand in the body."""
     macros: dict[str, str] = {}
-    pattern = r"\\(?:re)?newcommand\*?\s*\{?\\([A-Za-z]+)\}?\s*(?=\{)|\\def\s*\\([A-Za-z]+)\s*(?=\{)"
-    for match in re.finditer(pattern, text):
-        group = _group(text, match.end())
+    matches = list(_DEFINITION.finditer(text, 0, end))
+    groups = _groups(text, (m.end() for m in matches))
+    for match in matches:
+        group = groups.get(match.end())
         name = match.group(1) or match.group(2)
         body = group[0] if group else ""
-        risky = name in _PROTECTED or re.search(r"#|\\(?:begin|end|section|input|include)\b", body)
-        if group and not risky and len(body) <= 200 and len(macros) < 500:
+        if not group or len(body) > 200 or len(macros) >= 500 or name in _PROTECTED:
+            continue
+        if not re.search(r"#|\\(?:begin|end|section|input|include)\b", body):
             macros[name] = body
     return macros
 
 
 def _expand_macros(text: str, macros: dict[str, str]) -> str:
+    """Expand the macros (three rounds, for macros that use macros); what they add is held to MAX_TEXT
+    characters in all, so a macro that uses itself (`\\def\\a{\\a\\a}`) cannot grow the text without end."""
     if not macros:
         return text
     pattern = re.compile(r"\\(" + "|".join(sorted(map(re.escape, macros), key=len, reverse=True)) + r")(?![A-Za-z])")
+    added = 0
+
+    def expand(match: re.Match[str]) -> str:
+        nonlocal added
+        body = macros[match.group(1)]
+        added += len(body) - len(match.group(0))
+        if added > MAX_TEXT:
+            raise PaperError(
+                f"the LaTeX macros (\\newcommand/\\def) expand to more than {_MB} MB of text: does a macro use "
+                "itself? Remove that definition, or give the PDF."
+            )
+        return body
+
     for _ in range(3):
-        text, count = pattern.subn(lambda m: macros[m.group(1)], text)
+        text, count = pattern.subn(expand, text)
         if not count:
             break
     return text
@@ -419,54 +697,65 @@ _ENV_ARGS = {"tabular": 1, "tabular*": 2, "tabularx": 2, "minipage": 1, "wrapfig
 _ENV_ARGS.update({"array": 1, "subfigure": 1, "multicols": 1, "adjustbox": 1, "tabulary": 2})
 
 
+_BEGIN = re.compile(r"\\begin\s*\{([^{}]*)\}")
+_OPTION_AFTER = re.compile(rf"\s*{_OPTION}")
+
+
 def _drop_env_args(text: str) -> str:
     """Remove `\\begin{tabular}{lcc}`-style markers together with their brace arguments."""
+    matches = [m for m in _BEGIN.finditer(text) if m.group(1) in _ENV_ARGS]
+    if not matches:
+        return text
+    starts: dict[int, int] = {}
+    for match in matches:
+        option = _OPTION_AFTER.match(text, match.end())
+        starts[match.start()] = option.end() if option else match.end()
+    counts = {m.start(): _ENV_ARGS[m.group(1)] for m in matches}
+    chains = _argument_chains(text, starts, counts, _SPACES)
     out: list[str] = []
     position = 0
-    for match in re.finditer(r"\\begin\s*\{([^}]*)\}", text):
-        if match.start() < position or match.group(1) not in _ENV_ARGS:
+    for match in matches:
+        if match.start() < position:
             continue
-        end = match.end()
-        option = re.match(r"\s*\[[^\]]*\]", text[end:])
-        end += option.end() if option else 0
-        for _ in range(_ENV_ARGS[match.group(1)]):
-            group = _group(text, end)
-            if group is None:
-                break
-            end = group[1]
         out.append(text[position : match.start()])
-        position = end
+        position = chains[match.start()][1]
     out.append(text[position:])
     return "".join(out)
 
 
+# A lookbehind comes after the literal it guards, so that the regex engine can scan for the literal.
+_BARE_GROUP = re.compile(r"\{(?<![\\\w\]]\{)([^{}\n]*)\}")
+_LAST_GROUP = re.compile(r"\{(?<![\\\w]\{)([^{}\n]*)\}")
+_AMPERSAND = re.compile(r"&(?<!\\&)")
+
+
 def _plain(text: str, labels: dict[str, str]) -> str:
     """Turn LaTeX markup into readable plain text (math placeholders are left alone)."""
-    text = re.sub(r"\\(?:no)?cite[a-zA-Z]*\*?\s*(?:\[[^\]]*\]\s*){0,2}\{[^}]*\}", "[cite]", text)
-    text = re.sub(r"\\eqref\s*\{([^}]*)\}", lambda m: f"({labels.get(m.group(1).strip(), '?')})", text)
+    text = re.sub(r"\\(?:no)?cite[a-zA-Z]*\*?\s*(?:\[[^\[\]]*\]\s*){0,2}\{[^{}]*\}", "[cite]", text)
+    text = re.sub(r"\\eqref\s*\{([^{}]*)\}", lambda m: f"({labels.get(m.group(1).strip(), '?')})", text)
     text = re.sub(
-        r"\\(?:auto|c|C|page|name|sub|v)?ref\*?\s*\{([^}]*)\}",
+        r"\\(?:auto|c|C|page|name|sub|v)?ref\*?\s*\{([^{}]*)\}",
         lambda m: ", ".join(labels.get(k.strip(), "[ref]") for k in m.group(1).split(",")),
         text,
     )
-    text = re.sub(r"\\href\s*\{[^}]*\}\s*\{([^}]*)\}", r"\1", text)
-    text = re.sub(r"\\(?:textcolor|colorbox)\s*\{[^}]*\}\s*\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\\href\s*\{[^{}]*\}\s*\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\\(?:textcolor|colorbox)\s*\{[^{}]*\}\s*\{([^{}]*)\}", r"\1", text)
     text = re.sub(r"\\paragraph\*?\s*\{([^{}]*)\}\s*", r"\n\n\1 ", text)
     text = _map_command(text, "footnote", lambda note: f" ({note.strip()})")
     text = _table_cells(text)
     text = _drop_env_args(text)
     text = re.sub(rf"\\(?:{_DROP})(?![A-Za-z])\s*", " ", text)
-    text = re.sub(rf"\\(?:{_DROP_ARG})(?![A-Za-z])\*?\s*(?:\[[^\]]*\])?(?:\s*\{{[^{{}}]*\}}){{0,3}}", "", text)
+    text = re.sub(rf"\\(?:{_DROP_ARG})(?![A-Za-z])\*?\s*(?:\[[^\[\]]*\])?(?:\s*\{{[^{{}}]*\}}){{0,3}}", "", text)
     for _ in range(8):
-        text, count = re.subn(rf"\\(?:{_UNWRAP})\s*(?:\[[^\]]*\])?\s*\{{([^{{}}]*)\}}", r"\1", text)
-        text, bare = re.subn(r"(?<![\\\w\]])\{([^{}\n]*)\}", r"\1", text)
+        text, count = re.subn(rf"\\(?:{_UNWRAP})\s*(?:\[[^\[\]]*\]\s*)?\{{([^{{}}]*)\}}", r"\1", text)
+        text, bare = _BARE_GROUP.subn(r"\1", text)
         if not count and not bare:
             break
-    text = re.sub(r"\\item\s*\[([^\]]*)\]", r"\n- \1:", text)
+    text = re.sub(r"\\item\s*\[([^\[\]]*)\]", r"\n- \1:", text)
     text = re.sub(r"\\item(?![A-Za-z])", "\n- ", text)
-    text = re.sub(r"\\begin\{[^}]*\}(?:\[[^\]]*\])?|\\end\{[^}]*\}", "\n", text)
-    text = re.sub(r"(?<!\\)&", " | ", text)
-    text = re.sub(r"\\\\(?:\[[^\]]*\])?|\\newline", "\n", text)
+    text = re.sub(r"\\begin\{[^{}]*\}(?:\[[^\[\]]*\])?|\\end\{[^{}]*\}", "\n", text)
+    text = _AMPERSAND.sub(" | ", text)
+    text = re.sub(r"\\\\(?:\[[^\[\]]*\])?|\\newline", "\n", text)
 
     def accent(match: re.Match[str]) -> str:
         return unicodedata.normalize("NFC", match.group(2) + _ACCENTS[match.group(1)])
@@ -478,41 +767,60 @@ def _plain(text: str, labels: dict[str, str]) -> str:
     text = re.sub(r"\\[,;:! ]", " ", text)
     text = text.replace("~", " ").replace("``", '"').replace("''", '"').replace("---", "\u2014")
     text = text.replace("--", "\u2013")
-    text = re.sub(r"(?<![\\\w])\{([^{}\n]*)\}", r"\1", text)
+    text = _LAST_GROUP.sub(r"\1", text)
     return text
 
 
 def _reflow(text: str) -> str:
-    """Join the source's wrapped lines into paragraphs; keep list items, table rows and equations."""
-    paragraphs: list[str] = []
-    for block in re.split(r"\n\s*\n", text):
-        lines = [re.sub(r"[ \t]+", " ", ln).strip() for ln in block.split("\n")]
-        out: list[str] = []
-        for line in lines:
-            if not line or line in ("|",):
+    """Join the source's wrapped lines into paragraphs; keep list items, table rows and equations.
+
+    Lines are gathered in lists and joined once (joining string to string is quadratic in a long paragraph)."""
+    paragraphs: list[list[str]] = []  # blocks of output lines; consecutive table rows share one
+    for block in re.split(r"\n\s*\n", re.sub(r"[ \t][ \t]+|\t", " ", text)):
+        out: list[list[str]] = []  # output lines, each the source lines it joins
+        joinable = False  # whether the last output line takes the next source line
+        for raw in block.split("\n"):
+            line = raw.strip()
+            if not line or line == "|":
                 continue
-            structural = line.startswith(("- ", "\x00")) or " | " in line
-            if out and not structural and not out[-1].startswith("\x00") and " | " not in out[-1]:
-                out[-1] = f"{out[-1]} {line}"
+            table = " | " in line
+            if joinable and not table and not line.startswith(("- ", "\x00")):
+                out[-1].append(line)
             else:
-                out.append(line)
+                out.append([line])
+                joinable = not line.startswith("\x00") and not table
         if not out:
             continue
-        if paragraphs and " | " in out[0] and " | " in paragraphs[-1].rsplit("\n", 1)[-1]:
-            paragraphs[-1] += "\n" + "\n".join(out)  # consecutive table rows stay one block
+        lines = [" ".join(parts) for parts in out]
+        if paragraphs and " | " in lines[0] and " | " in paragraphs[-1][-1]:
+            paragraphs[-1].extend(lines)  # consecutive table rows stay one block
         else:
-            paragraphs.append("\n".join(out))
-    return "\n\n".join(paragraphs)
+            paragraphs.append(lines)
+    return "\n\n".join("\n".join(lines) for lines in paragraphs)
 
 
-_SECTION = re.compile(r"\\(section|subsection|subsubsection)(\*?)\s*(?:\[[^\]]*\])?\s*(?=\{)|\\appendix(?![A-Za-z])")
-_FLOAT = re.compile(r"\\begin\{(figure\*?|table\*?|wrapfigure|wraptable|SCfigure|algorithm\*?)\}(.*?)\\end\{\1\}", re.S)
-_EQUATION = re.compile(
-    r"\\begin\{(equation|align|gather|multline|eqnarray|flalign|alignat|displaymath)(\*?)\}(.*?)\\end\{\1\2\}"
-    r"|(?<!\\)\\\[(.*?)(?<!\\)\\\]|\$\$(.*?)\$\$",
-    re.S,
+_SECTION = re.compile(r"\\(section|subsection|subsubsection)(\*?)\s*(?:\[[^\[\]]*\]\s*)?(?=\{)|\\appendix(?![A-Za-z])")
+_LABELS = re.compile(r"\s*(?:\\label\s*\{([^{}]*)\}\s*)+")
+_FLOAT = re.compile(r"\\begin\{(figure\*?|table\*?|wrapfigure|wraptable|SCfigure|algorithm\*?)\}")
+_DISPLAY = re.compile(
+    r"\\begin\{(equation|align|gather|multline|eqnarray|flalign|alignat|displaymath)(\*?)\}|(?<!\\)\\\[|\$\$"
 )
-_INLINE = re.compile(r"(?<![\\$])\$(?!\$)(?:[^$\\]|\\.){1,500}?(?<!\\)\$|\\\((?:.|\n){1,500}?\\\)")
+# Inline math: `$...$` or `\(...\)`, at most 500 characters; neither can hold the start of another, so the
+# scans from successive starts never overlap (linear, where `.{1,500}?` rescans 500 characters per start).
+_INLINE = re.compile(r"\$(?<![\\$]\$)(?!\$)(?:[^$\\]|\\.){1,500}?(?<!\\)\$|\\\((?:[^\\]|\\[^(]){1,500}?\\\)")
+_ACK = re.compile(r"\\begin\{(ack|acks|acknowledgments?|acknowledgements?)\}")
+
+
+def _end_of(match: re.Match[str]) -> str:
+    """The closer regex of a `\\begin{env}` match (group 1 the name, group 2 a star if any)."""
+    star = (match.group(2) or "") if match.re.groups > 1 else ""
+    return re.escape(f"\\end{{{match.group(1)}{star}}}")
+
+
+def _display_end(match: re.Match[str]) -> str:
+    if match.group(1):
+        return _end_of(match)
+    return r"(?<!\\)\\\]" if match.group(0).startswith("\\") else r"\$\$"
 
 
 @dataclass
@@ -532,14 +840,13 @@ class _Document:
     def protect_math(self, text: str) -> str:
         numbered = 0
 
-        def display(match: re.Match[str]) -> str:
+        def display(pair: _Pair) -> str:
             nonlocal numbered
-            env, star = match.group(1), match.group(2)
-            inner = match.group(3) if env else (match.group(4) or match.group(5) or "")
-            for label in re.findall(r"\\label\s*\{([^}]*)\}", inner):
+            env, star, inner = pair.opener.group(1), pair.opener.group(2), pair.inner
+            for label in re.findall(r"\\label\s*\{([^{}]*)\}", inner):
                 if env and not star:
                     self.labels[label.strip()] = str(numbered + 1)
-            inner = re.sub(r"\\label\s*\{[^}]*\}|\\nonumber|\\notag", "", inner).strip()
+            inner = re.sub(r"\\label\s*\{[^{}]*\}|\\nonumber|\\notag", "", inner).strip()
             if env and not star and env != "displaymath":
                 numbered += 1
             if not inner:
@@ -547,7 +854,7 @@ class _Document:
             self.equations.append(inner)
             return f"\n\x00E{len(self.equations) - 1}\x00\n"
 
-        text = _EQUATION.sub(display, text)
+        text = sub_pairs(text, _DISPLAY, _display_end, display)[0]
 
         def inline(match: re.Match[str]) -> str:
             self.inline.append(match.group(0))
@@ -562,35 +869,33 @@ class _Document:
     def floats(self, text: str) -> str:
         counters = {"figure": 0, "table": 0, "algorithm": 0}
 
-        def replace(match: re.Match[str]) -> str:
-            env, body = match.group(1), re.sub(r"^\s*\[[^\]]*\]", "", match.group(2))
+        def replace(pair: _Pair) -> str:
+            env, body = pair.opener.group(1), re.sub(r"^\s*\[[^\[\]]*\]", "", pair.inner)
             kind = "table" if "table" in env else "algorithm" if "algorithm" in env else "figure"
             counters[kind] += 1
             label = f"{kind.capitalize()} {counters[kind]}"
-            for name in re.findall(r"\\label\s*\{([^}]*)\}", body):
+            for name in re.findall(r"\\label\s*\{([^{}]*)\}", body):
                 self.labels[name.strip()] = str(counters[kind])
-            found = _command_arg(body, "caption")
-            rest = re.sub(r"\\label\s*\{[^}]*\}", "", body)
-            while found:
-                if found[0].strip():
-                    caption = self.restore(_plain(found[0], self.labels))
-                    caption_text = re.sub(r"\s+", " ", caption).strip()
+
+            def caption(text: str) -> str:
+                if text.strip():
+                    caption_text = re.sub(r"\s+", " ", self.restore(_plain(text, self.labels))).strip()
                     self.captions.append(Caption(kind=kind, label=label, text=caption_text))
-                rest = rest[: found[1]] + rest[found[2] :]
-                found = _command_arg(rest, "caption")
+                return ""
+
+            rest = _map_command(re.sub(r"\\label\s*\{[^{}]*\}", "", body), "caption", caption)
             return f"\n\n{rest}\n\n" if kind == "table" else "\n\n"
 
-        return _FLOAT.sub(replace, text)
+        return sub_pairs(text, _FLOAT, _end_of, replace)[0]
 
 
 def _drop_back_matter(body: str, doc: _Document) -> str:
     """Remove the bibliography and acknowledgement environments, noting them in `dropped`."""
     body, refs = re.subn(r"\\begin\{thebibliography\}.*?(?:\\end\{thebibliography\}|$)", "", body, flags=re.S)
-    body, cites = re.subn(r"\\(?:bibliography|printbibliography|nobibliography)(?![A-Za-z])(?:\{[^}]*\})?", "", body)
+    body, cites = re.subn(r"\\(?:bibliography|printbibliography|nobibliography)(?![A-Za-z])(?:\{[^{}]*\})?", "", body)
     if refs or cites:
         doc.drop(REFERENCES)
-    ack = r"\\begin\{(ack|acks|acknowledgments?|acknowledgements?)\}.*?\\end\{\1\}"
-    body, acks = re.subn(ack, "", body, flags=re.S)
+    body, acks = sub_pairs(body, _ACK, _end_of, lambda _: "")
     if acks:
         doc.drop(ACKNOWLEDGEMENTS)
     return body
@@ -603,14 +908,16 @@ def _sections(body: str, doc: _Document) -> list[Section]:
     pieces: list[tuple[Section | None, str]] = []
     position = 0
     current: Section | None = None
-    for match in _SECTION.finditer(body):
+    matches = list(_SECTION.finditer(body))
+    groups = _groups(body, (m.end() for m in matches if m.group(1) is not None))
+    for match in matches:
         if match.start() < position:
             continue
         pieces.append((current, body[position : match.start()]))
         if match.group(1) is None:  # \appendix
             appendix, counters, position, current = True, [0, 0, 0], match.end(), current
             continue
-        group = _group(body, match.end())
+        group = groups.get(match.end())
         if group is None:
             position = match.end()
             continue
@@ -623,18 +930,22 @@ def _sections(body: str, doc: _Document) -> list[Section]:
             parts = [chr(64 + counters[0]) if appendix and 0 < counters[0] <= 26 else str(counters[0])]
             parts += [str(c) for c in counters[1:level]]
             number = ".".join(parts)
-        labels = re.match(r"\s*(?:\\label\s*\{([^}]*)\}\s*)+", body[position:])
+        labels = _LABELS.match(body, position)
         if labels and number:
-            for name in re.findall(r"\\label\s*\{([^}]*)\}", labels.group(0)):
+            for name in re.findall(r"\\label\s*\{([^{}]*)\}", labels.group(0)):
                 doc.labels.setdefault(name.strip(), number)
         heading = re.sub(r"\s+", " ", _plain(title, doc.labels)).strip()
         current = Section(heading=doc.restore(heading) or "Untitled", number=number, level=level)
     pieces.append((current, body[position:]))
 
     sections: list[Section] = []
+    texts: dict[int, list[str]] = {}  # id(section) -> its texts, joined once at the end
     skip_level = 0
-    for section, raw in pieces:
+    pieces.reverse()  # taken from the end, so that each raw piece is freed once converted
+    while pieces:
+        section, raw = pieces.pop()
         text = doc.restore(_reflow(_plain(raw, doc.labels))).strip()
+        del raw
         if section is None:
             if len(re.sub(r"\W", "", text)) > 40:
                 sections.append(Section(heading="Text", text=text))
@@ -647,11 +958,14 @@ def _sections(body: str, doc: _Document) -> list[Section]:
             skip_level = section.level
             continue
         skip_level = 0
-        if not any(s is section for s in sections):
-            section.text = text
+        if id(section) not in texts:
+            texts[id(section)] = [text]
             sections.append(section)
         else:
-            sections[-1].text = f"{sections[-1].text}\n\n{text}".strip()
+            texts[id(sections[-1])].append(text)
+    for section in sections:
+        if id(section) in texts:
+            section.text = "\n\n".join(t for t in texts[id(section)] if t)
     return sections
 
 
@@ -666,8 +980,6 @@ def _parse(text: str, name: str) -> Paper:
         )
     body = text[begin + len("\\begin{document}") if begin >= 0 else 0 : end if end > begin else len(text)]
     doc = _Document()
-    body = _expand_macros(body, _macros(text[: max(begin, 0)] + body))
-    body = _drop_back_matter(body, doc)
     title = ""
     for command in ("title", "icmltitle"):
         found = _command_arg(text, command)
@@ -675,13 +987,19 @@ def _parse(text: str, name: str) -> Paper:
             raw = re.sub(r"\\(?:thanks|footnote)\s*\{[^{}]*\}", "", found[0])
             title = re.sub(r"\s+", " ", _plain(raw, {})).strip()
             break
+    macros = _macros(text, end if end > begin else len(text))
+    del text  # the body is a copy: memory is part of the bound
+    body = _expand_macros(body, macros)
+    body = _drop_back_matter(body, doc)
     for command in ("title", "icmltitle", "author", "icmlauthor", "affiliation", "address", "date", "thanks"):
         body = _remove_command(body, command)
     body = doc.protect_math(body)
     abstract = ""
-    match = re.search(r"\\begin\{abstract\}(.*?)\\end\{abstract\}", body, re.S)
-    if match:
-        abstract, body = match.group(1), body[: match.start()] + body[match.end() :]
+    opened = body.find("\\begin{abstract}")
+    closed = body.find("\\end{abstract}", opened + len("\\begin{abstract}")) if opened >= 0 else -1
+    if closed >= 0:
+        abstract = body[opened + len("\\begin{abstract}") : closed]
+        body = body[:opened] + body[closed + len("\\end{abstract}") :]
     else:
         found = _command_arg(body, "abstract")
         if found:
@@ -695,7 +1013,7 @@ def _parse(text: str, name: str) -> Paper:
         title=title or Path(name).stem,
         abstract=abstract,
         sections=sections,
-        equations=[re.sub(r"\s*\n\s*", "\n", e).strip() for e in doc.equations],
+        equations=["\n".join(ln.strip() for ln in e.split("\n") if ln.strip()) for e in doc.equations],
         captions=doc.captions,
         source=name,
         source_format="latex",
@@ -703,9 +1021,13 @@ def _parse(text: str, name: str) -> Paper:
     )
 
 
-def _read_source(source: _Source, main: str) -> Paper:
+def _read_source(source: _Source, main: str, text: str | None = None) -> Paper:
+    """The paper whose main file is `main` (its comment-free `text` when already loaded)."""
     expander = _Expander(source, main)
-    paper = _parse(expander.expand(main), source.name)
+    if text is not None:
+        expander.loaded[main] = text
+        del text
+    paper = _parse(expander.expand(main), source.name)  # no name holds the expanded text: _parse frees it
     if not expander.missing:
         return paper
     names = ", ".join(dict.fromkeys(expander.missing))
@@ -716,18 +1038,23 @@ def _read_source(source: _Source, main: str) -> Paper:
 def read_latex(path: Path) -> Paper:
     """Read a single .tex file; its \\input files are looked up next to it."""
     source = _DirSource(path.parent, path.name)
-    data = path.read_bytes()
+    paper = _read_source(source, path.name, _main_text(source, path.name))
+    return paper.model_copy(update={"source": path.name})
+
+
+def _main_text(source: _DirSource, name: str) -> str:
+    """A single .tex file's comment-free text, refused when it is empty or not LaTeX."""
+    data = source.read(name) or b""
     if not data.strip():
-        raise PaperError(f"{path.name} is empty: give the main .tex file of the paper.")
-    text = _strip_comments(decode_text(data, path.name, "LaTeX source"))
+        raise PaperError(f"{name} is empty: give the main .tex file of the paper.")
+    text = _strip_comments(decode_text(data, name, "LaTeX source"))
     sections = re.search(r"\\(?:sub)*section\*?\s*[\[{]", text)
     if "\\documentclass" not in text and "\\begin{document}" not in text and not sections:
         raise PaperError(
-            f"{path.name} does not look like a LaTeX paper: no \\begin{{document}} and no \\section. "
+            f"{name} does not look like a LaTeX paper: no \\begin{{document}} and no \\section. "
             "Give the main .tex file (or the whole source folder), or the PDF."
         )
-    paper = _read_source(source, path.name)
-    return paper.model_copy(update={"source": path.name})
+    return text
 
 
 def read_latex_folder(path: Path) -> Paper:

@@ -17,6 +17,7 @@ class Section(BaseModel):
     level: int = 1
     text: str = ""
     page: int | None = None  # 1-based page where the heading appears (PDF only)
+    appendix: bool = False  # part of the appendix (supplementary material), the first thing dropped to fit a model
 
     def render(self) -> str:
         """The section as Markdown, as `Paper.to_text` shows it."""
@@ -169,3 +170,15 @@ class PaperReport(BaseModel):
             f"{self.equations} equations, {self.captions} captions, {self.characters:,} characters{saved}, "
             f"~{self.estimated_tokens:,} tokens{dropped}"
         )
+
+
+def without_appendices(paper: Paper) -> Paper:
+    """The paper less its appendix sections, listed in `dropped`: the first thing to leave out when a paper
+    does not fit the model's context window (the method and results are in the body)."""
+    appendix = [s for s in paper.sections if s.appendix]
+    if not appendix:
+        return paper
+    names = ", ".join(f"{s.number} {s.heading}" if s.number else s.heading for s in appendix if s.level == 1)
+    kept = [s for s in paper.sections if not s.appendix]
+    note = f"the appendix ({len(appendix)} sections: {names or appendix[0].heading}) to fit the model's context"
+    return paper.model_copy(update={"sections": kept, "dropped": [*paper.dropped, note]})

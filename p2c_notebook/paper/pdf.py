@@ -21,7 +21,9 @@ from typing import Any
 import pymupdf as _pymupdf
 
 from p2c_notebook.errors import PaperError
+from p2c_notebook.paper.hygiene import escape_markdown, fold, markdown_table, repair_glyphs
 from p2c_notebook.paper.model import DEFAULT_MAX_CHARS, Caption, Paper, Section
+from p2c_notebook.paper.outline import Entry, locate
 from p2c_notebook.paper.text import (
     ABSTRACT,
     ACKNOWLEDGEMENTS,
@@ -139,8 +141,8 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
             if abs(direction[1]) > 0.05 or direction[0] < 0:
                 rotated += 1
                 continue
-            text = "".join(s["text"] for s in line["spans"]).replace("\u00a0", " ")
-            text = re.sub(r"[\x00-\x08\x0b-\x1f\ufffd]", "", text).strip()
+            text = "".join(repair_glyphs(s["text"], bool(_MATH_FONT.search(s["font"]))) for s in line["spans"])
+            text = re.sub(r"[\x00-\x08\x0b-\x1f\ufffd]", "", fold(text).replace("\u00a0", " ")).strip()
             if not text:
                 continue
             sizes: Counter[float] = Counter()
@@ -168,6 +170,9 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
                 else:
                     math_chars += sum(ch in _MATH_CHARS for ch in content)
             x0, y0, x1, y1 = line["bbox"]
+            textual = [s["bbox"] for s in spans if not _MATH_FONT.search(s["font"])]
+            if textual and y1 - y0 > 1.6 * max(s["size"] for s in spans):  # a tall root or brace: the text's height
+                y0, y1 = min(b[1] for b in textual), max(b[3] for b in textual)
             lines.append(
                 _Line(
                     x0=x0,
@@ -175,7 +180,7 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
                     x1=x1,
                     y1=y1,
                     text=text,
-                    size=sizes.most_common(1)[0][0],
+                    size=_line_size(sizes, text),
                     bold=bold_letters / letters if letters else bold_chars / max(chars, 1),
                     math=math_chars / chars if chars else 0.0,
                     lead_bold="".join(lead_bold).strip(),
@@ -183,6 +188,15 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
                 )
             )
     return lines, rotated
+
+
+def _line_size(sizes: Counter[float], text: str) -> float:
+    """The size most characters have; for small capitals ("I" large, "NTRODUCTION" small) the capitals' size."""
+    size = sizes.most_common(1)[0][0]
+    letters = [ch for ch in text if ch.isalpha()]
+    if len(letters) >= 3 and all(ch.isupper() for ch in letters):
+        return max(sizes)
+    return size
 
 
 def _roman_is_math(pages: list[list[_Line]], fonts: Counter[str]) -> None:
@@ -230,7 +244,8 @@ def _fragment(small: _Line, big: _Line) -> bool:
 
 def _fits(row: list[_Line], line: _Line) -> bool:
     overlap = any(min(m.y1, line.y1) - max(m.y0, line.y0) >= 0.5 * min(m.y1 - m.y0, line.y1 - line.y0) for m in row)
-    if not overlap:
+    main = max(row, key=lambda m: len(m.text))  # a sub/superscript of the row must not pull in the next line
+    if not overlap or min(main.y1, line.y1) - max(main.y0, line.y0) <= 0:
         return False
     for member in row:
         crossing = min(member.x1, line.x1) - max(member.x0, line.x0) > 1.0
@@ -311,24 +326,45 @@ def _layout(lines: list[_Line], page: int) -> list[_Row]:
     return ordered
 
 
+_HEADING_NUMBER = re.compile(
+    r"^(?:(?:Appendix|APPENDIX)\s+)?((?:\d{1,2}|[A-Z]|[IVX]{1,4})(?:\.\d{1,2}){0,3})\.?:?\s+([^\W\d_][^\n]*)$"
+)
+
+
+def _all_caps(text: str) -> bool:
+    """ALL-CAPS wording ("1 INTRODUCTION", "REFERENCES"): the ICLR/NeurIPS-style heading set in small capitals."""
+    letters = [ch for ch in text if ch.isalpha()]
+    return len(letters) >= 4 and all(ch.isupper() for ch in letters)
+
+
 def _heading(row: _Row, body_size: float) -> tuple[str | None, str, int] | None:
-    """(number, heading, level) when a row is a section heading, judged by font and wording."""
+    """(number, heading, level) when a row is a section heading, judged by font, numbering and wording.
+
+    A heading stands out from the body by weight (bold), size (larger than the body's most common size) or
+    case (ALL CAPS, as in templates that set headings in small capitals at body size); it is short, does not end
+    like a sentence and holds little math. Numbered headings may be `1`, `1.2.3`, `A.1`, roman `IV`, or
+    `Appendix A.`; unnumbered ones must be a common section name or set large and bold.
+    """
     text = row.text.strip()
     words = text.split()
-    if not words or len(text) > 120 or len(words) > 14:
+    if not words or len(text) > 120 or len(words) > 14 or row.math > 0.5 or text.endswith((",", ";")):
         return None
+    caps = _all_caps(text)
     strong = row.bold >= 0.8 or row.size >= body_size + 1.0
-    if not strong or text.endswith((",", ";")) or row.math > 0.5:
+    if not (strong or caps) or _is_tabular(row):
         return None
-    match = re.match(r"^((?:\d{1,2}|[A-Z])(?:\.\d{1,2}){0,3})\.?\s+([^\W\d_][^\n]*)$", text)
-    if match and not match.group(2).endswith("."):
+    match = _HEADING_NUMBER.match(text)
+    if match and not match.group(2).rstrip().endswith("."):
         number, title = match.group(1), match.group(2).strip()
-        if number.isalpha() and row.size < body_size + 0.5:
+        roman = re.fullmatch(r"[IVX]{2,4}", number) is not None
+        if number.isalpha() and not roman and row.size < body_size + 0.5 and not caps and not text.startswith("App"):
             return None  # "A Simple Baseline" in bold is a run-in phrase; appendix "A Proofs" is larger
-        return number, title, number.count(".") + 1
+        return number, title, 1 if roman else number.count(".") + 1
     name = normalize_heading(text)
     large_bold = row.size >= body_size + 0.5 and row.bold >= 0.8 and not text.endswith(".")
-    if name in COMMON_HEADINGS or (large_bold and text[0].isupper() and len(words) <= 10):
+    if name in COMMON_HEADINGS or name.startswith(("appendix", "appendices")):
+        return None, text.rstrip(".:"), 1
+    if large_bold and text[0].isupper() and len(words) <= 10:
         return None, text.rstrip(".:"), 1
     return None
 
@@ -354,6 +390,38 @@ def _is_tabular(row: _Row) -> bool:
     return any(b.x0 - a.x1 > 2.5 * row.size for a, b in zip(lines, lines[1:], strict=False))
 
 
+def _cells(row: _Row) -> list[tuple[float, float, str]]:
+    """A table row's cells (x0, x1, text): its lines, split where the horizontal gap is wider than a space."""
+    cells: list[tuple[float, float, str]] = []
+    for line in sorted(row.lines, key=lambda ln: ln.x0):
+        if cells and line.x0 - cells[-1][1] < 0.8 * line.size:
+            x0, _, text = cells[-1]
+            cells[-1] = (x0, line.x1, f"{text} {line.text}")
+        else:
+            cells.append((line.x0, line.x1, line.text))
+    return cells
+
+
+def _grid(rows: list[list[tuple[float, float, str]]]) -> list[list[str]]:
+    """Rows of cells aligned into columns: a column is a run of x that some row's cell covers."""
+    spans = sorted((x0, x1) for row in rows for x0, x1, _ in row)
+    columns: list[list[float]] = []
+    for x0, x1 in spans:
+        if columns and x0 <= columns[-1][1]:
+            columns[-1][1] = max(columns[-1][1], x1)
+        else:
+            columns.append([x0, x1])
+    grid = []
+    for row in rows:
+        line = [""] * len(columns)
+        for x0, x1, text in row:
+            middle = (x0 + x1) / 2
+            column = next((i for i, (a, b) in enumerate(columns) if a <= middle <= b), len(columns) - 1)
+            line[column] = f"{line[column]} {text}".strip()
+        grid.append(line)
+    return grid
+
+
 @dataclass
 class _Vocabulary:
     """Words seen inside rows, to tell "sequence-" + "aligned" (keep) from "transduc-" + "tion" (join)."""
@@ -371,23 +439,35 @@ class _Vocabulary:
                 self.words.add(word)
 
     def join(self, lines: list[str]) -> str:
-        """Join a paragraph's rows, undoing end-of-line hyphenation where the halves are not words."""
+        """Join a paragraph's rows, undoing end-of-line hyphenation where the halves are not words.
+
+        "transduc-" + "tion" joins to "transduction" and "LAN-" + "GUAGE" to "LANGUAGE"; "state-of-the-" + "art",
+        "sequence-" + "aligned" (both words) and "GPT-" + "2" keep their hyphen.
+        """
         out = ""
         for line in lines:
             head = re.match(r"[A-Za-z]+", line)
-            tail = re.search(r"([A-Za-z]+)-$", out)
+            tail = re.search(r"(\S*?)([A-Za-z]+)-$", out)
             if not out:
                 out = line
             elif tail and head:
-                first, second = tail.group(1).lower(), head.group(0).lower()
+                before, first, second = tail.group(1), tail.group(2), head.group(0)
+                same_case = first.isupper() == second.isupper() or (first[-1].islower() and second.islower())
+                compound = f"{before}{first}-{second}".lower()
                 keep = (
-                    f"{first}-{second}" in self.compounds
-                    or (first in self.words and second in self.words and len(second) > 3)
-                    or not line[0].islower()
-                    or re.match(r"[a-z]+-", line) is not None
+                    compound in self.compounds
+                    or "-" in before  # "state-of-the-": already a compound
+                    or (first.lower() in self.words and second.lower() in self.words and len(second) > 3)
+                    or not same_case
+                    or not (second.islower() or second.isupper())
+                    or re.match(r"[A-Za-z]+-", line) is not None
                 )
                 out = out + line if keep else out[:-1] + line
-            elif re.search(r"(?:https?://|www\.)\S*[/.\-_]$", out):
+            elif (
+                re.search(r"(?:https?://|www\.)\S*[/.\-_]$", out)
+                or re.search(r"[A-Za-z]-$", out)
+                and line[:1].isdigit()
+            ):
                 out += line
             else:
                 out = f"{out} {line}"
@@ -411,6 +491,9 @@ class _Builder:
     footnotes: list[str] = field(default_factory=list)
     caption: Caption | None = None
     abstract_size: float = 0.0
+    cells: list[list[tuple[float, float, str]]] = field(default_factory=list)  # the open table's rows of cells
+    appendix: bool = False  # whether the appendix has begun
+    numbered_body: bool = False  # whether a section numbered 1, 2, ... was seen (so "A" starts the appendix)
 
     def end_paragraph(self) -> None:
         if self.kind == "caption" and self.caption is not None:
@@ -421,9 +504,11 @@ class _Builder:
             self.equations.append(equation)
             self.paragraphs.append(equation)
         elif self.kind == "table" and self.block:
-            self.paragraphs.append("\n".join(self.block))
+            grid = _grid(self.cells)
+            table = len(grid) >= 2 and len(grid[0]) >= 2
+            self.paragraphs.append(markdown_table(grid) if table else escape_markdown("\n".join(self.block)))
         elif self.block:
-            self.paragraphs.append(self.vocabulary.join(self.block))
+            self.paragraphs.append(escape_markdown(self.vocabulary.join(self.block)))
             self.paragraphs.extend(self.footnotes)
             self.footnotes = []
         self.block, self.kind = [], "text"
@@ -457,8 +542,14 @@ class _Builder:
             self.mode = f"skip:{kind}"
             self.skip(kind or "", row.page)
         else:
+            letter = number is not None and re.match(r"[A-Z](?:\.|$)", number) is not None and number not in "IVX"
+            after_references = self.mode == f"skip:{REFERENCES}" and self.numbered_body
+            if _is_appendix_heading(title) or (letter and self.numbered_body) or after_references:
+                self.appendix = True
+            self.numbered_body = self.numbered_body or (number is not None and number[:1].isdigit())
             self.mode = "body"
-            self.sections.append(Section(heading=title, number=number, level=level, page=row.page))
+            section = Section(heading=title, number=number, level=level, page=row.page, appendix=self.appendix)
+            self.sections.append(section)
 
     def open(self, kind: str, text: str) -> None:
         self.end_paragraph()
@@ -492,11 +583,13 @@ class _Builder:
                 self.open("equation", text)
         elif self.kind == "equation" and row.math >= 0.6 and len(text) <= 30 and (row.gap or 0) < row.size:
             self.block[-1] = f"{self.block[-1]} {text}"
-        elif self.kind != "caption" and _is_tabular(row):
-            if self.kind == "table":
-                self.block.append(text)
-            else:
+        elif _is_tabular(row):  # a table right below its caption ends the caption
+            if self.kind != "table":
                 self.open("table", text)
+                self.cells = []
+            else:
+                self.block.append(text)
+            self.cells.append(_cells(row))
         elif new_paragraph or self.kind in ("equation", "table"):
             self.open("text", text)
         else:
@@ -621,6 +714,15 @@ def _extract(
     return pages, heights, rotated, fonts, images
 
 
+def _outline(doc: Any) -> list[Entry]:
+    """The PDF's outline (bookmarks) as entries; empty when it has none or it cannot be read."""
+    try:
+        toc = doc.get_toc(simple=True)
+    except Exception:  # a damaged outline is no reason to refuse the paper: read headings from the layout
+        return []
+    return [Entry(int(level), fold(str(title)), int(page)) for level, title, page in toc[:500]]
+
+
 def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int = DEFAULT_MAX_CHARS) -> Paper:
     """Read a PDF paper: at most `max_pages` pages, and no more once the pages read hold twice `max_chars`
     characters (the text is cut to `max_chars` later). Pages not read are listed in `dropped`."""
@@ -629,6 +731,7 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int =
         try:
             page_count = doc.page_count
             pages, heights, rotated, fonts, images = _extract(doc, path, max(1, max_pages), max(1, max_chars))
+            outline = _outline(doc)
         finally:
             doc.close()
     read_characters = sum(len(ln.text) for lines in pages for ln in lines)
@@ -649,16 +752,138 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int =
         sizes[round(row.size * 2) / 2] += len(row.text)
     body_size = sizes.most_common(1)[0][0] if sizes else 10.0
     limit = (page_count, len(pages), max_pages)
-    paper = _structure(rows, body_size, path, limit, (rotated, headers, numbers))
+    paper = _structure(rows, body_size, path, limit, (rotated, headers, numbers), outline)
+    _check_usable(paper, rows, path, len(pages))
     return paper.model_copy(update={"source_characters": read_characters})
 
 
+def _unclipped_characters(path: Path, pages: int) -> int:
+    """Characters of the first `pages` pages including text placed outside the page (only to explain a refusal)."""
+    with _quiet_mupdf(), pymupdf.open(str(path), filetype="pdf") as doc:
+        return sum(
+            len(re.sub(r"\s+", "", doc[i].get_text("text", flags=0, clip=pymupdf.INFINITE_RECT())))
+            for i in range(min(pages, doc.page_count))
+        )
+
+
+MIN_BODY_CHARS = 200  # a paper's abstract and sections hold at least this much text...
+MIN_CHARS_PER_PAGE = 120  # ...and this much per page read (real papers hold 2,000-5,000 a page)
+
+
+def _check_usable(paper: Paper, rows: list[_Row], path: Path, pages: int) -> None:
+    """Refuse a PDF whose usable text is implausibly small for its pages (a broken text layer), saying why.
+
+    Going ahead would spend a run on a few dozen tokens of "paper": a text layer that is one huge line (read as
+    the title), text placed outside the pages, or only headers and labels.
+    """
+    body = len(paper.abstract) + sum(len(s.text) for s in paper.sections)
+    needed = max(MIN_BODY_CHARS, MIN_CHARS_PER_PAGE * pages)
+    if body >= needed:
+        return
+    longest = max((len(r.text) for r in rows), default=0)
+    total = sum(len(r.text) for r in rows)
+    outside = _unclipped_characters(path, pages) - sum(len(re.sub(r"\s+", "", r.text)) for r in rows)
+    if outside > total:
+        why = f"{outside:,} characters of its text lie outside the pages, such as one line running off the page"
+    elif longest >= 0.5 * total and longest >= 200:
+        why = f"its text layer is essentially one line of {longest:,} characters"
+    else:
+        why = f"its text layer holds only {total:,} characters in {pages} page{'s' if pages != 1 else ''}"
+    raise PaperError(
+        f"{path.name}: refused, only {body:,} characters of usable text were found ({why}; a paper this long "
+        f"should have at least {needed:,}): re-export or print the paper to a new PDF, run OCR "
+        f"(`ocrmypdf --force-ocr {path.name} {path.stem}-ocr.pdf`), or give its LaTeX source or text."
+    )
+
+
+def _candidate(row: _Row, body_size: float) -> bool:
+    """Whether a row could be a heading at all: short, not a table row, not math, not small print."""
+    return len(row.text) <= 160 and row.math <= 0.5 and not _is_tabular(row) and row.size >= body_size - 0.6
+
+
+def _headings(
+    rows: list[_Row], body_size: float, title_rows: set[int], outline: list[Entry]
+) -> tuple[list[tuple[str | None, str, int] | None], set[int]]:
+    """The heading of each row (or None), and the rows that continue a heading wrapped onto them.
+
+    With an outline whose entries are found in the text, its entries are the headings, plus the layout's
+    abstract, references, acknowledgements and appendix headings (which outlines often leave out). Without one,
+    headings come from the layout (`_heading`), a heading wrapped onto the next row(s) in the same style joined.
+    """
+    layout = [None if i in title_rows else _heading(row, body_size) for i, row in enumerate(rows)]
+    continued: set[int] = set()
+    texts = [(r.page, r.text if i not in title_rows and _candidate(r, body_size) else "") for i, r in enumerate(rows)]
+    located = locate(outline, texts) if outline else None
+    if located is not None:
+        references = next((i for i, h in enumerate(layout) if h and heading_kind(h[1]) == REFERENCES), len(rows))
+        headings: list[tuple[str | None, str, int] | None] = [
+            h if h is not None and (heading_kind(h[1]) or _is_appendix_heading(h[1]) or i > references) else None
+            for i, h in enumerate(layout)
+        ]
+        for hit in located:
+            headings[hit.row] = (hit.number, hit.title, hit.level)
+            for extra in range(hit.row + 1, hit.row + hit.span):
+                headings[extra] = None
+                continued.add(extra)
+        return headings, continued
+    for index, heading in enumerate(layout):
+        if heading is None or index in continued:
+            continue
+        number, title, level = heading
+        following = index + 1
+        while (
+            following < len(rows)
+            and following - index <= 2
+            and _plain_or_unnumbered(layout[following], rows[following])
+            and _continues(rows[following - 1], rows[following], body_size)
+            and len(title) + len(rows[following].text) <= 150
+        ):
+            title = f"{title} {rows[following].text}"
+            continued.add(following)
+            following += 1
+        layout[index] = (number, title, level)
+    return layout, continued
+
+
+def _plain_or_unnumbered(heading: tuple[str | None, str, int] | None, row: _Row) -> bool:
+    """A row that may continue the heading above it: no heading of its own, or an unnumbered, unnamed one."""
+    return heading is None or (heading[0] is None and heading_kind(row.text) is None)
+
+
+def _continues(heading: _Row, row: _Row, body_size: float) -> bool:
+    """Whether `row` is the second line of the heading in `heading`: same page, style and size, right below."""
+    gap = row.y0 - heading.y1
+    return (
+        row.page == heading.page
+        and abs(row.size - heading.size) < 0.3
+        and abs(row.bold - heading.bold) < 0.2
+        and (row.bold >= 0.8 or row.size >= body_size + 1.0)
+        and -0.5 * row.size < gap < 0.6 * row.size
+        and abs(row.x0 - heading.x0) < 4 * row.size
+        and len(row.text) <= 80
+        and not row.text.endswith(",")
+        and _HEADING_NUMBER.match(row.text) is None
+        and not match_caption(row.text)
+        and _candidate(row, body_size)
+    )
+
+
+def _is_appendix_heading(title: str) -> bool:
+    name = normalize_heading(title)
+    return name.startswith(("appendix", "appendices", "supplementary material", "supplemental material"))
+
+
 def _structure(
-    rows: list[_Row], body_size: float, path: Path, limit: tuple[int, int, int], removed: tuple[int, int, int]
+    rows: list[_Row],
+    body_size: float,
+    path: Path,
+    limit: tuple[int, int, int],
+    removed: tuple[int, int, int],
+    outline: list[Entry] | None = None,
 ) -> Paper:
     """The Paper from rows in reading order; `limit` is (pages in the file, pages read, the page limit)."""
     title, title_rows = _title(rows)
-    headings = [_heading(row, body_size) for row in rows]
+    headings, continued = _headings(rows, body_size, title_rows, outline or [])
     first_page = rows[0].page if rows else 1
     marks = [
         i
@@ -668,9 +893,13 @@ def _structure(
         and (not title_rows or i > min(title_rows))
         and (headings[i] is not None or _ABSTRACT_RUN_IN.match(row.text))
     ]
+    abstract = [i for i in marks if (h := headings[i]) is None or heading_kind(h[1]) == ABSTRACT]
+    if abstract:  # authors and affiliations between the title and the abstract are front matter, not headings
+        marks = [i for i in marks if i >= abstract[0]]
     vocabulary = _Vocabulary()
     for row in rows:
         vocabulary.learn(row.text)
+    title = vocabulary.join([rows[i].text for i in sorted(title_rows)])[:300] if title_rows else title
     footnotes = _footnotes(rows, body_size)
     builder = _Builder(vocabulary=vocabulary)
     start = marks[0] if marks else min(title_rows, default=0)
@@ -679,7 +908,7 @@ def _structure(
     previous: _Row | None = None
     front: list[list[str]] = []
     for index, row in enumerate(rows):
-        if index in title_rows:
+        if index in title_rows or index in continued:
             continue
         if index < start:
             builder.skip("front matter", row.page)

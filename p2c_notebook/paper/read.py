@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 
@@ -10,11 +11,10 @@ from p2c_notebook.paper.latex import read_latex, read_latex_bundle, read_latex_f
 from p2c_notebook.paper.model import Paper, limit_characters
 from p2c_notebook.paper.pdf import DEFAULT_MAX_CHARS, DEFAULT_MAX_PAGES, read_pdf
 from p2c_notebook.paper.s2orc import read_s2orc
-from p2c_notebook.paper.text import read_markdown, read_text
+from p2c_notebook.paper.text import MAX_TEXT_BYTES, read_markdown, read_text
 
 SUPPORTED = "PDF, LaTeX (.tex, a source folder, .tar.gz/.tgz/.zip bundle), s2orc .json, Markdown (.md) or .txt"
 _BUNDLES = (".tar.gz", ".tgz", ".tar", ".zip", ".gz")
-MAX_TEXT_BYTES = 20 * 1024 * 1024  # a paper's LaTeX, JSON, Markdown or text is well under this
 _MIN_CHARS = 1000
 
 # What a file named .pdf really is, judged by its first bytes: (magic, what it is, what to do).
@@ -77,10 +77,15 @@ def _text_length(path: Path) -> int | None:
     """Characters of a text source (LaTeX, s2orc JSON, Markdown), to report what compaction saved."""
     if path.stat().st_size > MAX_TEXT_BYTES:
         return None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    count = 0
     try:
-        return len(path.read_bytes().decode("utf-8", errors="replace"))
+        with path.open("rb") as handle:  # in chunks: the whole file decoded at once would double the peak
+            while chunk := handle.read(1 << 20):
+                count += len(decoder.decode(chunk))
     except OSError:
         return None
+    return count + len(decoder.decode(b"", final=True))
 
 
 def _read(path: Path, max_pages: int, max_chars: int) -> Paper:

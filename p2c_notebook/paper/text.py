@@ -117,10 +117,40 @@ def decode_text(data: bytes, name: str, what: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-_ATX = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_DISPLAY = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.S)
+_ATX = re.compile(r"^(#{1,6})\s+(.*)$")  # the closing #s are stripped in Python: `.*?\s*#*\s*$` is quadratic
+_DISPLAY = re.compile(r"\$\$|\\\[")
+_DISPLAY_END = {"$$": "$$", "\\[": "\\]"}
 _ABSTRACT_RUN_IN = re.compile(r"^[*_\s]*abstract[*_]*\s*[:.\u2014\u2013-]+[*_]*\s*", re.I)
 _PLAIN_HEADING = re.compile(r"^(?:\d{1,2}(?:\.\d{1,2}){0,3}\.?|[A-Z](?:\.\d{1,2}){0,3}\.?)\s+[A-Z][^.!?]{0,90}$")
+
+
+def _atx_title(text: str) -> str:
+    """An ATX heading's text without trailing spaces and closing #s (`## Title ##`)."""
+    return text.rstrip().rstrip("#").rstrip()
+
+
+MAX_TEXT_BYTES = 20 * 1024 * 1024  # a paper's LaTeX, JSON, Markdown or text is well under this
+_CHUNK = 1 << 16
+
+
+def read_text_file(path: Path) -> bytes:
+    """A text file's bytes, read in chunks and refused once past MAX_TEXT_BYTES (a file that grows, a device or
+    a pipe never fills memory)."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                size += len(chunk)
+                if size > MAX_TEXT_BYTES:
+                    raise PaperError(
+                        f"{path.name} is over {MAX_TEXT_BYTES // 2**20} MB, too large for a paper's text (the "
+                        "limit): check that you picked the right file, or give the paper's PDF."
+                    )
+                parts.append(chunk)
+    except OSError as exc:
+        raise PaperError(f"{path} cannot be read ({exc.strerror}): check its permissions.") from exc
+    return b"".join(parts)
 
 
 class _Builder:
@@ -170,14 +200,31 @@ class _Builder:
         if caption:
             self.captions.append(Caption(kind=caption[0], label=caption[1], text=caption[2]))
             return
-        for match in _DISPLAY.finditer(text):
-            equation = (match.group(1) or match.group(2) or "").strip()
-            if equation:
-                self.equations.append(equation)
+        for equation in _displays(text):
+            if equation.strip():
+                self.equations.append(equation.strip())
         if not self.abstract and self.mode == "body" and not self.sections and _ABSTRACT_RUN_IN.match(text):
             self.abstract.append(_ABSTRACT_RUN_IN.sub("", text))
             return
         self.paragraphs.append(text)
+
+
+def _displays(text: str) -> list[str]:
+    """The contents of `$$...$$` and `\\[...\\]` (non-empty, left to right), in linear time: a closer missing
+    after one opener is missing after all later ones, where `.+?` would rescan the rest for each."""
+    found: list[str] = []
+    missing: set[str] = set()
+    position = 0
+    while match := _DISPLAY.search(text, position):
+        closer = _DISPLAY_END[match.group()]
+        end = -1 if match.group() in missing else text.find(closer, match.end() + 1)  # `.+?`: one character or more
+        if end < 0:
+            missing.add(match.group())
+            position = match.start() + 1
+            continue
+        found.append(text[match.end() : end])
+        position = end + len(closer)
+    return found
 
 
 def _paragraphs(lines: list[str]) -> list[str]:
@@ -185,15 +232,17 @@ def _paragraphs(lines: list[str]) -> list[str]:
     paragraphs: list[str] = []
     current: list[str] = []
     fenced = False
+    dollars = 0  # $$ in `current`, counted as lines are added (recounting at each blank line is quadratic)
     for line in lines:
         if line.strip().startswith(("```", "~~~")):
             fenced = not fenced
-        if not line.strip() and not fenced and "".join(current).count("$$") % 2 == 0:
+        if not line.strip() and not fenced and dollars % 2 == 0:
             if current:
                 paragraphs.append("\n".join(current))
-            current = []
+            current, dollars = [], 0
         else:
             current.append(line.rstrip())
+            dollars += line.count("$$")
     if current:
         paragraphs.append("\n".join(current))
     return paragraphs
@@ -237,7 +286,7 @@ def _finish(builder: _Builder, title: str, path: Path, source_format: str) -> Pa
 
 
 def _load(path: Path, what: str) -> str:
-    text = decode_text(path.read_bytes(), path.name, what)
+    text = decode_text(read_text_file(path), path.name, what)
     if not text.strip():
         raise PaperError(f"{path.name} is empty: export the paper's text into it, or pick another file.")
     return text
@@ -277,7 +326,7 @@ def read_markdown(path: Path) -> Paper:
         if not match and not setext:
             block.append(line)
             continue
-        heading = re.sub(r"[*_`]", "", match.group(2) if match else line).strip()
+        heading = re.sub(r"[*_`]", "", _atx_title(match.group(2)) if match else line).strip()
         level = len(match.group(1)) if match else (1 if underline[0] == "=" else 2)
         skip = -1 if match else index + 1
         emit()

@@ -27,11 +27,26 @@ from pydantic import (
 from p2c_notebook.errors import ConfigError
 
 FaultKind = Literal[
-    "status", "truncate", "malformed", "empty", "html", "reset", "length", "no_usage", "timeout", "reject_model"
+    "status",
+    "truncate",
+    "malformed",
+    "empty",
+    "html",
+    "reset",
+    "length",
+    "no_usage",
+    "timeout",
+    "reject_model",
+    "trickle",
+    "keepalive",
+    "huge",
 ]
 
 #: Faults that deliver (part of) the scripted reply, so they need a matching response entry.
-CONTENT_FAULTS: frozenset[str] = frozenset({"truncate", "length", "no_usage", "timeout"})
+CONTENT_FAULTS: frozenset[str] = frozenset({"truncate", "length", "no_usage", "timeout", "trickle", "keepalive"})
+
+#: Known servers' habits the scripted server can imitate (see docs/scenario-format.md, "Habits").
+Habit = Literal["openai", "vllm", "ollama", "lmstudio", "llamacpp"]
 
 
 class _Rule(BaseModel):
@@ -123,7 +138,17 @@ class Fault(_Rule):
     after: int = Field(default=0, ge=0)
     message: str | None = None
     content: str | None = None
-    sleep: float | None = Field(default=None, ge=0, description="for kind: timeout, instead of fault_sleep")
+    sleep: float | None = Field(
+        default=None, ge=0, description="for kind: timeout, trickle and keepalive, instead of fault_sleep"
+    )
+    interval: float = Field(default=0.1, gt=0, description="for kind: trickle and keepalive, seconds between sends")
+    chars: int | None = Field(default=None, ge=1, description="for kind: huge, the reply's length in characters")
+
+    @model_validator(mode="after")
+    def _needs_chars(self) -> Fault:
+        if self.kind == "huge" and self.chars is None:
+            raise ValueError("kind: huge needs chars (the reply's length in characters)")
+        return self
 
     def active_for(self, hit: int) -> bool:
         """Whether the `hit`-th (0-based) matching request gets this fault."""
@@ -137,6 +162,7 @@ class Scenario(BaseModel):
 
     model: str | list[str] = "*"
     reject_models: list[str] = Field(default_factory=list)
+    habit: Habit | None = None
     latency: float = Field(default=0.0, ge=0)
     token_latency: float = Field(default=0.0, ge=0)
     fault_sleep: float = Field(default=30.0, ge=0)

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypedDict, TypeVar
+from urllib.parse import unquote
 
 from p2c_notebook.errors import P2CError
 from p2c_notebook.testing.scenario import CONTENT_FAULTS, Fault, ResponseRule, Scenario, load_scenario
@@ -33,6 +34,78 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 _WORDS_PER_CHUNK = 3
 _POLL_S = 0.02  # how often serve_forever checks for stop(); stop() waits up to this long
 _HTML_TITLES = {200: "Welcome", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Time-out"}
+_HUGE_PIECE = 4096  # characters per chunk of a `huge` reply: small chunks would make a 10 MB stream crawl
+
+
+@dataclass(frozen=True)
+class _Habit:
+    """How a known server treats what a request asks: which response_format types it follows (`None`: it takes
+    any and ignores it), which request fields it refuses and with which status, and whether a stream carries
+    usage."""
+
+    formats: frozenset[str] | None
+    format_status: int
+    format_message: str
+    unknown: frozenset[str]
+    unknown_status: int
+    unknown_message: str
+    stream_usage: bool
+
+
+_ALL_FORMATS = frozenset({"text", "json_object", "json_schema"})
+_HABITS: dict[str, _Habit] = {
+    "openai": _Habit(_ALL_FORMATS, 400, "", frozenset(), 400, "", True),
+    "vllm": _Habit(_ALL_FORMATS, 400, "", frozenset(), 400, "", True),
+    "ollama": _Habit(None, 400, "", frozenset(), 400, "", False),
+    "lmstudio": _Habit(
+        frozenset({"text", "json_schema"}),
+        400,
+        "'response_format.type' must be 'json_schema' or 'text'",
+        frozenset({"max_completion_tokens"}),
+        400,
+        "Unrecognized key(s) in object: '{field}'",
+        True,
+    ),
+    "llamacpp": _Habit(
+        frozenset({"text", "json_object"}),
+        500,
+        "response_format.type: Input should be 'text' or 'json_object'",
+        frozenset({"max_completion_tokens"}),
+        500,
+        "{field}: Extra inputs are not permitted",
+        False,
+    ),
+}
+
+
+def _habit_refusal(habit: _Habit, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """The error a server with this habit answers the request with, or None when it takes it."""
+    for field_name in sorted(habit.unknown):
+        if field_name in body:
+            return habit.unknown_status, _error(habit.unknown_message.format(field=field_name), "invalid_request_error")
+    wanted = body.get("response_format")
+    kind = wanted.get("type") if isinstance(wanted, dict) else None
+    if kind is not None and habit.formats is not None and kind not in habit.formats:
+        type_ = "server_error" if habit.format_status >= 500 else "invalid_request_error"
+        return habit.format_status, _error(habit.format_message, type_)
+    return None
+
+
+def _unformatted(text: str) -> str:
+    """A JSON reply as a model writes it when no response_format holds it to bare JSON: in a fence, with prose."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(value, dict):
+        return text
+    return f"Here is the JSON you asked for:\n\n```json\n{text}\n```\n"
+
+
+def _huge_text(chars: int) -> str:
+    """`chars` characters of comment lines."""
+    line = "# " + "x" * 77 + "\n"
+    return (line * (chars // len(line) + 1))[:chars]
 
 
 def _html_page(status: int) -> bytes:
@@ -74,6 +147,7 @@ class _Answer:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     index: int = 0
+    note: str | None = None  # recorded as `fault` when no scripted fault applies ("habit": a habit's refusal)
 
 
 def _error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
@@ -250,7 +324,7 @@ class ScriptedServer(Served):
 
         `arrived` (epoch seconds) is when its headers came in: the record's timestamp."""
         stage = headers.get("x-p2c-stage", "")
-        file = headers.get("x-p2c-file", "")
+        file = unquote(headers.get("x-p2c-file", ""))  # the client percent-encodes it (UTF-8)
         attempt = _to_int(headers.get("x-p2c-attempt"))
         continuation = _to_int(headers.get("x-p2c-continuation"))
         model = str(body.get("model", ""))
@@ -264,7 +338,12 @@ class ScriptedServer(Served):
             shared = max((common_prefix_len(serial, p) for p in self._prompts), default=0)
             self._prompts.append(serial)
             prior = _continued_text(messages) if continuation else None
-            answer = self._choose(stage, file, attempt, model, prior)
+            habit = _HABITS[self.scenario.habit] if self.scenario.habit else None
+            refusal = _habit_refusal(habit, body) if habit else None
+            if refusal is not None:
+                answer = _Answer(refusal[0], refusal[1], note="habit")
+            else:
+                answer = self._choose(stage, file, attempt, model, prior)
             answer.prompt_tokens = prompt_tokens
             cached = estimate_tokens(_covered_text(roles, texts, shared))
             answer.cached_tokens = min(prompt_tokens, cached)
@@ -287,7 +366,7 @@ class ScriptedServer(Served):
                     reasoning_effort=body.get("reasoning_effort"),
                     temperature=body.get("temperature"),
                     seed=body.get("seed"),
-                    fault=answer.fault.kind if answer.fault else None,
+                    fault=answer.fault.kind if answer.fault else answer.note,
                 )
             )
         return answer
@@ -458,15 +537,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(answer.status, json.loads(json.dumps(answer.error).replace("{authorization}", auth)), extra)
             return
         text = answer.text
+        habit = _HABITS[owner.scenario.habit] if owner.scenario.habit else None
+        wanted = body.get("response_format")
+        if habit is not None and (habit.formats is None or not isinstance(wanted, dict)):
+            text = _unformatted(text)  # no response_format in effect: the model wraps its JSON
         if kind == "malformed":
             text = answer.fault.content if answer.fault and answer.fault.content is not None else _MALFORMED
         elif kind == "empty":
             text = ""
-        pieces = _chunks(text)
+        if kind == "huge" and answer.fault is not None and answer.fault.chars is not None:
+            text = _huge_text(answer.fault.chars)
+            pieces = [text[i : i + _HUGE_PIECE] for i in range(0, len(text), _HUGE_PIECE)]
+        else:
+            pieces = _chunks(text)
         finish = "stop"
         if kind == "length":
             pieces, finish = pieces[: len(pieces) // 2], "length"
-        completion = estimate_tokens("".join(pieces))
+        # A huge reply's tokens are guessed (4 characters each): counting 10 MB would delay the first byte.
+        completion = len(text) // 4 if kind == "huge" else estimate_tokens("".join(pieces))
         usage: dict[str, Any] | None = {
             "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": completion,
@@ -481,12 +569,14 @@ class _Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": body.get("model", ""),
         }
+        slow = answer.fault if kind in ("trickle", "keepalive") else None
         if body.get("stream"):
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            self._stream(meta, pieces, finish, usage if include_usage else None, truncate=kind == "truncate")
+            include_usage = include_usage and (habit is None or habit.stream_usage)
+            self._stream(meta, pieces, finish, usage if include_usage else None, kind == "truncate", slow)
         else:
-            self._complete(meta, "".join(pieces), finish, usage, completion, truncate=kind == "truncate")
+            self._complete(meta, "".join(pieces), finish, usage, completion, kind == "truncate", slow)
 
     def _complete(
         self,
@@ -496,6 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
         usage: dict[str, Any] | None,
         tokens: int,
         truncate: bool,
+        slow: Fault | None = None,
     ) -> None:
         message = {"role": "assistant", "content": text, "refusal": None}
         payload: dict[str, Any] = {
@@ -509,6 +600,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         data = json.dumps(payload).encode()
+        if slow is not None:  # whitespace before the JSON (a body that takes its time), then the JSON
+            self._slow_body(data, slow)
+            return
         if not truncate:
             self._send(200, data, "application/json")
             return
@@ -526,6 +620,7 @@ class _Handler(BaseHTTPRequestHandler):
         finish: str,
         usage: dict[str, Any] | None,
         truncate: bool,
+        slow: Fault | None = None,
     ) -> None:
         owner = self.server.owner
         self.send_response(200)
@@ -541,6 +636,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {json.dumps({**base, 'choices': [choice], **with_usage})}\n\n")
 
         event({"role": "assistant", "content": ""})
+        if slow is not None and slow.kind == "keepalive":  # SSE comments only, for `sleep` seconds
+            until = time.monotonic() + self._fault_sleep(slow)
+            while time.monotonic() < until:
+                if not owner._sleep(slow.interval):
+                    self._drop()
+                    return
+                self._chunk(": keep-alive\n\n")
+        if slow is not None and slow.kind == "trickle":
+            if not self._trickle(event, pieces, slow):
+                return
+            pieces = []
         # Paced against one deadline, so the stream lasts token_latency x tokens however long each write takes.
         began, tokens = time.monotonic(), 0
         for piece in pieces[: len(pieces) // 2] if truncate else pieces:
@@ -557,6 +663,43 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n")
         self._chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _fault_sleep(self, fault: Fault) -> float:
+        return self.server.owner.scenario.fault_sleep if fault.sleep is None else fault.sleep
+
+    def _trickle(self, event: Any, pieces: list[str], fault: Fault) -> bool:
+        """The reply one piece every `interval` seconds, then (with `sleep`) spaces until `sleep` seconds have
+        passed; False when the server stopped meanwhile."""
+        owner = self.server.owner
+        until = time.monotonic() + (fault.sleep or 0.0)
+        for piece in pieces:
+            if not owner._sleep(fault.interval):
+                self._drop()
+                return False
+            event({"content": piece})
+        while time.monotonic() < until:
+            if not owner._sleep(fault.interval):
+                self._drop()
+                return False
+            event({"content": " "})
+        return True
+
+    def _slow_body(self, data: bytes, fault: Fault) -> None:
+        """A JSON body sent in chunks: a space every `interval` seconds for `sleep` seconds (a keepalive fault:
+        `fault_sleep` by default; a trickle: one space per reply piece at least), then the JSON."""
+        owner = self.server.owner
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        seconds = self._fault_sleep(fault) if fault.kind == "keepalive" else (fault.sleep or 0.0)
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if not owner._sleep(fault.interval):
+                self._drop()
+                return
+            self._chunk(" ")
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
 
     # -- low level -------------------------------------------------------------------------------------
 

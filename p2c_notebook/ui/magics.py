@@ -20,7 +20,7 @@ from IPython.display import display as _display
 
 from p2c_notebook.errors import EditedArtifactError, P2CError, RunError
 from p2c_notebook.pipeline import Pipeline, RunResult
-from p2c_notebook.render import TerminalRenderer
+from p2c_notebook.render import TerminalRenderer, escape_controls
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.store import RunStore, stage_of
 from p2c_notebook.ui import render
@@ -122,7 +122,7 @@ def parse_line(line: str) -> argparse.Namespace:
 
 
 def error(message: str) -> None:
-    print(f"p2c: error: {render.one_line(message, 1000)}", file=sys.stderr)
+    print(escape_controls(f"p2c: error: {render.one_line(message, 1000)}"), file=sys.stderr)
 
 
 def cancellable(pipeline: Pipeline, work: Callable[[], T]) -> T:
@@ -325,7 +325,7 @@ class P2CMagics(Magics):
             "<table class='p2c-table'><thead><tr><th>Artifact</th><th>Status</th><th>Usage</th></tr></thead>"
             f"<tbody>{''.join(cells)}</tbody></table><p>{render.esc(footer)}</p>"
         )
-        display({"text/plain": "\n".join([*lines, footer]), "text/html": table}, raw=True)
+        display({"text/plain": escape_controls("\n".join([*lines, footer])), "text/html": table}, raw=True)
         if self.walkthrough is not None and not busy:
             self.walkthrough.refresh()
 
@@ -334,7 +334,7 @@ class P2CMagics(Magics):
         for artifact in pipeline.resolve(args.artifact):
             text = pipeline.store.read(artifact)
             page = f"<h4>{render.esc(render.title_of(artifact))}</h4>{render.artifact_html(artifact, text)}"
-            display({"text/plain": text, "text/html": page}, raw=True)
+            display({"text/plain": escape_controls(text), "text/html": page}, raw=True)  # a terminal shows it
 
     def _cmd_approve(self, args: argparse.Namespace, cell: str | None) -> None:
         pipeline = self.require()
