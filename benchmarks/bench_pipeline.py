@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from process import ServerProcess  # benchmarks/process.py (a benchmark helper, not shipped)
 from pydantic import SecretStr
 from synthetic import Synthetic, build, depth, paper_path, reference_paper_text
 
@@ -52,7 +53,6 @@ from p2c_notebook.prompts.builder import PromptBuilder, language_for, render
 from p2c_notebook.settings import Settings
 from p2c_notebook.store import PLANNING, stage_of
 from p2c_notebook.testing import ScriptedServer
-from p2c_notebook.testing.process import ServerProcess
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage, cost_of
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from p2c_notebook.errors import ConfigError
 from p2c_notebook.testing import Scenario, ScriptedServer, load_scenario
-from p2c_notebook.testing.process import ServerProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from process import ServerProcess  # noqa: E402 - benchmarks/process.py, a benchmark helper
 
 PLAN = "Plan: implement the model, the trainer and the evaluation loop in three files, one after another."
 SCENARIO: dict[str, Any] = {

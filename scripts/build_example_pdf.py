@@ -8,7 +8,7 @@ kept), and numbered display equations end with their number on the same text lin
 "λ ∼ Beta(α, α)    (4)", so that the PDF has a readable text layer.
 
 The pages are US letter in two columns, the title block spans both columns on page 1, and the output is
-byte-for-byte deterministic. `python -m p2c_notebook.examplepaper` rebuilds examples/mixup/paper.pdf.
+byte-for-byte deterministic. `python scripts/build_example_pdf.py` rebuilds examples/mixup/paper.pdf.
 """
 
 from __future__ import annotations
@@ -805,7 +805,7 @@ def _finish(raw: bytes, doc: _Document) -> bytes:
                 "author": _plain_text(doc.author.split("\\\\")[0]),
                 "subject": "Example paper of p2c-notebook",
                 "keywords": "mixup, calibration, MLP",
-                "creator": "p2c_notebook.examplepaper",
+                "creator": "p2c-notebook scripts/build_example_pdf.py",
                 "producer": "PyMuPDF",
                 "creationDate": FIXED_DATE,
                 "modDate": FIXED_DATE,
@@ -847,7 +847,7 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     """Command line: rebuild examples/mixup/paper.pdf (or --tex SOURCE --out PDF)."""
     example = _repo_root() / "examples" / "mixup"
     parser = argparse.ArgumentParser(
-        prog="python -m p2c_notebook.examplepaper", description="Render the example paper to PDF."
+        prog="python scripts/build_example_pdf.py", description="Render the example paper to PDF."
     )
     parser.add_argument("--tex", type=Path, default=example / "paper.tex", help="LaTeX source")
     parser.add_argument("--out", type=Path, default=example / "paper.pdf", help="PDF to write")
