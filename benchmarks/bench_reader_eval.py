@@ -111,6 +111,25 @@ def label(number: str | None, heading: str) -> str:
     return f"{number} {heading}" if number else heading
 
 
+def _shown(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drawn paths with their boxes cut to the clip paths that enclose them (a bar of a chart may extend far
+    below its plot, clipped away: only what is painted is the figure)."""
+    scissors: list[tuple[int, Any]] = []
+    paths = []
+    for entry in entries:
+        while scissors and scissors[-1][0] >= entry.get("level", 0):
+            scissors.pop()
+        if entry["type"] == "clip":
+            scissors.append((entry.get("level", 0), pymupdf.Rect(entry["scissor"])))
+        elif entry["type"] != "group" and "items" in entry:
+            rect = pymupdf.Rect(entry["rect"])
+            for _, scissor in scissors:
+                rect = rect & scissor
+            if rect.is_valid:  # a path clipped away entirely comes out inverted
+                paths.append({**entry, "rect": rect})
+    return paths
+
+
 def figure_regions(page: Any) -> list[Any]:
     """Regions of a page that are figures: images, and drawings with curves, slanted lines or colour fills.
 
@@ -120,7 +139,7 @@ def figure_regions(page: Any) -> list[Any]:
     area = abs(page.rect)
     regions = [r for r in (page.get_image_rects(x[0])[0] for x in page.get_images() if page.get_image_rects(x[0]))]
     regions = [r for r in regions if abs(r) > 0.01 * area]
-    paths = page.get_drawings()
+    paths = _shown(page.get_drawings(extended=True))
     for cluster in page.cluster_drawings(drawings=paths):
         if abs(cluster) < 0.02 * area:
             continue

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from p2c_notebook.errors import P2CError
+from p2c_notebook import runchecks
+from p2c_notebook.errors import P2CError, PlanError, RunError
 from p2c_notebook.estimate import estimate_paper
 from p2c_notebook.paper import read_paper
 from p2c_notebook.pipeline import Pipeline
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show each artifact's status and what the next run does")
     status.add_argument("run")
 
+    check = sub.add_parser("check", help="list what the static checks find in the generated code (exit 5: problems)")
+    check.add_argument("run")
+
     show = sub.add_parser("show", help="print one artifact (plan, design, logic, config, analysis/F, code/F)")
     show.add_argument("run")
     show.add_argument("artifact")
@@ -72,6 +76,21 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("paper")
     paper.add_argument("--text", action="store_true", help="print the text the model will see")
     paper.add_argument("--model", help="the model to estimate tokens and cost for (default: the configured one)")
+
+    judge = sub.add_parser("eval", help="judge the generated repository against the paper (1-5, n samples)")
+    judge.add_argument("run", help="a run folder with generated code")
+    judge.add_argument("--reference", metavar="DIR", help="the authors' repository: a folder, .zip or .tar.gz")
+    judge.add_argument("--judge", metavar="MODEL", help="the judge model (default: the configured model)")
+    judge.add_argument("-n", type=int, default=8, help="judging samples, averaged (default 8)")
+    judge.add_argument("--base-url", help="OpenAI-compatible server URL of the judge")
+    judge.add_argument("--api-key", help="API key (prefer OPENAI_API_KEY)")
+    judge.add_argument("--backend", help="openai, auto, local[:MODEL], replay:CASSETTE.jsonl or scripted:SCENARIO.yaml")
+    judge.add_argument("--concurrency", type=int, help="judging calls at once (default: the concurrency setting)")
+    judge.add_argument("--max-tokens", type=int, help="output token limit per call")
+    judge.add_argument("--temperature", type=float)
+
+    compare = sub.add_parser("compare", help="several runs side by side as a Markdown table")
+    compare.add_argument("runs", nargs="+", help="run folders")
     return parser
 
 
@@ -108,6 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     print(result.message)
     print(f"Time: {elapsed:.1f} s; this run folder so far: {spent.calls} calls, {spent.describe()}")
+    if result.state == "done":
+        checked = runchecks.current(pipeline.store.root)
+        print(runchecks.describe(checked) + _check_hint(checked, pipeline.store.root))
     if result.state == "paused":
         return EXIT_PAUSED
     if result.state == "cancelled":
@@ -119,18 +141,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     pipeline = Pipeline.open(args.run)
     rows = pipeline.rows()
     width = max(len(r.artifact) for r in rows)
+    checked = runchecks.current(pipeline.store.root, write=False) if (pipeline.store.root / "repo").is_dir() else None
     for row in rows:
         tokens = "" if row.status == "missing" else row.usage.describe()
         note = " (inputs changed since your edit)" if row.inputs_changed else ""
-        print(f"{row.artifact:<{width}}  {row.status:<9}  {tokens}{note}")
+        problems = _file_problems(checked, row.artifact) if checked is not None else ""
+        print(f"{row.artifact:<{width}}  {row.status:<9}  {tokens}{note}{problems}")
     print(f"Spent in this run folder: {pipeline.store.spent().calls} calls, {pipeline.store.spent().describe()}")
     done = [r.artifact for r in rows if r.status not in ("missing", "stale")]
     print(f"Done: {len(done)} of {len(rows)} artifacts (kept; a rerun does not ask for them again).")
     failure = last_failure(pipeline.store.root / "logs" / "run.log")
     if failure and len(done) < len(rows):
         print(f"The last run stopped with: {failure}")
+    if checked is not None and checked["files"]:
+        print(runchecks.describe(checked) + _check_hint(checked, pipeline.store.root))
     print(pipeline.next_command())
     return 0
+
+
+def _file_problems(checked: dict[str, Any], artifact: str) -> str:
+    """`  [2 problems, 1 warning]` after a code file's status line ("" when it has none, or is not code)."""
+    stage, _, path = artifact.partition("/")
+    entry = checked["files"].get(path) if stage == "code" else None
+    if not entry or not entry["violations"]:
+        return ""
+    errors = sum(1 for v in entry["violations"] if v["severity"] == "error")
+    warnings = len(entry["violations"]) - errors
+    parts = [f"{errors} problem(s)"] if errors else []
+    parts += [f"{warnings} warning(s)"] if warnings else []
+    return f"  [{', '.join(parts)}]"
+
+
+def _check_hint(checked: dict[str, Any], run: Path) -> str:
+    return f" `p2c check {run}` lists them." if checked["errors"] or checked["warnings"] else ""
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Each violation as file:line: message; exit 0 when no errors remain, 5 when some do."""
+    pipeline = Pipeline.open(args.run)
+    if not any(r.status != "missing" for r in pipeline.rows() if r.artifact.startswith("code/")):
+        raise RunError(f"No code has been generated in {args.run} yet; run `p2c run {args.run}` first.")
+    checked = runchecks.current(pipeline.store.root)
+    for violations in runchecks.violations_of(checked).values():
+        for violation in violations:
+            label = "" if violation.severity == "error" else " (warning)"
+            print(f"{violation.location}: {violation.message}{label} [{violation.check}]")
+    print(runchecks.describe(checked))
+    return PlanError.exit_code if checked["errors"] else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -159,19 +216,53 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.judge,
+        "base_url": args.base_url,
+        "api_key": args.api_key,
+        "backend": args.backend,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+    }
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from p2c_notebook.evaluate import judge, report_lines
+
+    settings = load_settings(_eval_settings(args))
+    summary = judge(args.run, settings, args.n, args.reference, sinks=(TerminalRenderer(),))
+    for line in report_lines(summary):
+        print(line)
+    print(f"Saved in {Path(args.run) / 'eval'} (every sample, with its cost)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from p2c_notebook.evaluate import compare_table
+
+    print(compare_table(args.runs))
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
     "show": cmd_show,
     "approve": cmd_approve,
     "paper": cmd_paper,
+    "check": cmd_check,
+    "eval": cmd_eval,
+    "compare": cmd_compare,
 }
 
 
 def _scrubber(args: argparse.Namespace) -> Scrubber:
     """Every credential this command's settings send, so that nothing it prints (errors too) shows one."""
     try:
-        return Scrubber.for_settings(load_settings(_settings(args) if args.command == "run" else {}))
+        given = _settings(args) if args.command == "run" else _eval_settings(args) if args.command == "eval" else {}
+        return Scrubber.for_settings(load_settings(given))
     except P2CError:
         return Scrubber()  # the command itself reports the bad settings
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from p2c_notebook import runchecks
 from p2c_notebook.artifacts import LogicDesign
-from p2c_notebook.context import StageContext, check_python, feedback_messages
+from p2c_notebook.checks import Violation
+from p2c_notebook.context import Review, StageContext, check_python, feedback_messages
 from p2c_notebook.parsing import extract_code
 from p2c_notebook.prompts.builder import interface_of, language_for
+from p2c_notebook.runchecks import check_reply
 from p2c_notebook.store import PLANNING, Entry
 
 
@@ -34,7 +37,8 @@ def _ordered(files: dict[str, str], rank: dict[str, int]) -> dict[str, str]:
 
 
 def code_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entry:
-    """Write repo/<path>; the Python it writes must parse."""
+    """Write repo/<path>; the Python it writes must parse, and what the static checks find in it is sent back
+    once (a repair re-ask), then recorded in checks.json."""
     artifact = f"code/{path}"
     logic = ctx.logic()
     item = next(f for f in logic.files if f.path == path)
@@ -49,5 +53,23 @@ def code_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entr
         check_python(path, code)
         return code
 
-    code, usage = ctx.ask(artifact, "code", path, messages, parse)
-    return ctx.store.save(artifact, code, ctx.input_hashes(code_inputs(logic, path)), ctx.backend.model, usage)
+    design = ctx.design()
+    found: dict[str, list[Violation]] = {}  # each reply's code -> what the static checks found in it
+
+    def review(code: str) -> Review:
+        found[code] = check_reply(ctx.store, design, logic, path, code)
+        return runchecks.review(path, found[code])
+
+    code, usage = ctx.ask(artifact, "code", path, messages, parse, review=review)
+    entry = ctx.store.save(artifact, code, ctx.input_hashes(code_inputs(logic, path)), ctx.backend.model, usage)
+    remaining = found.get(code, [])
+    runchecks.record_file(ctx.store, path, code, remaining, next(iter(found.values()), remaining))
+    errors = [v for v in remaining if v.severity == "error"]
+    if errors:  # saved all the same (usable, not perfect); what remains is shown, never hidden
+        shown = "; ".join(str(v) for v in errors[:3]) + ("; ..." if len(errors) > 3 else "")
+        ctx.bus.warn(
+            f"{path} is saved with {len(errors)} problem(s) the static checks found ({shown}); "
+            f"`p2c check {ctx.store.root}` lists them.",
+            artifact,
+        )
+    return entry

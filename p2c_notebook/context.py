@@ -17,7 +17,7 @@ from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
 from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
-from p2c_notebook.prompts.builder import PLANNING_CONTEXT, json_schema
+from p2c_notebook.prompts.builder import PLANNING_CONTEXT, json_schema, render
 from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 from p2c_notebook.store import PLANNING, RunStore, artifact_file
@@ -34,6 +34,25 @@ def describe_validation(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         parts.append(f"{loc}: {err['msg']}")
     return "the JSON does not match the schema (" + "; ".join(parts) + ")."
+
+
+@dataclass(frozen=True)
+class Review:
+    """What the static checks say of a usable reply: the re-ask naming its problems ("" when there is nothing
+    to fix), how many errors it has (to keep the better of two replies), and one line for the notice."""
+
+    request: str = ""
+    errors: int = 0
+    summary: str = ""
+
+
+def with_review(messages: Messages, reply: str, problems: str) -> Messages:
+    """The checks' re-ask continues the same conversation (the cache-friendly prefix is kept)."""
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": render("review", problems=problems)},
+    ]
 
 
 @dataclass
@@ -104,8 +123,14 @@ class StageContext:
         messages: Messages,
         parse: Callable[[str], T],
         schema: type[BaseModel] | None = None,
+        review: Callable[[T], Review] | None = None,
     ) -> tuple[T, Usage]:
-        """Call the model and parse its reply; re-ask with the problem (`max_repairs` times), then fail clearly."""
+        """Call the model and parse its reply; re-ask with the problem (`max_repairs` times), then fail clearly.
+
+        `review` judges a usable reply (the static checks): its problems are sent back once, as one of the
+        `max_repairs` re-asks. What the re-ask brings back is kept unless it has more errors than the first
+        reply; a reply with problems left is returned all the same (the caller records and shows them).
+        """
         self.bus.emit(StageStarted(artifact=artifact, stage=stage, file=file))
         total = Usage()
         request = ChatRequest(
@@ -118,6 +143,7 @@ class StageContext:
         )
         where = f"{stage}" + (f" of {file}" if file else "")
         error = ""
+        kept: tuple[T, Review] | None = None  # a usable reply whose problems were sent back once
 
         unsent: list[str] = []
         sent_at = 0.0
@@ -161,6 +187,11 @@ class StageContext:
             total += completion.usage
             self.store.add_spent(completion.usage)
             self.bus.emit(UsageReported(artifact=artifact, usage=completion.usage, total=self.store.spent()))
+            if completion.finish_reason == "length" and kept is not None:
+                self.bus.warn(
+                    f"The re-asked reply for {where} was cut off at the token limit; the first is kept.", artifact
+                )
+                return kept[0], total
             if completion.finish_reason == "length":
                 limit = completion.max_tokens or self.settings.max_tokens
                 continued = (
@@ -172,13 +203,40 @@ class StageContext:
                     "finished artifacts are kept."
                 )
             try:
-                return parse(completion.text), total
+                value = parse(completion.text)
             except ParseError as exc:
                 error = str(exc)
             except ValidationError as exc:
                 error = describe_validation(exc)
             except PlanError as exc:
                 error = str(exc)
+            else:
+                verdict = review(value) if review is not None else Review()
+                if kept is not None and verdict.errors > kept[1].errors:
+                    self.bus.warn(
+                        f"The re-asked reply for {where} has more problems ({verdict.errors}) than the first "
+                        f"({kept[1].errors}); the first is kept.",
+                        artifact,
+                    )
+                    return kept[0], total
+                if not verdict.request or kept is not None or attempt == attempts:
+                    return value, total
+                kept = (value, verdict)
+                self.bus.warn(
+                    f"{verdict.summary} in the reply for {where}; asking the model once to fix them.", artifact
+                )
+                request = ChatRequest(
+                    with_review(messages, completion.text, verdict.request),
+                    stage,
+                    file,
+                    attempt + 1,
+                    request.schema,
+                    request.schema_name,
+                )
+                continue
+            if kept is not None:  # the first reply was usable: its problems are recorded, not a failure
+                self.bus.warn(f"The re-asked reply for {where} was unusable ({error}); the first is kept.", artifact)
+                return kept[0], total
             if attempt < attempts:
                 again = "once more" if attempts == 2 else f"again ({attempt} of {attempts - 1})"
                 self.bus.warn(f"The reply for {where} was unusable ({error}); asking the model {again}.", artifact)

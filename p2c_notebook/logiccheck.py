@@ -1,6 +1,7 @@
 """The logic design before analysis: mechanical repairs that need no model, and the problems that do.
 
-A duplicate file entry or a dependency spelled `net.py` for `models/net.py` is fixed here and said so; a
+A repeated dependency or one spelled `net.py` for `models/net.py` is fixed here and said so (a file entry listed
+twice is dropped by `LogicDesign.check_against`, which runs next); a
 multi-file design in which no file imports another, or whose dependencies contradict the class relations, goes
 back to the model with the problems named (the caller re-asks).
 """
@@ -27,11 +28,12 @@ def _key(path: str) -> str:
 def fix_logic_design(logic: LogicDesign, design: ArchitectureDesign | None = None) -> tuple[LogicDesign, list[str]]:
     """Repair what is mechanical and return the repaired copy with one note per repair.
 
-    - a file listed more than once: the first entry is kept, the later ones dropped;
     - a dependency listed twice, or on the file itself: dropped;
     - with the design: a dependency naming a planned file by its base name alone (`net.py` for the only planned
       `models/net.py`) is completed; one naming no planned file at all (`torch`, `config.yaml`) is dropped.
-    Anything else (files missing or extra, cycles) is left for the logic design's own check and the model.
+    A file listed more than once is left to `LogicDesign.check_against`, which keeps the first entry and says so
+    (one mechanism for edited designs and replies alike); later entries are not repaired here. Anything else
+    (files missing or extra, cycles) is left for that check and the model.
     """
     notes: list[str] = []
     planned = {_key(p): p for p in design.file_list} if design is not None else {}
@@ -42,14 +44,8 @@ def fix_logic_design(logic: LogicDesign, design: ArchitectureDesign | None = Non
     seen: set[str] = set()
     for item in logic.files:
         key = _key(item.path)
-        if key in seen:
-            first = next(k for k in kept if _key(k.path) == key)
-            differs = (
-                ""
-                if [_key(d) for d in item.depends_on] == [_key(d) for d in first.depends_on]
-                else (f" (its depends_on {item.depends_on} differed; the first entry's {first.depends_on} is kept)")
-            )
-            notes.append(f"The logic design listed {item.path} more than once; kept the first entry{differs}.")
+        if key in seen:  # left as it is: `LogicDesign.check_against` keeps the first entry and says so
+            kept.append(item)
             continue
         seen.add(key)
         deps: list[str] = []

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
+from p2c_notebook import runchecks
 from p2c_notebook.analysis import analyze_file
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backend import Backend, make_backend
@@ -386,6 +387,7 @@ class Pipeline:
             # Otherwise one schedule for both stages: code(f) starts once analysis(f) and its imports are saved.
             self._schedule(*_file_graph(analysis_todo, code_todo, logic), produced, progress, refine)
         self._copy_repo_config()
+        runchecks.record_repository(self.store)  # checks.json: the whole repository (entry point, copies...)
         return RunResult("done", f"The repository is in {self.store.root / 'repo'}", produced)
 
     def _planning_todo(self, first: int, last: int) -> list[str]:

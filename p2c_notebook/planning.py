@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 
 from p2c_notebook.artifacts import ArchitectureDesign, Config, LogicDesign
-from p2c_notebook.context import StageContext, feedback_messages
+from p2c_notebook.context import Review, StageContext, feedback_messages
 from p2c_notebook.diagrams import diagram_files
+from p2c_notebook.logiccheck import check_logic_design, fix_logic_design
 from p2c_notebook.parsing import extract_json, extract_markdown, extract_yaml
 from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.store import Entry
@@ -45,17 +46,31 @@ def make_design(ctx: StageContext, feedback: str | None = None) -> Entry:
 
 def make_logic(ctx: StageContext, feedback: str | None = None) -> Entry:
     design = ctx.design()
-    warnings: list[str] = []
+    warnings: dict[int, list[str]] = {}  # per parsed reply: the re-ask's reply may not be the one kept
 
     def parse(reply: str) -> LogicDesign:
-        logic, notes = LogicDesign.model_validate(extract_json(reply)).check_against(design)
-        warnings[:] = notes
+        # What is mechanical (a repeated or self dependency, a dependency by base name) is fixed here and said so;
+        # `check_against` drops a file listed twice (keeping the first) and orders dependencies first.
+        fixed, notes = fix_logic_design(LogicDesign.model_validate(extract_json(reply)), design)
+        logic, more = fixed.check_against(design)
+        warnings[id(logic)] = notes + more
         return logic
 
+    def review(logic: LogicDesign) -> Review:
+        # What only the model can fix (no file depends on another...) is sent back once.
+        problems = check_logic_design(design, logic)
+        if not problems:
+            return Review()
+        lines = "\n".join(f"- {p}" for p in problems)
+        request = f"The logic design has {len(problems)} problem(s); fix each and reply with the whole JSON:\n{lines}"
+        return Review(request, len(problems), f"The logic design check found {len(problems)} problem(s)")
+
     messages = feedback_messages(ctx, "logic", ctx.prompts.planning("logic", ctx.answers("logic")), feedback)
-    logic, usage = ctx.ask("logic", "logic", "", messages, parse, LogicDesign)
-    for warning in warnings:
+    logic, usage = ctx.ask("logic", "logic", "", messages, parse, LogicDesign, review)
+    for warning in warnings.get(id(logic), []):
         ctx.bus.warn(warning, "logic")
+    for problem in check_logic_design(design, logic):  # left after the re-ask: saved all the same, and shown
+        ctx.bus.warn(f"Logic design: {problem}", "logic")
     text = json.dumps(logic.model_dump(), indent=2, ensure_ascii=False) + "\n"
     return ctx.store.save("logic", text, ctx.input_hashes(INPUTS["logic"]), ctx.backend.model, usage)
 

@@ -55,7 +55,10 @@ LOGIC = {
     "open_questions": [],
 }
 CODE = {
-    "data.py": "def load():\n    return [1.0, 2.0, 3.0]\n",
+    # The design places class Data (with load) here: the static checks would ask again for a file without it.
+    "data.py": (
+        "class Data:\n    def load(self):\n        return [1.0, 2.0, 3.0]\n\n\ndef load():\n    return Data().load()\n"
+    ),
     "models/net.py": (
         "from data import load\n\n\nclass Net:\n    def forward(self, x):\n        return [2 * v for v in x]\n"
     ),

@@ -204,7 +204,8 @@ def test_fault_matrix(
     with Pipeline.open(run, settings=fast(server)) as again:
         assert again.run().state == "done"
     redone = Counter(map(artifact_of, server.requests))
-    assert set(redone) == set(baseline) - set(saved) - {"paper"}, "only what was missing is asked for"
+    copied = {"paper", "code/config.yaml"}  # never asked for: the paper is read, repo/config.yaml copied
+    assert set(redone) == set(baseline) - set(saved) - copied, "only what was missing is asked for"
     assert all(n == 1 for n in redone.values())
     after = hashes(run)
     assert after == baseline
@@ -247,11 +248,11 @@ def test_status_after_a_failed_cli_run_lists_what_is_done_and_the_command_that_r
     lines = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines() if line.strip() and " " in line}
     assert lines["code/data.py"] == "generated" and lines["analysis/models/net.py"] == "generated"
     assert lines["code/models/net.py"] == "missing" and lines["code/main.py"] == "missing"
-    assert "Done: 9 of 11 artifacts" in status.stdout
+    assert "Done: 9 of 12 artifacts" in status.stdout  # the 12th: repo/config.yaml, copied at the end
     assert "HTTP 503" in status.stdout, "status repeats why the last run stopped"
     # The next command asks the same server the failed run asked (never with its key).
     again = f"p2c run {run} --backend scripted:{tmp_path / 'broken.yaml'}"
-    assert f"Next: `{again}` generates code/models/net.py and 1 more" in status.stdout
+    assert f"Next: `{again}` generates code/models/net.py and 2 more" in status.stdout
     assert API_KEY not in status.stdout
     resumed = p2c("run", str(run), "--backend", f"scripted:{tmp_path / 'fixed.yaml'}")
     assert resumed.returncode == 0, resumed.stderr

@@ -34,6 +34,11 @@ TEMPERATURE = 0.2
 REPEAT_PENALTY = 1.1
 MAX_TOKENS = 3072  # per reply unless --max-tokens says otherwise: stops a looping small model in ~2 min
 DEFAULT_N_CTX = 16384
+# A whole reply of MAX_TOKENS on a busy 2-core CPU can take half an hour (3 tokens/s measured with other work
+# running), and a long prompt is read for minutes before the first token: the network defaults (600 s a call,
+# 120 s of silence) would cut off, and retry, a generation that is merely slow.
+LOCAL_TIMEOUT = 3600.0
+LOCAL_READ_TIMEOUT = 900.0
 # llama.cpp refuses a grammar whose repetitions exceed its limits ("exceeds sane defaults"), and
 # llama-cpp-python's server then exits: string bounds above about 1,000 characters must be tightened.
 GRAMMAR_MAX_LENGTH = 1000
@@ -70,6 +75,8 @@ def tuned_settings(settings: Settings, model: str, base_url: str) -> Settings:
             "reasoning_effort": None,
             "extra_body": extra,
             "max_retries": min(settings.max_retries, 1),  # a retry re-runs a whole CPU generation
+            "timeout": settings.timeout if "timeout" in given else LOCAL_TIMEOUT,
+            "read_timeout": settings.read_timeout if "read_timeout" in given else LOCAL_READ_TIMEOUT,
             # A small model's Python sometimes does not parse; a second repair is cheaper than a failed run.
             "max_repairs": settings.max_repairs if "max_repairs" in given else 2,
             "prices": {**settings.prices, model: (0.0, 0.0, 0.0)},  # this machine's time, not dollars

@@ -15,6 +15,8 @@ MAX_PATHS = 6000  # drawing paths looked at per page: a plot of 100k points is a
 MIN_IMAGE_SHARE = 0.005  # of the page area: smaller images are logos, icons or glyphs drawn as images
 MIN_DRAWING_SHARE = 0.012  # of the page area: smaller clusters are arrows, brackets or rules in the text
 _TOUCH = 3.0  # points: drawings this close belong to the same figure
+_THIN = 1.5  # points: a path thinner than this in width or height is a line (rule, axis, arrow shaft)
+_STICK_OUT = 6.0  # points a line may reach past the one cluster it touches and still belong to it
 _COVER = 0.9  # a path covering this share of the page is a page background, not a figure
 
 
@@ -61,14 +63,11 @@ def _pictorial(path: dict[str, Any]) -> bool:
     return False
 
 
-def _visible(path: dict[str, Any], page_area: float) -> bool:
+def _framing(path: dict[str, Any], page_area: float) -> bool:
+    """Whether a path can be part of a figure: anything but a page background. Invisible and white boxes count:
+    drawing programs frame a figure with one, and a plot's white background holds its curves together."""
     x0, y0, x1, y1 = path["rect"]
-    if (x1 - x0) * (y1 - y0) >= _COVER * page_area:
-        return False
-    stroked = "s" in path.get("type", "")
-    filled = "f" in path.get("type", "") and path.get("fill_opacity", 1.0) > 0
-    white = path.get("fill") is not None and min(path["fill"]) > 0.97 and not stroked
-    return (stroked or filled) and not white
+    return (x1 - x0) * (y1 - y0) < _COVER * page_area
 
 
 def _clipped_paths(
@@ -86,7 +85,7 @@ def _clipped_paths(
         if kind == "clip":
             clips.append((level, tuple(float(v) for v in entry["scissor"])))  # type: ignore[arg-type]
             continue
-        if kind == "group" or "items" not in entry or not _visible(entry, page_area):
+        if kind == "group" or "items" not in entry or not _framing(entry, page_area):
             continue
         x0, y0, x1, y1 = (float(v) for v in entry["rect"])
         for _, (cx0, cy0, cx1, cy1) in clips:
@@ -96,24 +95,47 @@ def _clipped_paths(
     return paths
 
 
+def _touch(a: list[float], b: tuple[float, float, float, float] | list[float], slack: float = _TOUCH) -> bool:
+    return a[0] - slack <= b[2] and b[0] - slack <= a[2] and a[1] - slack <= b[3] and b[1] - slack <= a[3]
+
+
 def _clusters(paths: list[tuple[tuple[float, float, float, float], bool]]) -> list[tuple[list[float], bool]]:
-    """Group path boxes that touch (within `_TOUCH` points) into clusters: (box, holds a pictorial path)."""
+    """Group drawn paths into clusters (box, holds a pictorial path).
+
+    Shapes (boxes, fills, curves, markers) that touch within `_TOUCH` points form a cluster. A thin straight line
+    joins the clusters it touches at both ends (an arrow between two boxes of a diagram) or the one it barely
+    sticks out of (a plot's tick mark); it does not carry a cluster along: rules of a table set right below a
+    plot would otherwise make the table part of the figure.
+    """
+    shapes = [p for p in paths if p[1] or (p[0][2] - p[0][0] > _THIN and p[0][3] - p[0][1] > _THIN)]
+    lines = [p[0] for p in paths if not (p[1] or (p[0][2] - p[0][0] > _THIN and p[0][3] - p[0][1] > _THIN))]
     clusters: list[tuple[list[float], bool]] = []
-    for (x0, y0, x1, y1), pictorial in sorted(paths, key=lambda p: (p[0][1], p[0][0])):
+    for (x0, y0, x1, y1), pictorial in sorted(shapes, key=lambda p: (p[0][1], p[0][0])):
         box, picture = [x0, y0, x1, y1], pictorial
         keep = []
         for other, other_picture in clusters:
-            if (
-                other[0] - _TOUCH <= box[2]
-                and box[0] - _TOUCH <= other[2]
-                and other[1] - _TOUCH <= box[3]
-                and box[1] - _TOUCH <= other[3]
-            ):
+            if _touch(other, box):
                 box = [min(box[0], other[0]), min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3])]
                 picture = picture or other_picture
             else:
                 keep.append((other, other_picture))
         clusters = [*keep, (box, picture)]
+    for line in lines:
+        touched = [c for c in clusters if _touch(c[0], line)]
+        if not touched:
+            continue
+        box = [min(c[0][0] for c in touched), min(c[0][1] for c in touched)]
+        box += [max(c[0][2] for c in touched), max(c[0][3] for c in touched)]
+        inside = (
+            line[0] >= box[0] - _STICK_OUT
+            and line[1] >= box[1] - _STICK_OUT
+            and line[2] <= box[2] + _STICK_OUT
+            and line[3] <= box[3] + _STICK_OUT
+        )
+        if len(touched) == 1 and not inside:
+            continue
+        merged = [min(box[0], line[0]), min(box[1], line[1]), max(box[2], line[2]), max(box[3], line[3])]
+        clusters = [c for c in clusters if all(c is not t for t in touched)] + [(merged, any(c[1] for c in touched))]
     return clusters
 
 
@@ -136,8 +158,18 @@ def _merge(regions: list[Region]) -> list[Region]:
     return merged
 
 
-def figure_regions(page: Any) -> list[Region]:
-    """The figure regions of a pymupdf page: images and pictorial drawing clusters, clipped to the page."""
+@dataclass(frozen=True)
+class Graphics:
+    """What a page's drawing tells the reader: figure regions, and vertical rules (x, y0, y1) that separate the
+    cells of a ruled table."""
+
+    regions: list[Region]
+    rules: list[tuple[float, float, float]]
+
+
+def page_graphics(page: Any) -> Graphics:
+    """The figure regions (images and pictorial drawing clusters, clipped to the page) and vertical rules of a
+    pymupdf page, from one pass over its drawing."""
     rect = page.rect
     page_area = max(float(rect.width * rect.height), 1.0)
     regions: list[Region] = []
@@ -154,4 +186,14 @@ def figure_regions(page: Any) -> list[Region]:
         region = Region(x0, y0, x1, y1, "drawing")
         if picture and region.area >= MIN_DRAWING_SHARE * page_area:
             regions.append(region)
-    return _merge(regions)
+    rules = [
+        ((box[0] + box[2]) / 2, box[1], box[3])
+        for box, pictorial in paths
+        if not pictorial and box[2] - box[0] < _THIN and box[3] - box[1] > 4
+    ]
+    return Graphics(regions=_merge(regions), rules=rules)
+
+
+def figure_regions(page: Any) -> list[Region]:
+    """The figure regions of a pymupdf page: images and pictorial drawing clusters, clipped to the page."""
+    return page_graphics(page).regions

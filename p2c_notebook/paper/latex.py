@@ -969,8 +969,25 @@ def _sections(body: str, doc: _Document) -> list[Section]:
     return sections
 
 
+_MAX_UNITS = 5_000  # headings, and floats: each costs a Section or a Caption; a long thesis has a few hundred
+
+
+def _check_units(text: str, name: str) -> None:
+    """Refuse a text with more headings or floats than any paper has: each is converted on its own, so their
+    number, not the text's size, would bound the time."""
+    headings = sum(text.count(f"\\{command}") for command in ("section", "subsection", "subsubsection", "appendix"))
+    floats = sum(text.count(f"\\begin{{{env}") for env in ("figure", "table", "wrap", "SCfigure", "algorithm"))
+    for count, what in ((headings, "\\section/\\subsection/\\appendix headings"), (floats, "figures and tables")):
+        if count > _MAX_UNITS:
+            raise PaperError(
+                f"{name} has {count:,} {what}, more than the {_MAX_UNITS:,} any paper has: give the paper's own "
+                ".tex file, or its PDF."
+            )
+
+
 def _parse(text: str, name: str) -> Paper:
     """Extract a Paper from expanded, comment-free LaTeX."""
+    _check_units(text, name)
     begin = text.find("\\begin{document}")
     end = text.find("\\end{document}")
     if begin < 0 and not re.search(r"\\(?:sub)*section\*?\s*[\[{]", text):

@@ -34,6 +34,12 @@ class Caption(BaseModel):
     label: str
     text: str
     page: int | None = None
+    figure_text: str = ""  # PDF: the words inside the figure (labels of a diagram, a plot's axes), cut short
+
+    def render(self) -> str:
+        """The caption as one line of `Paper.to_text`'s caption list."""
+        inside = f" (Figure text: {self.figure_text.strip()})" if self.figure_text.strip() else ""
+        return f"- {self.label}: {self.text.strip()}{inside}"
 
 
 class Paper(BaseModel):
@@ -59,7 +65,7 @@ class Paper(BaseModel):
             parts.append(f"## Abstract\n\n{self.abstract.strip()}")
         parts.extend(section.render() for section in self.sections)
         if self.captions:
-            lines = [f"- {c.label}: {c.text.strip()}" for c in self.captions]
+            lines = [c.render() for c in self.captions]
             parts.append("## Figure and table captions\n\n" + "\n".join(lines))
         return "\n\n".join(parts).strip() + "\n"
 
@@ -103,7 +109,7 @@ def limit_characters(paper: Paper, max_chars: int) -> Paper:
     captions: list[Caption] = []
     caption_chars = 0
     for caption in paper.captions:
-        caption_chars += len(caption.label) + len(caption.text.strip()) + 3
+        caption_chars += len(caption.render()) + 1
         if caption_chars > max_chars // 10:
             break
         captions.append(caption)

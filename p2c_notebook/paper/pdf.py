@@ -21,6 +21,7 @@ from typing import Any
 import pymupdf as _pymupdf
 
 from p2c_notebook.errors import PaperError
+from p2c_notebook.paper.figures import Graphics, Region, page_graphics
 from p2c_notebook.paper.hygiene import escape_markdown, fold, markdown_table, repair_glyphs
 from p2c_notebook.paper.model import DEFAULT_MAX_CHARS, Caption, Paper, Section
 from p2c_notebook.paper.outline import Entry, locate
@@ -75,6 +76,7 @@ class _Row:
     right: float = 0.0
     gap: float | None = None  # vertical gap to the previous row of the same column, None at a column top
     prev_short: bool = False
+    rules: list[float] = field(default_factory=list)  # x of vertical rules crossing the row (a ruled table)
 
     @property
     def x0(self) -> float:
@@ -188,6 +190,101 @@ def _page_lines(page: Any, body_font: Counter[str]) -> tuple[list[_Line], int]:
                 )
             )
     return lines, rotated
+
+
+@dataclass
+class _Figure:
+    """Text found inside one figure region of a page, kept out of the paragraphs."""
+
+    region: Region
+    text: str
+    lines: int
+    used: bool = False  # attached to a caption
+
+
+FIGURE_TEXT_CHARS = 300  # a caption's "Figure text" note is cut to this: labels, not a second paper
+
+
+def _common_size(pages: list[list[_Line]]) -> float:
+    """The font size most characters have (the body's), before rows are built."""
+    sizes: Counter[float] = Counter()
+    for lines in pages:
+        for line in lines:
+            sizes[round(line.size * 2) / 2] += len(line.text)
+    return sizes.most_common(1)[0][0] if sizes else 10.0
+
+
+def _prose(lines: list[_Line]) -> bool:
+    """Whether lines read as running text (a shaded box or a text layer over a scan), not a figure's labels."""
+    characters = sum(len(ln.text) for ln in lines)
+    sentences = sum(len(ln.text) for ln in lines if len(ln.text.split()) >= 8)
+    return len(lines) >= 3 and sentences > 0.5 * characters
+
+
+def _figure_text(lines: list[_Line], regions: list[Region], body_size: float) -> tuple[list[_Line], list[_Figure]]:
+    """Split a page's lines into body lines and the text of each figure region.
+
+    A line is figure text when it lies inside a region, or just beside it (tick labels and axis titles sit
+    outside the plot's frame) when it is small print or a few words; a caption line never is. A region whose
+    text reads as prose is no figure (a shaded box around a theorem, a scan's text layer) and keeps its text.
+    """
+    if not regions:
+        return lines, []
+    taken: set[int] = set()
+    figures: list[_Figure] = []
+    for region in regions:
+        inside = []
+        for index, line in enumerate(lines):
+            if index in taken or match_caption(line.text):
+                continue
+            box = (line.x0, line.y0, line.x1, line.y1)
+            if region.overlap(box, 2.0) >= 0.6:
+                inside.append(index)
+                continue
+            size = max(line.size, 1.0)
+            near = _beside(region, box, size)
+            small = line.size < body_size - 0.5 or (len(line.text.split()) <= 3 and line.bold < 0.8)
+            if near and small and (line.x1 - line.x0) < 0.5 * (region.x1 - region.x0 + 1):
+                inside.append(index)
+        members = [lines[i] for i in inside]
+        if not members or _prose(members):
+            continue
+        taken.update(inside)
+        members.sort(key=lambda ln: (round(ln.y0), ln.x0))
+        text = re.sub(r"\s+", " ", " ".join(ln.text for ln in members)).strip()
+        figures.append(_Figure(region=region, text=text, lines=len(members)))
+    return [ln for i, ln in enumerate(lines) if i not in taken], figures
+
+
+def _beside(region: Region, box: tuple[float, float, float, float], size: float) -> bool:
+    """Whether a line's box lies within a few characters of the region's frame (left, right or below/above)."""
+    x0, y0, x1, y1 = box
+    return (
+        x0 >= region.x0 - 3.0 * size
+        and x1 <= region.x1 + 3.0 * size
+        and y0 >= region.y0 - 1.6 * size
+        and y1 <= region.y1 + 1.6 * size
+    )
+
+
+def _nearest_figure(figures: list[_Figure], row: _Row) -> str:
+    """The text of the figure a caption row belongs to: the nearest unused region above it (figure captions sit
+    below their figure) or, failing that, below it (table captions sit above), overlapping it horizontally."""
+    best: tuple[float, _Figure] | None = None
+    for figure in figures:
+        region = figure.region
+        if figure.used or min(region.x1, row.x1) - max(region.x0, row.x0) <= 0:
+            continue
+        above = row.y0 - region.y1
+        below = region.y0 - row.y1
+        distance = above if above >= -4 else below + 50 if below >= -4 else None
+        if distance is not None and distance < 200 and (best is None or distance < best[0]):
+            best = (distance, figure)
+    if best is None:
+        return ""
+    best[1].used = True
+    text = best[1].text
+    return text if len(text) <= FIGURE_TEXT_CHARS else text[: text.rfind(" ", 0, FIGURE_TEXT_CHARS)] + " ..."
 
 
 def _line_size(sizes: Counter[float], text: str) -> float:
@@ -371,7 +468,7 @@ def _heading(row: _Row, body_size: float) -> tuple[str | None, str, int] | None:
 
 def _is_equation(row: _Row) -> bool:
     text = row.text
-    if len(text) < 3 or match_caption(text):
+    if len(text) < 3 or match_caption(text) or (row.rules and _is_tabular(row)):  # a ruled table's row
         return False
     width = max(row.right - row.left, 1.0)
     indented = row.x0 > row.left + 0.05 * width
@@ -385,9 +482,21 @@ def _is_equation(row: _Row) -> bool:
 
 
 def _is_tabular(row: _Row) -> bool:
-    """A table row: cells separated by wide horizontal gaps."""
+    """A table row: cells separated by wide horizontal gaps, or by vertical rules (a ruled table's narrow cells)."""
     lines = sorted(row.lines, key=lambda ln: ln.x0)
-    return any(b.x0 - a.x1 > 2.5 * row.size for a, b in zip(lines, lines[1:], strict=False))
+    return any(
+        b.x0 - a.x1 > 2.5 * row.size or any(a.x1 - 1 <= x <= b.x0 + 1 for x in row.rules)
+        for a, b in zip(lines, lines[1:], strict=False)
+    )
+
+
+def _rule_rows(rows: list[_Row], rules: list[tuple[float, float, float]]) -> None:
+    """Note on each row the vertical rules that cross its middle between its first and last character."""
+    if not rules:
+        return
+    for row in rows:
+        middle = (row.y0 + row.y1) / 2
+        row.rules = [x for x, y0, y1 in rules if y0 <= middle <= y1 and row.x0 < x < row.x1]
 
 
 def _cells(row: _Row) -> list[tuple[float, float, str]]:
@@ -494,6 +603,7 @@ class _Builder:
     cells: list[list[tuple[float, float, str]]] = field(default_factory=list)  # the open table's rows of cells
     appendix: bool = False  # whether the appendix has begun
     numbered_body: bool = False  # whether a section numbered 1, 2, ... was seen (so "A" starts the appendix)
+    figures: dict[int, list[_Figure]] = field(default_factory=dict)  # text kept out of the body, by page
 
     def end_paragraph(self) -> None:
         if self.kind == "caption" and self.caption is not None:
@@ -569,6 +679,7 @@ class _Builder:
         if caption:
             self.end_paragraph()
             self.caption = Caption(kind=caption[0], label=caption[1], text=caption[2], page=row.page)
+            self.caption.figure_text = _nearest_figure(self.figures.get(row.page, []), row)
             self.captions.append(self.caption)
             self.kind = "caption"
         elif footnote and self.kind != "caption":
@@ -688,10 +799,12 @@ def _open(path: Path) -> Any:
 
 def _extract(
     doc: Any, path: Path, max_pages: int, max_chars: int
-) -> tuple[list[list[_Line]], list[float], int, Counter[str], bool]:
-    """Lines of the first `max_pages` pages, stopping early once they hold twice `max_chars` characters."""
+) -> tuple[list[list[_Line]], list[float], int, Counter[str], bool, list[Graphics]]:
+    """Lines and figure regions of the first `max_pages` pages, stopping early once they hold twice `max_chars`
+    characters."""
     fonts: Counter[str] = Counter()
     pages: list[list[_Line]] = []
+    graphics: list[Graphics] = []
     heights: list[float] = []
     rotated = 0
     images = False
@@ -703,6 +816,7 @@ def _extract(
             page = doc[number]
             lines, turned = _page_lines(page, fonts)
             images = images or (not lines and bool(page.get_images()))
+            graphics.append(page_graphics(page) if lines else Graphics(regions=[], rules=[]))
         except PaperError:
             raise
         except Exception as exc:  # a page pymupdf cannot parse
@@ -711,7 +825,7 @@ def _extract(
         heights.append(float(page.rect.height) or 792.0)
         rotated += turned
         characters += sum(len(line.text) for line in lines)
-    return pages, heights, rotated, fonts, images
+    return pages, heights, rotated, fonts, images, graphics
 
 
 def _outline(doc: Any) -> list[Entry]:
@@ -730,7 +844,9 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int =
         doc = _open(path)
         try:
             page_count = doc.page_count
-            pages, heights, rotated, fonts, images = _extract(doc, path, max(1, max_pages), max(1, max_chars))
+            pages, heights, rotated, fonts, images, graphics = _extract(
+                doc, path, max(1, max_pages), max(1, max_chars)
+            )
             outline = _outline(doc)
         finally:
             doc.close()
@@ -744,15 +860,20 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int =
     _roman_is_math(pages, fonts)
     drop, headers, numbers = _running_lines(pages, heights)
     rows: list[_Row] = []
+    figures: dict[int, list[_Figure]] = {}
+    line_size = _common_size(pages)
     for page_no, lines in enumerate(pages):
         kept = [ln for i, ln in enumerate(lines) if (page_no, i) not in drop]
-        rows.extend(_layout(kept, page_no + 1))
+        kept, figures[page_no + 1] = _figure_text(kept, graphics[page_no].regions, line_size)
+        page_rows = _layout(kept, page_no + 1)
+        _rule_rows(page_rows, graphics[page_no].rules)
+        rows.extend(page_rows)
     sizes: Counter[float] = Counter()
     for row in rows:
         sizes[round(row.size * 2) / 2] += len(row.text)
     body_size = sizes.most_common(1)[0][0] if sizes else 10.0
     limit = (page_count, len(pages), max_pages)
-    paper = _structure(rows, body_size, path, limit, (rotated, headers, numbers), outline)
+    paper = _structure(rows, body_size, path, limit, (rotated, headers, numbers), outline, figures)
     _check_usable(paper, rows, path, len(pages))
     return paper.model_copy(update={"source_characters": read_characters})
 
@@ -880,6 +1001,7 @@ def _structure(
     limit: tuple[int, int, int],
     removed: tuple[int, int, int],
     outline: list[Entry] | None = None,
+    figures: dict[int, list[_Figure]] | None = None,
 ) -> Paper:
     """The Paper from rows in reading order; `limit` is (pages in the file, pages read, the page limit)."""
     title, title_rows = _title(rows)
@@ -901,7 +1023,7 @@ def _structure(
         vocabulary.learn(row.text)
     title = vocabulary.join([rows[i].text for i in sorted(title_rows)])[:300] if title_rows else title
     footnotes = _footnotes(rows, body_size)
-    builder = _Builder(vocabulary=vocabulary)
+    builder = _Builder(vocabulary=vocabulary, figures=figures or {})
     start = marks[0] if marks else min(title_rows, default=0)
     if not marks:
         builder.mode = "body"
@@ -938,6 +1060,10 @@ def _structure(
     if not builder.abstract and len(unlabelled) >= 400:  # an abstract without an "Abstract" heading
         builder.abstract.append(unlabelled)
     dropped = _dropped(builder.skipped, removed)
+    figure_lines = sum(f.lines for found in (figures or {}).values() for f in found)
+    if figure_lines:
+        attached = sum(f.lines for found in (figures or {}).values() for f in found if f.used)
+        dropped.append(f"text inside figures ({figure_lines} lines, {attached} kept with their captions)")
     page_count, read, max_pages = limit
     if read < page_count:
         why = f"over the {max_pages}-page limit" if read >= max_pages else "not read: the pages before hold enough text"

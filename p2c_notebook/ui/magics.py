@@ -42,6 +42,8 @@ HELP = """\
 <feedback text>                          regenerate one artifact with the cell body as feedback
 %p2c use [--model M] [--base-url URL] [--backend B] [--api-key K] [--reset]
                                          choose the model server (the key is never shown)
+%p2c eval [--reference DIR] [--judge MODEL] [-n N]
+                                         judge the generated code against the paper (score 1-5, critiques)
 %p2c walkthrough | cancel | help         show the widget / stop a background run / this text"""
 
 MAGIC_FOR_STAGE = {
@@ -106,6 +108,10 @@ def _parser() -> _Parser:
     use.add_argument("--concurrency", type=int)
     use.add_argument("--temperature", type=float)
     use.add_argument("--reset", action="store_true", help="forget what earlier `use` lines set")
+    judge = sub.add_parser("eval")
+    judge.add_argument("--reference")
+    judge.add_argument("--judge")
+    judge.add_argument("-n", type=int, default=8)
     for name in ("walkthrough", "cancel", "help"):
         sub.add_parser(name)
     return parser
@@ -368,6 +374,16 @@ class P2CMagics(Magics):
             raise EditedArtifactError(f"{exc} Add --overwrite-edited to the magic line to do so.") from None
         stale = [r.artifact for r in pipeline.rows() if r.status == "stale"]
         print(f"Regenerated {artifact} with your feedback." + (f" Now stale: {', '.join(stale)}." if stale else ""))
+
+    def _cmd_eval(self, args: argparse.Namespace, cell: str | None) -> None:
+        from p2c_notebook.evaluate import judge, report_lines
+
+        pipeline = self.require()
+        self._idle()
+        settings = load_settings({**self.overrides, "model": args.judge} if args.judge else self.overrides)
+        sinks = () if self.use_widgets() else (TerminalRenderer(),)
+        summary = judge(pipeline.store.root, settings, args.n, args.reference, sinks=sinks)
+        print(escape_controls("\n".join(report_lines(summary))))
 
     def _cmd_walkthrough(self, args: argparse.Namespace, cell: str | None) -> None:
         if not self.use_widgets():
