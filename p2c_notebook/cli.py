@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from p2c_notebook import runchecks
-from p2c_notebook.errors import P2CError, PlanError, RunError
+from p2c_notebook.errors import ConfigError, P2CError, PlanError, RunError
 from p2c_notebook.estimate import estimate_paper
 from p2c_notebook.paper import read_paper
+from p2c_notebook.paper.model import describe_sections, exclude_sections, parse_patterns
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.render import TerminalRenderer, TerminalStream
 from p2c_notebook.runlog import last_failure
@@ -34,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) the pipeline on a paper or an existing run folder")
     run.add_argument("paper", help="PDF, .tex, LaTeX folder or .tar.gz, s2orc .json, .md/.txt; or a run folder")
     run.add_argument("--out", help="run folder (default: runs/<paper name>)")
+    run.add_argument(
+        "--exclude-sections",
+        metavar="PATTERNS",
+        help="leave sections out of what the model sees: comma-separated globs on titles or numbers, e.g. "
+        '"Appendix*,6.2" ("" brings them all back); see `p2c paper PAPER`',
+    )
     run.add_argument("--model", help="model name (P2C_MODEL)")
     run.add_argument("--base-url", help="OpenAI-compatible server URL (OPENAI_BASE_URL / P2C_BASE_URL)")
     run.add_argument("--api-key", help="API key (prefer OPENAI_API_KEY: flags end up in shell history)")
@@ -75,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     paper = sub.add_parser("paper", help="read a paper and report what was extracted (no model calls)")
     paper.add_argument("paper")
     paper.add_argument("--text", action="store_true", help="print the text the model will see")
+    paper.add_argument("--exclude-sections", metavar="PATTERNS", help="as `p2c run --exclude-sections`: preview it")
     paper.add_argument("--model", help="the model to estimate tokens and cost for (default: the configured one)")
 
     judge = sub.add_parser("eval", help="judge the generated repository against the paper (1-5, n samples)")
@@ -117,10 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     renderer = TerminalRenderer(verbose=args.verbose)
     started = time.monotonic()
     source = Path(args.paper)
+    exclude = parse_patterns(args.exclude_sections)
     if RunStore.is_run(source):
         pipeline = Pipeline.open(source, settings=settings, sinks=(renderer,))
+        if exclude is not None:
+            pipeline.choose_sections(exclude)
     else:
-        pipeline = Pipeline.start(source, args.out, settings=settings, sinks=(renderer,))
+        pipeline = Pipeline.start(source, args.out, settings=settings, sinks=(renderer,), exclude_sections=exclude)
     with pipeline:
         result = pipeline.run(args.from_stage, args.until, args.approve_each, args.overwrite_edited)
         spent = pipeline.store.spent()
@@ -207,10 +218,18 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_paper(args: argparse.Namespace) -> int:
     paper = read_paper(args.paper)
+    paper, unmatched = exclude_sections(paper, parse_patterns(args.exclude_sections) or [])
+    if unmatched:
+        raise ConfigError(
+            f"--exclude-sections {', '.join(repr(p) for p in unmatched)} names no section of {args.paper}."
+        )
     if args.text:
         print(paper.to_text())
         return 0
     print(paper.report().summary())
+    print("Sections the model will see:")
+    for line in describe_sections(paper):
+        print(f"  {line}")
     model = args.model or load_settings({}).model
     print(estimate_paper(paper.to_text(), model).describe().replace("Estimate:", "Estimate for a run:"))
     return 0

@@ -226,3 +226,51 @@ def check_fits(estimate: Estimate, window: int | None, reply_room: int) -> str |
             f"context window of {window:,} tokens with room for its reply; a model with a larger window is safer."
         )
     return None
+
+
+# Local models whose context can be raised: (longest context the model was trained for, KV-cache bytes a token
+# takes at f16: layers x 2 (keys, values) x KV heads x head size x 2 bytes). Qwen2.5-Coder reads 32k tokens.
+LOCAL_CONTEXTS = {
+    "qwen2.5-coder-1.5b": (32_768, 28 * 2 * 2 * 128 * 2),
+    "qwen2.5-coder-0.5b": (32_768, 24 * 2 * 2 * 64 * 2),
+}
+MEMORY_MARGIN = 1 << 30  # bytes left free for the rest of the machine after a larger cache
+CONTEXT_STEP = 4096
+
+
+def needed_context(estimate: Estimate, reply_room: int) -> int:
+    """Tokens the largest call needs: its prompt and room for its reply."""
+    return max((c.input_tokens for c in estimate.calls), default=0) + reply_room
+
+
+def larger_local_context(model: str, current: int, needed: int, available: int | None) -> tuple[int | None, str]:
+    """The context a local model can be raised to so that `needed` tokens fit (rounded up to `CONTEXT_STEP`),
+    or None and why not: the model's own limit, or memory (`available` bytes; None when unknown)."""
+    known = LOCAL_CONTEXTS.get(model)
+    if known is None:
+        return None, f"{model}'s longest context is not known"
+    limit, per_token = known
+    if needed > limit:
+        return None, f"{model} reads at most {limit:,} tokens"
+    target = min(limit, -(-needed // CONTEXT_STEP) * CONTEXT_STEP)
+    if target <= current:
+        return None, f"the local context is already {current:,} tokens"
+    extra = (target - current) * per_token
+    if available is not None and extra + MEMORY_MARGIN > available:
+        return None, (
+            f"a {target:,}-token context needs ~{extra / 2**30:.1f} GiB more memory and "
+            f"{available / 2**30:.1f} GiB is free"
+        )
+    return target, ""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None

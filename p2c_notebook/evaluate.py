@@ -710,7 +710,10 @@ def evaluate_run(
     bus = bus or EventBus()
     bus.subscribe(RunLog(store.root / "logs" / "run.log", Scrubber.for_settings(settings)))
     with store.locked():
-        return Evaluator(store, backend, settings, bus, cancel or threading.Event()).evaluate(n, reference)
+        try:
+            return Evaluator(store, backend, settings, bus, cancel or threading.Event()).evaluate(n, reference)
+        finally:
+            store.flush()  # what was paid counts in the run's spent total, also when judging failed
 
 
 def judge(

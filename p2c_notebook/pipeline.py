@@ -24,14 +24,25 @@ from p2c_notebook.backend import Backend, make_backend
 from p2c_notebook.coding import code_file, code_inputs
 from p2c_notebook.context import StageContext, describe_validation
 from p2c_notebook.diagrams import diagram_files
-from p2c_notebook.errors import Cancelled, ConfigError, EditedArtifactError, P2CError, PlanError, RunError
+from p2c_notebook.errors import (
+    Cancelled,
+    ConfigError,
+    EditedArtifactError,
+    P2CError,
+    PaperError,
+    PlanError,
+    RunError,
+)
 from p2c_notebook.estimate import (
     TYPICAL_OUTPUT,
     Estimate,
     Plan,
+    available_memory,
     check_fits,
     estimate_plan,
     known_context_window,
+    larger_local_context,
+    needed_context,
     typical_files,
 )
 from p2c_notebook.events import (
@@ -45,13 +56,16 @@ from p2c_notebook.events import (
     Sink,
 )
 from p2c_notebook.paper import Paper, read_paper
+from p2c_notebook.paper.figures import render_figures
+from p2c_notebook.paper.model import exclude_sections, section_label, without_appendices
 from p2c_notebook.planning import make_config, make_design, make_logic, make_plan
 from p2c_notebook.prompts import PromptBuilder
 from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.runlog import RunLog
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings, load_settings
-from p2c_notebook.store import PLANNING, Entry, RunStore, Status, artifact_file, sha256, stage_of
+from p2c_notebook.store import PLANNING, Entry, RunStore, Status, artifact_file, atomic_write, sha256, stage_of
+from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage
 
 STEPS = ("plan", "design", "logic", "config", "analysis", "code")
@@ -113,15 +127,51 @@ class Pipeline:
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
-    def start(cls, paper: Path | str, out: Path | str | None = None, **kwargs: Any) -> Pipeline:
-        """Read the paper and open (or create) its run folder; a changed paper makes everything stale."""
+    def start(
+        cls,
+        paper: Path | str,
+        out: Path | str | None = None,
+        *,
+        exclude_sections: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Pipeline:
+        """Read the paper and open (or create) its run folder; a changed paper makes everything stale.
+
+        `exclude_sections` (globs on section titles or numbers, e.g. ["Appendix*", "6.2"]) leaves sections out of
+        what the model sees; it is part of the run's inputs. None keeps the run's earlier choice."""
         source = Path(paper)
         run_dir = Path(out) if out else Path("runs") / source.stem.replace(" ", "_")
         parsed = read_paper(source)
         pipeline = cls(run_dir, **kwargs)
         with pipeline.store.locked():
-            pipeline._save_paper(parsed)
+            parsed = pipeline._save_figures(source, parsed)
+            pipeline._save_paper(parsed, exclude=exclude_sections)
         return pipeline
+
+    def _save_figures(self, source: Path, paper: Paper) -> Paper:
+        """Render a PDF's figures into paper/figures/ (bounded in number and size; see `render_figures`) and note
+        each image on its caption in paper.json. A figure that cannot be rendered costs a warning, not the run."""
+        if paper.source_format != "pdf":
+            return paper
+        try:
+            paper, files = render_figures(source, paper)
+            for name, data in files.items():
+                atomic_write(self.store.root / "paper" / name, data, durable=False)
+        except (RunError, OSError, RuntimeError, ValueError) as exc:
+            self.bus.warn(f"The paper's figures were not saved ({exc}); the run goes on without their images.")
+        return paper
+
+    def choose_sections(self, exclude: list[str]) -> None:
+        """Leave out the sections `exclude` names (globs on titles or numbers; [] brings every section back) in
+        a run folder: part of the run's inputs, so what was generated from the paper becomes stale."""
+        source = self._source_paper()
+        if source is None:
+            raise ConfigError(
+                f"{self.store.root} does not keep the paper as read (an older run folder): start it again from the "
+                "paper with `p2c run PAPER --exclude-sections ...`."
+            )
+        with self.store.locked():
+            self._save_paper(source, exclude=exclude)
 
     @classmethod
     def open(cls, run_dir: Path | str, **kwargs: Any) -> Pipeline:
@@ -129,7 +179,22 @@ class Pipeline:
             raise RunError(f"{run_dir} is not a p2c run folder (no manifest.json). Start one with `p2c run PAPER`.")
         return cls(run_dir, **kwargs)
 
-    def _save_paper(self, paper: Paper) -> None:
+    def _save_paper(self, read: Paper, exclude: list[str] | None = None, fitted: bool | None = None) -> None:
+        """Save what the model sees of the paper as read: less the sections the user excluded, and less the
+        appendix when it was dropped to fit the model (`fitted`). None keeps the run's earlier choice; a new
+        exclusion list starts the fitting afresh. paper/source.json keeps the paper as read."""
+        earlier = self.store.meta.get("paper") or {}
+        if exclude is None:
+            exclude = list(earlier.get("exclude", []))
+            fitted = bool(earlier.get("fitted")) if fitted is None else fitted
+        paper, unmatched = exclude_sections(read, exclude)
+        if unmatched:
+            names = "; ".join(section_label(s) for s in read.sections) or "none"
+            raise ConfigError(
+                f"--exclude-sections {', '.join(repr(p) for p in unmatched)} names no section of {read.source}: "
+                f"use a title or number glob from `p2c paper {read.source}` (its sections: {names[:600]})."
+            )
+        paper = without_appendices(paper) if fitted else paper
         text = paper.to_text()
         report = paper.report()
         self.bus.info(f"Paper: {report.summary()}", "paper")
@@ -137,10 +202,19 @@ class Pipeline:
             return
         if self.store.entry("paper") is not None:
             self.bus.warn("The paper changed since this run started: everything generated from it is now stale.")
-        extra = {"paper/paper.json": paper.model_dump_json(indent=2) + "\n"}
+        extra = {
+            "paper/paper.json": paper.model_dump_json(indent=2) + "\n",
+            "paper/source.json": read.model_dump_json(indent=2) + "\n",
+        }
         self.store.save("paper", text, {}, status="approved", extra_files=extra)
         self.store.set_meta(
-            paper={"source": paper.source, "format": paper.source_format, "report": report.model_dump()}
+            paper={
+                "source": paper.source,
+                "format": paper.source_format,
+                "report": report.model_dump(),
+                "exclude": list(exclude),
+                "fitted": bool(fitted),
+            }
         )
         for note in self.store.refresh(self.order()):  # e.g. what the lock recovered from a killed run
             self.bus.info(note)
@@ -314,11 +388,89 @@ class Pipeline:
         except ValidationError:
             return None
 
-    def _check_budget(self, estimate: Estimate) -> None:
-        """Before paying: refuse a paper the model cannot read; warn when the largest call may not fit."""
+    def _window(self, estimate: Estimate) -> tuple[int | None, int]:
+        """The model's context window (settings, else the backend's, else a known model's) and the reply room."""
         window = self.settings.context_window or getattr(self._backend, "context_window", None)
         window = window or known_context_window(estimate.model)
-        reply_room = min(self._effective_settings().max_tokens, 2 * TYPICAL_OUTPUT["code"])
+        return window, min(self._effective_settings().max_tokens, 2 * TYPICAL_OUTPUT["code"])
+
+    def _fit_paper(self, estimate: Estimate, first: int, last: int) -> Estimate:
+        """Fit the paper to the model before any call: leave out the appendix (while nothing was generated from
+        the paper yet), then raise a local model's context where the model and memory allow; refuse when even
+        the paper alone cannot fit, saying what was tried and which sections are largest."""
+        window, reply_room = self._window(estimate)
+        if window is None or not estimate.calls or needed_context(estimate, reply_room) <= window:
+            return estimate
+        tried: list[str] = []
+        source = self._source_paper()
+        fresh = not any(self.store.entry(step) for step in PLANNING)
+        if source is not None and fresh and any(s.appendix for s in source.sections):
+            before = estimate.paper_tokens
+            if not (self.store.meta.get("paper") or {}).get("fitted"):
+                self._save_paper(source, fitted=True)
+                estimate = self._estimate(first, last)
+                left = before - estimate.paper_tokens
+                tried.append(f"left out the appendix (~{left:,} tokens)")
+                self.bus.warn(
+                    f"The paper does not fit {estimate.model}'s context window of {window:,} tokens: its appendix "
+                    f"(~{left:,} tokens) is left out of what the model sees. To keep it, use a model with a larger "
+                    "window, or choose the sections yourself with --exclude-sections."
+                )
+        if needed_context(estimate, reply_room) > window:
+            grown = self._grow_local_context(estimate, needed_context(estimate, reply_room), tried)
+            if grown is not None:
+                estimate, window = self._estimate(first, last), grown
+        if estimate.paper_tokens + reply_room > window:
+            raise PaperError(self._refusal(estimate, window, reply_room, tried))
+        return estimate
+
+    def _source_paper(self) -> Paper | None:
+        """The paper as read (paper/source.json), or None in a run folder written before it was kept."""
+        try:
+            raw = (self.store.root / "paper" / "source.json").read_text(encoding="utf-8")
+            return Paper.model_validate_json(raw)
+        except (OSError, ValidationError, UnicodeDecodeError):
+            return None
+
+    def _grow_local_context(self, estimate: Estimate, needed: int, tried: list[str]) -> int | None:
+        """Restart the embedded model with a larger context when its model and this machine's memory allow it
+        (not when the user chose the context or the window, nor for a backend the caller passed in)."""
+        backend = self._backend
+        current = getattr(backend, "n_ctx", None)
+        if backend is None or not isinstance(current, int) or not self._own_backend:
+            return None
+        if self.settings.local_n_ctx or self.settings.context_window:
+            tried.append("kept the local context you set (P2C_LOCAL_N_CTX / P2C_CONTEXT_WINDOW)")
+            return None
+        target, why = larger_local_context(backend.model, current, needed, available_memory())
+        if target is None:
+            tried.append(f"could not raise the local model's context ({why})")
+            return None
+        self.bus.info(f"Raising the local model's context from {current:,} to {target:,} tokens to fit the paper.")
+        self.close()
+        self.settings = self.settings.model_copy(update={"local_n_ctx": target})
+        self.backend  # noqa: B018 - started again with the larger context
+        tried.append(f"raised the local model's context from {current:,} to {target:,} tokens")
+        return target
+
+    def _refusal(self, estimate: Estimate, window: int, reply_room: int, tried: list[str]) -> str:
+        """Why the paper is refused, what was tried, and the largest sections to exclude."""
+        source = self._source_paper()
+        sections = sorted(
+            ((estimate_tokens(s.render()), section_label(s)) for s in (source.sections if source else [])),
+            reverse=True,
+        )[:5]
+        largest = ", ".join(f"{name!r} (~{tokens:,})" for tokens, name in sections) or "unknown"
+        done = "; ".join(tried) if tried else "nothing could be left out automatically"
+        return (
+            f"The paper is ~{estimate.paper_tokens:,} tokens and {estimate.model} reads at most {window:,} "
+            f"(with {reply_room:,} kept for its reply): no call was made. Tried: {done}. Exclude sections with "
+            f"--exclude-sections (largest: {largest}), or use a model with a larger context window."
+        )
+
+    def _check_budget(self, estimate: Estimate) -> None:
+        """Before paying: refuse a paper the model cannot read; warn when the largest call may not fit."""
+        window, reply_room = self._window(estimate)
         warning = check_fits(estimate, window, reply_room)
         if warning:
             self.bus.warn(warning)
@@ -334,6 +486,8 @@ class Pipeline:
             if self.store.meta.get("last_run") != self._run_options():
                 self.store.set_meta(last_run=self._run_options())
         if estimate is not None:
+            estimate = self._fit_paper(estimate, first, last)
+            self.estimates = [estimate]
             self._check_budget(estimate)
         self.bus.emit(
             RunStarted(
@@ -596,7 +750,9 @@ class Pipeline:
         """Files the user wrote where an artifact is missing become that artifact as an edit: never asked for.
 
         ("write the artifact yourself and rerun" is what a failed reply suggests.) Each is checked the way an
-        edit is; one whose inputs do not exist yet waits until they do (the step itself adopts it then).
+        edit is, except in a read-only view (`persist=False`: `p2c status`, the widget), which shows it as edited
+        and leaves the error to the run; one whose inputs do not exist yet waits until they do (the step itself
+        adopts it then).
         """
         adopted = []
         pending = self.store.meta.get("pending") or {}
@@ -611,7 +767,7 @@ class Pipeline:
             if stage_of(artifact) in PLANNERS and any(self.store.entry(i) is None for i in inputs):
                 continue
             try:
-                extra = validate_edit(artifact, text, self)
+                extra = validate_edit(artifact, text, self) if persist else {}
             except PlanError as exc:
                 raise PlanError(
                     f"{self.store.root / rel}, written by you where {artifact} was missing, cannot be used: {exc} "

@@ -134,6 +134,8 @@ def open_regular(root: Path, rel: str) -> tuple[int, os.stat_result]:
     device would never end. Raises FileNotFoundError when nothing is there, RunError for anything else.
     """
     parts = Path(rel).parts
+    if not {os.open, os.stat, os.readlink} <= os.supports_dir_fd:  # Windows: checked path by path instead
+        return _open_regular_by_path(root, parts)
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     directory = getattr(os, "O_DIRECTORY", 0)
     where = root
@@ -146,7 +148,7 @@ def open_regular(root: Path, rel: str) -> tuple[int, os.stat_result]:
     try:
         for index, part in enumerate(parts):
             where = where / part
-            info = os.lstat(part, dir_fd=dir_fd)  # FileNotFoundError: nothing there
+            info = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)  # FileNotFoundError: nothing there
             last = index == len(parts) - 1
             wanted = stat.S_ISREG if last else stat.S_ISDIR
             if not wanted(info.st_mode):
@@ -172,6 +174,29 @@ def open_regular(root: Path, rel: str) -> tuple[int, os.stat_result]:
     except BaseException:
         os.close(dir_fd)
         raise
+
+
+def _open_regular_by_path(root: Path, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
+    """`open_regular` where folders cannot be opened (Windows): each part is checked, then the file opened."""
+    where = root
+    for index, part in enumerate(parts):
+        where = where / part
+        mode = os.lstat(where).st_mode  # FileNotFoundError: nothing there
+        last = index == len(parts) - 1
+        if not (stat.S_ISREG(mode) if last else stat.S_ISDIR(mode)):
+            link = os.readlink(where) if stat.S_ISLNK(mode) else None
+            raise _refuse(where, mode, link, "a file" if last else "a folder")
+    try:
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RunError(f"Cannot read {where}: {os_error_advice(exc)}") from None
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        os.close(fd)
+        raise _refuse(where, opened.st_mode, None, "a file")
+    return fd, opened
 
 
 def read_fd(fd: int, info: os.stat_result, path: Path, limit: int = MAX_FILE_BYTES, tail: bool = False) -> bytes:

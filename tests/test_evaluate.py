@@ -214,6 +214,25 @@ def test_a_reference_too_long_for_the_window_is_narrowed_to_the_judges_choice(
         assert "Only 2 of the reference's 3 files are shown" in prompt
 
 
+def test_a_narrowing_reply_naming_no_listed_file_is_reasked_then_fails_with_its_cost_counted(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    reference = tmp_path / "authors"
+    reference.mkdir()
+    (reference / "train.py").write_text("def authors_train():\n    return 0.1\n")
+    (reference / "tables.py").write_text("ROWS = [\n" + "    [1.0, 2.0, 3.0, 4.0],\n" * 4000 + "]\n")
+    judge = [{"stage": NARROW_STAGE, "json": {"files": ["model.py"]}}, {"stage": JUDGE_STAGE, "json": verdict(4)}]
+    server, run = generated_run(serve, paper_md, tmp_path / "run", judge)
+    before = RunStore(run).spent().calls
+
+    with pytest.raises(ReplyError, match="could not choose the reference files"):
+        judged(server, run, n=2, reference=reference, context_window=12_000)
+
+    assert [(r["stage"], r["attempt"]) for r in server.requests] == [(NARROW_STAGE, 1), (NARROW_STAGE, 2)]
+    assert "none of the files chosen (model.py) is in the list" in server.requests[1]["messages"][-1]["content"]
+    assert RunStore(run).spent().calls == before + 2
+
+
 def test_a_repository_too_long_for_the_judge_is_refused_before_any_call(
     serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:

@@ -179,12 +179,12 @@ def _braces(folder: Path) -> Path:
 
 
 def _headings(folder: Path) -> Path:
-    """5,001 headings and the one in HEAD."""
-    return _main(folder, "\\subsubsection{x}\n" * 5_001, {})
+    """10,001 headings and the one in HEAD."""
+    return _main(folder, "\\subsubsection{x}\n" * 10_001, {})
 
 
 def _floats(folder: Path) -> Path:
-    return _main(folder, "\\begin{figure}\\caption{x}\\end{figure}\n" * 5_001, {})
+    return _main(folder, "\\begin{figure}\\caption{x}\\end{figure}\n" * 10_001, {})
 
 
 # name: (make the input, exit code, fragments of the one line)
@@ -203,10 +203,10 @@ CASES: dict[str, tuple[Callable[[Path], Path], int, tuple[str, ...]]] = {
     "expansion": (_expansion, 3, ("main.tex expands (\\input/\\include) to more than 20 MB of LaTeX text",)),
     "inclusions": (_inclusions, 3, ("more than 10000 \\input/\\include expansions", "included in a loop?")),
     "cycle": (_cycle, 3, ("include each other in a cycle (main.tex -> a.tex -> b.tex -> a.tex)",)),
-    "macro": (_macro, 3, ("macros (\\newcommand/\\def) expand to more than 20 MB", "does a macro use itself?")),
+    "macro": (_macro, 3, ("macros (\\newcommand/\\def) more than double the text", "does a macro use itself?")),
     "braces": (_braces, 3, ("braces nest more than 255 levels deep (TeX's own limit)",)),
-    "headings": (_headings, 3, ("main.tex has 5,002 \\section/\\subsection/\\appendix headings, more than the 5,000",)),
-    "floats": (_floats, 3, ("main.tex has 5,001 figures and tables, more than the 5,000 any paper has",)),
+    "headings": (_headings, 3, ("main.tex has 10,002 \\section/\\subsection/\\appendix headings",)),
+    "floats": (_floats, 3, ("main.tex has 10,001 figures and tables, more than the 10,000 any paper has",)),
 }
 
 RUN_CLI = """

@@ -97,6 +97,7 @@ def test_llamacpp_server_via_base_url_runs_the_planning_stages(llamacpp: str, pa
     env.update({"P2C_CONFIG": "/nonexistent", "PYTHONPATH": str(ROOT)})
     command = [sys.executable, "-m", "p2c_notebook.cli", "run", str(paper_md), "--out", str(run)]
     command += ["--base-url", llamacpp, "--model", "qwen2.5-coder", "--until", "config"]
+    command += ["--timeout", "1800"]  # a plan on a busy 2-core CPU can outlast the 600 s default deadline
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500, check=False)
     assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr[-3000:]}"
     store = Pipeline.open(run).store

@@ -213,8 +213,19 @@ def real_model() -> str:
 
 
 def _llama_servers() -> set[int]:
-    """Pids of llama.cpp servers started by this package (anyone's: compare before and after)."""
-    return {int(p.name) for p in Path("/proc").glob("[0-9]*") if b"p2c_notebook.local.server" in _cmdline(p)}
+    """Pids of llama.cpp servers this test process started (other programs on the machine may run their own)."""
+    return {
+        int(p.name)
+        for p in Path("/proc").glob("[0-9]*")
+        if b"p2c_notebook.local.server" in _cmdline(p) and _parent(p) == os.getpid()
+    }
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from conftest import CODE, DESIGN, settings_for, small_scenario, subprocess_env
 
 from p2c_notebook.cli import main
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import sha256
+from p2c_notebook.store import atomic_write, sha256
 
 LIMIT_S = 60  # far above what any case needs; only a hang reaches it
 
@@ -162,6 +162,13 @@ def test_an_os_error_saving_a_file_is_one_line_exit_6_and_the_rerun_pays_only_fo
     assert again[("code", "models/net.py")] == 1
     assert (run / "repo/models/net.py").read_text() == CODE["models/net.py"]
     assert snapshot(tmp_path, run) == outside
+
+
+def test_a_name_the_file_system_holds_is_never_too_long_for_its_temporary_file(tmp_path: Path) -> None:
+    """The temp file of an atomic write is named from a short prefix, not the whole (up to 255-byte) name."""
+    longest = tmp_path / ("n" * 252 + ".py")
+    atomic_write(longest, "x = 1\n")
+    assert longest.read_text() == "x = 1\n" and [p.name for p in tmp_path.iterdir()] == [longest.name]
 
 
 def test_a_manifest_that_cannot_be_written_keeps_the_saved_file_and_the_rerun_adopts_it(
@@ -391,9 +398,9 @@ def test_code_written_by_hand_after_an_unusable_reply_is_adopted_and_never_asked
     prompt = next(r for r in server.requests if r["stage"] == "code" and r["file"] == "main.py")["messages"][-1]
     assert "written by hand" in prompt["content"], "what depends on the adopted file is built on it"
     assert check_consistent(run)["code/models/net.py"]["status"] == "edited"
-    before = len(server.requests)
+    count = len(server.requests)
     assert p2c(server, "run", str(run)).returncode == 0
-    assert len(server.requests) == before and (run / "repo/models/net.py").read_text() == mine
+    assert len(server.requests) == count and (run / "repo/models/net.py").read_text() == mine
 
 
 def test_a_design_written_by_hand_is_adopted_with_its_diagrams(serve: Any, paper_md: Path, tmp_path: Path) -> None:
@@ -418,8 +425,10 @@ def test_an_invalid_file_written_by_hand_is_a_clear_error_not_a_call(
     assert p2c(server, "run", str(paper_md), "--out", str(run)).returncode == 5
     (run / "planning/design.json").write_text('{"file_list": ["main.py"')
     before = len(server.requests)
-    for done in p2c_each(server, ["run", str(run)], ["status", str(run)]):
-        assert done.returncode == 5, done.stderr
-        one_line_error(done.stderr, str(run / "planning/design.json"), "written by you", "delete it")
+    status, done = p2c_each(server, ["status", str(run)], ["run", str(run)])
+    assert status.returncode == 0, status.stderr  # an overview: the file is yours, the run checks it
+    assert any(line.split()[:2] == ["design", "edited"] for line in status.stdout.splitlines())
+    assert done.returncode == 5, done.stderr
+    one_line_error(done.stderr, str(run / "planning/design.json"), "written by you", "delete it")
     assert len(server.requests) == before
     assert (run / "planning/design.json").read_text() == '{"file_list": ["main.py"'

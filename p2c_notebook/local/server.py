@@ -59,8 +59,8 @@ class ServerStartError(LocalModelError):
 
 def describe_exit(code: int | None) -> str:
     """A child's exit status in words: `killed by SIGKILL`, `exit code 1`."""
-    if code is None:
-        return "still running"
+    if code is None:  # stopped by us, or never started
+        return "not running"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

@@ -8,8 +8,16 @@ benchmark (`benchmarks/bench_reader_eval.py`) measures leakage with its own, ind
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import pymupdf as _pymupdf
+
+from p2c_notebook.paper.model import Caption, Paper
+
+pymupdf: Any = _pymupdf  # untyped library
 
 MAX_PATHS = 6000  # drawing paths looked at per page: a plot of 100k points is a figure long before its last point
 MIN_IMAGE_SHARE = 0.005  # of the page area: smaller images are logos, icons or glyphs drawn as images
@@ -66,8 +74,8 @@ def _pictorial(path: dict[str, Any]) -> bool:
 def _framing(path: dict[str, Any], page_area: float) -> bool:
     """Whether a path can be part of a figure: anything but a page background. Invisible and white boxes count:
     drawing programs frame a figure with one, and a plot's white background holds its curves together."""
-    x0, y0, x1, y1 = path["rect"]
-    return (x1 - x0) * (y1 - y0) < _COVER * page_area
+    x0, y0, x1, y1 = (float(v) for v in path["rect"])
+    return bool((x1 - x0) * (y1 - y0) < _COVER * page_area)
 
 
 def _clipped_paths(
@@ -144,13 +152,17 @@ def _merge(regions: list[Region]) -> list[Region]:
     merged: list[Region] = []
     for region in sorted(regions, key=lambda r: (r.y0, r.x0)):
         for index, other in enumerate(merged):
-            if other.overlap((region.x0, region.y0, region.x1, region.y1)) > 0 or region.overlap(
-                (other.x0, other.y0, other.x1, other.y1)
-            ) > 0:
+            if (
+                other.overlap((region.x0, region.y0, region.x1, region.y1)) > 0
+                or region.overlap((other.x0, other.y0, other.x1, other.y1)) > 0
+            ):
                 kind = other.kind if other.kind == region.kind else "drawing"
                 merged[index] = Region(
-                    min(other.x0, region.x0), min(other.y0, region.y0), max(other.x1, region.x1),
-                    max(other.y1, region.y1), kind,
+                    min(other.x0, region.x0),
+                    min(other.y0, region.y0),
+                    max(other.x1, region.x1),
+                    max(other.y1, region.y1),
+                    kind,
                 )
                 break
         else:
@@ -197,3 +209,36 @@ def page_graphics(page: Any) -> Graphics:
 def figure_regions(page: Any) -> list[Region]:
     """The figure regions of a pymupdf page: images and pictorial drawing clusters, clipped to the page."""
     return page_graphics(page).regions
+
+
+MAX_FIGURES = 20  # figures rendered into a run folder
+MAX_PIXELS = 1_200_000  # per figure image (about 1270 x 945): enough to read, small enough to send a model
+MAX_ZOOM = 2.0  # 144 dpi at most
+_FRAME = 10.0  # points around the region: tick labels and axis titles sit just outside a plot's frame
+
+
+def render_figures(
+    path: Path, paper: Paper, *, limit: int = MAX_FIGURES, max_pixels: int = MAX_PIXELS
+) -> tuple[Paper, dict[str, bytes]]:
+    """PNG images of the paper's figures (captions of kind "figure" with a region), at most `limit` of them and
+    `max_pixels` each; the paper comes back with each rendered caption's `image` set ("figures/figN.png")."""
+    files: dict[str, bytes] = {}
+    captions: list[Caption] = []
+    with pymupdf.open(str(path), filetype="pdf") as doc:
+        for caption in paper.captions:
+            page_no = (caption.page or 0) - 1
+            if caption.kind != "figure" or caption.box is None or len(files) >= limit or not 0 <= page_no < len(doc):
+                captions.append(caption)
+                continue
+            page = doc[page_no]
+            x0, y0, x1, y1 = caption.box
+            clip = pymupdf.Rect(x0 - _FRAME, y0 - _FRAME, x1 + _FRAME, y1 + _FRAME) & page.rect
+            if clip.is_empty:
+                captions.append(caption)
+                continue
+            zoom = min(MAX_ZOOM, math.sqrt(max_pixels / max(clip.width * clip.height, 1.0)))
+            pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=clip, alpha=False)
+            name = f"figures/fig{len(files) + 1}.png"
+            files[name] = pixmap.tobytes("png")
+            captions.append(caption.model_copy(update={"image": name}))
+    return paper.model_copy(update={"captions": captions}), files

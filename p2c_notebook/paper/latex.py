@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import posixpath
 import re
@@ -644,21 +645,21 @@ def _macros(text: str, end: int) -> dict[str, str]:
 
 
 def _expand_macros(text: str, macros: dict[str, str]) -> str:
-    """Expand the macros (three rounds, for macros that use macros); what they add is held to MAX_TEXT
-    characters in all, so a macro that uses itself (`\\def\\a{\\a\\a}`) cannot grow the text without end."""
+    """Expand the macros (three rounds, for macros that use macros); what they add is held to the body's own
+    size (and MAX_TEXT), so a macro that uses itself (`\\def\\a{\\a\\a}`) cannot grow the text without end."""
     if not macros:
         return text
     pattern = re.compile(r"\\(" + "|".join(sorted(map(re.escape, macros), key=len, reverse=True)) + r")(?![A-Za-z])")
-    added = 0
+    added, budget = 0, min(len(text), MAX_TEXT)
 
     def expand(match: re.Match[str]) -> str:
         nonlocal added
         body = macros[match.group(1)]
         added += len(body) - len(match.group(0))
-        if added > MAX_TEXT:
+        if added > budget:
             raise PaperError(
-                f"the LaTeX macros (\\newcommand/\\def) expand to more than {_MB} MB of text: does a macro use "
-                "itself? Remove that definition, or give the PDF."
+                "the LaTeX macros (\\newcommand/\\def) more than double the text (or add over "
+                f"{_MB} MB): does a macro use itself? Remove that definition, or give the PDF."
             )
         return body
 
@@ -771,12 +772,26 @@ def _plain(text: str, labels: dict[str, str]) -> str:
     return text
 
 
+_BLANK_LINES = re.compile(r"\n\s*\n")
+
+
+def _blocks(text: str) -> Iterator[str]:
+    """The text between blank lines, one at a time (a list of them all costs an object per paragraph)."""
+    position = 0
+    for match in _BLANK_LINES.finditer(text):
+        yield text[position : match.start()]
+        position = match.end()
+    yield text[position:]
+
+
 def _reflow(text: str) -> str:
     """Join the source's wrapped lines into paragraphs; keep list items, table rows and equations.
 
-    Lines are gathered in lists and joined once (joining string to string is quadratic in a long paragraph)."""
-    paragraphs: list[list[str]] = []  # blocks of output lines; consecutive table rows share one
-    for block in re.split(r"\n\s*\n", re.sub(r"[ \t][ \t]+|\t", " ", text)):
+    Lines are gathered in lists and joined once (joining string to string is quadratic in a long paragraph);
+    paragraphs are written out as they are done, so memory is the text's, not an object per paragraph."""
+    result = io.StringIO()
+    last = ""  # the last line written
+    for block in _blocks(re.sub(r"[ \t][ \t]+|\t", " ", text)):
         out: list[list[str]] = []  # output lines, each the source lines it joins
         joinable = False  # whether the last output line takes the next source line
         for raw in block.split("\n"):
@@ -792,11 +807,11 @@ def _reflow(text: str) -> str:
         if not out:
             continue
         lines = [" ".join(parts) for parts in out]
-        if paragraphs and " | " in lines[0] and " | " in paragraphs[-1][-1]:
-            paragraphs[-1].extend(lines)  # consecutive table rows stay one block
-        else:
-            paragraphs.append(lines)
-    return "\n\n".join("\n".join(lines) for lines in paragraphs)
+        if last:  # consecutive table rows stay one block
+            result.write("\n" if " | " in lines[0] and " | " in last else "\n\n")
+        result.write("\n".join(lines))
+        last = lines[-1]
+    return result.getvalue()
 
 
 _SECTION = re.compile(r"\\(section|subsection|subsubsection)(\*?)\s*(?:\[[^\[\]]*\]\s*)?(?=\{)|\\appendix(?![A-Za-z])")
@@ -969,7 +984,7 @@ def _sections(body: str, doc: _Document) -> list[Section]:
     return sections
 
 
-_MAX_UNITS = 5_000  # headings, and floats: each costs a Section or a Caption; a long thesis has a few hundred
+_MAX_UNITS = 10_000  # headings, and floats: each costs a Section or a Caption; a long thesis has a few hundred
 
 
 def _check_units(text: str, name: str) -> None:

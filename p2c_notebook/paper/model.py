@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 from pydantic import BaseModel, Field
 
 from p2c_notebook.tokens import estimate_tokens
@@ -35,6 +37,8 @@ class Caption(BaseModel):
     text: str
     page: int | None = None
     figure_text: str = ""  # PDF: the words inside the figure (labels of a diagram, a plot's axes), cut short
+    box: list[float] | None = None  # PDF: the figure's region on `page` (x0, y0, x1, y1 in points)
+    image: str | None = None  # in a run folder: the figure rendered, relative to paper/ ("figures/fig1.png")
 
     def render(self) -> str:
         """The caption as one line of `Paper.to_text`'s caption list."""
@@ -188,3 +192,68 @@ def without_appendices(paper: Paper) -> Paper:
     kept = [s for s in paper.sections if not s.appendix]
     note = f"the appendix ({len(appendix)} sections: {names or appendix[0].heading}) to fit the model's context"
     return paper.model_copy(update={"sections": kept, "dropped": [*paper.dropped, note]})
+
+
+def section_label(section: Section) -> str:
+    """A section as `p2c paper` lists it and `--exclude-sections` matches it: "3.2 Training"."""
+    return f"{section.number} {section.heading}" if section.number else section.heading
+
+
+def _matches(pattern: str, section: Section) -> bool:
+    """Whether a user's pattern names the section: a glob on its title, its number or both ("Appendix*", "6.2",
+    "*ablation*"), case-insensitive; "appendix" alone (or "appendix*") names every section marked appendix."""
+    wanted = pattern.strip().lower()
+    if section.appendix and wanted.rstrip("*") in ("appendix", "appendices"):
+        return True
+    names = [section.heading.lower(), section_label(section).lower()]
+    if section.number:
+        names.append(section.number.lower())
+    return any(fnmatch.fnmatchcase(name, wanted) for name in names)
+
+
+def exclude_sections(paper: Paper, patterns: list[str]) -> tuple[Paper, list[str]]:
+    """The paper less the sections the patterns name (and the sub-sections under them), listed in `dropped`;
+    and the patterns that named no section (so a typo is reported, not silently ignored)."""
+    wanted = [p for p in patterns if p.strip()]
+    if not wanted:
+        return paper, []
+    kept: list[Section] = []
+    removed: list[Section] = []
+    used: set[str] = set()
+    under: int | None = None  # level of the excluded section whose sub-sections follow
+    for section in paper.sections:
+        if under is not None and section.level > under:
+            removed.append(section)
+            continue
+        under = None
+        hits = [p for p in wanted if _matches(p, section)]
+        if hits:
+            used.update(hits)
+            removed.append(section)
+            under = section.level
+        else:
+            kept.append(section)
+    unmatched = [p for p in wanted if p not in used]
+    if not removed:
+        return paper, unmatched
+    names = ", ".join(section_label(s) for s in removed[:8]) + (", ..." if len(removed) > 8 else "")
+    note = f"{len(removed)} sections excluded by choice ({names})"
+    return paper.model_copy(update={"sections": kept, "dropped": [*paper.dropped, note]}), unmatched
+
+
+def describe_sections(paper: Paper) -> list[str]:
+    """One line per section the model will see: its number and title (indented by level), its tokens, and
+    "appendix" where it is part of the appendix (the first thing left out to fit a small model)."""
+    lines = []
+    for section in paper.sections:
+        indent = "  " * (max(section.level, 1) - 1)
+        mark = "  [appendix]" if section.appendix else ""
+        lines.append(f"{indent}{section_label(section)}  ~{estimate_tokens(section.render()):,} tokens{mark}")
+    return lines
+
+
+def parse_patterns(text: str | None) -> list[str] | None:
+    """`--exclude-sections "Appendix*,6.2"` as a list of patterns; None when the option was not given."""
+    if text is None:
+        return None
+    return [p.strip() for p in text.split(",") if p.strip()]

@@ -247,7 +247,7 @@ def _figure_text(lines: list[_Line], regions: list[Region], body_size: float) ->
             if near and small and (line.x1 - line.x0) < 0.5 * (region.x1 - region.x0 + 1):
                 inside.append(index)
         members = [lines[i] for i in inside]
-        if not members or _prose(members):
+        if members and _prose(members):
             continue
         taken.update(inside)
         members.sort(key=lambda ln: (round(ln.y0), ln.x0))
@@ -267,23 +267,47 @@ def _beside(region: Region, box: tuple[float, float, float, float], size: float)
     )
 
 
-def _nearest_figure(figures: list[_Figure], row: _Row) -> str:
+def _nearest_figure(figures: list[_Figure], row: _Row) -> _Figure | None:
     """The text of the figure a caption row belongs to: the nearest unused region above it (figure captions sit
-    below their figure) or, failing that, below it (table captions sit above), overlapping it horizontally."""
+    below their figure) or, failing that, below it (table captions sit above); one overlapping it horizontally
+    first."""
     best: tuple[float, _Figure] | None = None
     for figure in figures:
         region = figure.region
-        if figure.used or min(region.x1, row.x1) - max(region.x0, row.x0) <= 0:
+        if figure.used:
             continue
         above = row.y0 - region.y1
         below = region.y0 - row.y1
         distance = above if above >= -4 else below + 50 if below >= -4 else None
+        if distance is not None and min(region.x1, row.x1) - max(region.x0, row.x0) <= 0:
+            distance += 100  # beside it: the other column's figure, or a short caption set flush left
         if distance is not None and distance < 200 and (best is None or distance < best[0]):
             best = (distance, figure)
     if best is None:
-        return ""
-    best[1].used = True
-    text = best[1].text
+        return None
+    chosen = best[1].region
+    group = [  # side-by-side panels of one figure: regions level with the chosen one
+        f
+        for f in figures
+        if not f.used
+        and min(f.region.y1, chosen.y1) - max(f.region.y0, chosen.y0)
+        > 0.5 * min(f.region.y1 - f.region.y0, chosen.y1 - chosen.y0)
+    ]
+    group.sort(key=lambda f: f.region.x0)
+    for figure in group:
+        figure.used = True
+    box = Region(
+        min(f.region.x0 for f in group),
+        min(f.region.y0 for f in group),
+        max(f.region.x1 for f in group),
+        max(f.region.y1 for f in group),
+        chosen.kind,
+    )
+    text = " ".join(f.text for f in group if f.text)
+    return _Figure(region=box, text=text, lines=sum(f.lines for f in group), used=True)
+
+
+def _short(text: str) -> str:
     return text if len(text) <= FIGURE_TEXT_CHARS else text[: text.rfind(" ", 0, FIGURE_TEXT_CHARS)] + " ..."
 
 
@@ -679,7 +703,12 @@ class _Builder:
         if caption:
             self.end_paragraph()
             self.caption = Caption(kind=caption[0], label=caption[1], text=caption[2], page=row.page)
-            self.caption.figure_text = _nearest_figure(self.figures.get(row.page, []), row)
+            # A figure's caption takes its region; a table's caption (above the table) would take the figure below
+            figure = _nearest_figure(self.figures.get(row.page, []), row) if caption[0] == "figure" else None
+            if figure is not None:
+                region = figure.region
+                self.caption.figure_text = _short(figure.text)
+                self.caption.box = [round(v, 1) for v in (region.x0, region.y0, region.x1, region.y1)]
             self.captions.append(self.caption)
             self.kind = "caption"
         elif footnote and self.kind != "caption":
@@ -727,7 +756,9 @@ def _footnotes(rows: list[_Row], body_size: float) -> set[int]:
     return {
         i
         for i, row in enumerate(rows)
-        if row.size < body_size - 0.5 and row.y0 >= lowest.get((row.page, row.left), math.inf) - 1
+        if row.size < body_size - 0.5
+        and row.y0 >= lowest.get((row.page, row.left), math.inf) - 1
+        and not _is_tabular(row)  # a small-print table at the foot of a column is no footnote
     }
 
 
@@ -844,9 +875,7 @@ def read_pdf(path: Path, *, max_pages: int = DEFAULT_MAX_PAGES, max_chars: int =
         doc = _open(path)
         try:
             page_count = doc.page_count
-            pages, heights, rotated, fonts, images, graphics = _extract(
-                doc, path, max(1, max_pages), max(1, max_chars)
-            )
+            pages, heights, rotated, fonts, images, graphics = _extract(doc, path, max(1, max_pages), max(1, max_chars))
             outline = _outline(doc)
         finally:
             doc.close()
