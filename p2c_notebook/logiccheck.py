@@ -1,9 +1,9 @@
 """The logic design before analysis: mechanical repairs that need no model, and the problems that do.
 
 A repeated dependency or one spelled `net.py` for `models/net.py` is fixed here and said so (a file entry listed
-twice is dropped by `LogicDesign.check_against`, which runs next); a
-multi-file design in which no file imports another, or whose dependencies contradict the class relations, goes
-back to the model with the problems named (the caller re-asks).
+twice is dropped by `LogicDesign.check_against`, which runs next); a multi-file design in which no file imports
+another, or whose dependencies contradict the class relations, goes back to the model with the problems named
+(the caller re-asks).
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ def check_reply(
 
 def record_file(store: RunStore, path: str, code: str, violations: list[Violation], first: list[Violation]) -> None:
     """Record one saved file's violations (and, when it was re-asked, those of the first reply)."""
+    if not path.endswith(".py"):
+        return  # only Python is checked
     with _WRITING:
         data = _read(store) or _empty()
         entry: dict[str, Any] = {"sha256": sha256(code), "violations": [v.to_json() for v in violations]}
@@ -88,11 +90,13 @@ def record_repository(store: RunStore) -> CheckReport:
 
 
 def current(run_dir: Path | str, write: bool = True) -> dict[str, Any]:
-    """The run's checks as `checks.json` holds them, recomputed first when stale (a file changed since, or only
-    the in-loop checks exist); with `write`, the recomputed record is saved."""
+    """The run's checks as `checks.json` holds them, recomputed first when stale (a file changed or was written
+    since, or the record holds only in-loop checks of a repository now complete); with `write`, it is saved."""
     store = RunStore(run_dir)
     data = _read(store)
-    if data is not None and data.get("complete") and not _stale(store, data):
+    # The in-loop record of a run under way is current for what it has written; once every planned file is
+    # there (a run stopped and resumed, a file regenerated), only a whole-repository check is.
+    if data is not None and not _stale(store, data) and (data.get("complete") or _unwritten(store)):
         return data
     if write:  # a derived file, replaced atomically: no need to hold the run folder's lock
         record_repository(store)
@@ -111,6 +115,18 @@ def violations_of(data: dict[str, Any]) -> dict[str, list[Violation]]:
     if data["repository"]:
         found[""] = [_violation(v) for v in data["repository"]]
     return found
+
+
+def repair_effect(data: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Violations per check in the replies as first received and in the code as saved (a `checks.json` record):
+    what the in-loop repair re-asks changed. A file not re-asked counts the same in both."""
+    before = CheckReport(
+        files={p: [_violation(v) for v in e.get("before_repair", e["violations"])] for p, e in data["files"].items()},
+        repository=[_violation(v) for v in data.get("repository", [])],
+    )
+    after = CheckReport(files=violations_of(data))  # "" holds the repository's own
+    re_asked = sum(1 for e in data["files"].values() if "before_repair" in e)
+    return {"before": before.summary(), "after": after.summary(), "files": {"re_asked": re_asked}}
 
 
 def describe(data: dict[str, Any]) -> str:
@@ -140,10 +156,9 @@ def _designs(store: RunStore) -> tuple[ArchitectureDesign | None, LogicDesign | 
 
 def _check_run(store: RunStore) -> CheckReport:
     design, logic = _designs(store)
-    planned = logic.order if logic is not None else list(design.file_list) if design is not None else []
     sources: dict[str, str] = {}
-    for path in planned:
-        text = store.read_path(artifact_file(f"code/{path}")) if path.endswith(".py") else None
+    for path in _planned(store):
+        text = store.read_path(artifact_file(f"code/{path}"))
         if text is not None:
             sources[path] = text
     config = store.read_path(artifact_file("code/config.yaml"))
@@ -168,9 +183,19 @@ def _stale(store: RunStore, data: dict[str, Any]) -> bool:
         text = store.read_path(artifact_file(f"code/{path}"))
         if text is None or sha256(text) != entry.get("sha256"):
             return True
-    _, logic = _designs(store)
-    unchecked = [p for p in (logic.order if logic else []) if p.endswith(".py") and p not in data["files"]]
+    unchecked = [p for p in _planned(store) if p not in data["files"]]
     return any(store.read_path(artifact_file(f"code/{p}")) is not None for p in unchecked)
+
+
+def _planned(store: RunStore) -> list[str]:
+    """The planned Python files, in the logic design's order (the design's file list without one)."""
+    design, logic = _designs(store)
+    planned = logic.order if logic is not None else list(design.file_list) if design is not None else []
+    return [p for p in planned if p.endswith(".py")]
+
+
+def _unwritten(store: RunStore) -> bool:
+    return any(store.read_path(artifact_file(f"code/{p}")) is None for p in _planned(store))
 
 
 def _violation(raw: dict[str, Any]) -> Violation:

@@ -15,6 +15,7 @@ from conftest import API_KEY, CODE, EXAMPLE, LOGIC, settings_for, small_scenario
 
 from p2c_notebook import runchecks
 from p2c_notebook.cli import main
+from p2c_notebook.errors import ReplyError
 from p2c_notebook.events import Event, Notice
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.store import sha256
@@ -90,6 +91,9 @@ def test_an_undefined_name_is_sent_back_once_with_its_line_and_the_repair_is_sav
     assert entry["violations"] == [] and entry["sha256"] == sha256(CODE["main.py"])
     assert [(v["check"], v["line"]) for v in errors(entry["before_repair"])] == [("undefined-name", 3)]
     assert any(isinstance(e, Notice) and "static checks found 1 problem" in e.message for e in events)
+    effect = runchecks.repair_effect(checks_json(tmp_path / "run"))
+    assert effect["before"]["undefined-name"] == 1 and effect["after"]["undefined-name"] == 0
+    assert effect["files"]["re_asked"] == 1
     others = Counter((r["stage"], r["file"], r["attempt"]) for r in server.requests if r["file"] != "main.py")
     assert all(attempt == 1 for _, _, attempt in others), "only the file with a violation is asked again"
 
@@ -235,3 +239,17 @@ def test_the_example_scenario_runs_without_a_single_re_ask_and_checks_clean(serv
     recorded = checks_json(tmp_path / "run")
     assert recorded["is_clean"] and recorded["complete"] and recorded["errors"] == 0
     assert len(recorded["files"]) == 7
+
+
+def test_a_run_stopped_half_way_shows_the_checks_of_what_it_wrote(
+    serve: Any, paper_md: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve(scenario_with({"stage": "code", "file": "main.py", "content": "```python\ndef run(:\n```"}))
+    run = tmp_path / "run"
+    with pytest.raises(ReplyError):
+        run_pipeline(server, paper_md, run)
+    recorded = checks_json(run)
+    assert sorted(recorded["files"]) == ["data.py", "models/net.py"] and not recorded["complete"]
+    assert main(["status", str(run)]) == 0
+    assert "Static checks: no problems in 2 file(s) (1 warning(s))." in capsys.readouterr().out
+    assert main(["check", str(run)]) == 0, "the file not written yet is not reported as a problem"

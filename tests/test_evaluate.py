@@ -106,7 +106,8 @@ def test_reference_free_score_is_the_mean_of_valid_samples_with_spread_and_cost(
     assert "class Net" in prompt and "<reference_repository>" not in prompt
     # Critiques of one component merge across samples: the worst severity, every file named, how many said it.
     first = summary.critiques[0]
-    assert (first.component, first.severity, first.files, first.samples) == (
+    # (Which sample gets which scripted reply depends on the order the concurrent calls arrive in.)
+    assert (first.component, first.severity, sorted(first.files), first.samples) == (
         "learning rate",
         "high",
         ["main.py", "models/net.py"],

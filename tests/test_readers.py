@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-import time
 from pathlib import Path
 
 import pymupdf
@@ -86,14 +85,6 @@ def test_transformer_pdf() -> None:
     assert any(d.startswith("references") for d in paper.dropped)
     assert any(d.startswith("acknowledgements") for d in paper.dropped)
     assert any("arXiv" in d for d in paper.dropped)
-
-
-def test_transformer_pdf_is_fast() -> None:
-    path = transformer("Transformer.pdf")
-    read_paper(path)
-    start = time.perf_counter()
-    read_paper(path)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_transformer_pdf_text_is_deterministic() -> None:
