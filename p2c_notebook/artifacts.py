@@ -87,11 +87,18 @@ class ArchitectureDesign(BaseModel):
         names = {c.name for c in self.classes}
         for spec in self.classes:
             if spec.file not in files:
-                warnings.append(f"class {spec.name} lives in {spec.file!r}, which is not in the file list")
+                warnings.append(
+                    f"class {spec.name} lives in {spec.file!r}, which is not in the file list: add the file to the "
+                    "design's file_list or move the class (Edit the design), or Regenerate it with that as feedback"
+                )
         for message in self.sequence.messages:
             for end in (message.source, message.target):
                 if end not in names and end not in self.sequence.participants:
-                    warnings.append(f"sequence message {message.call!r} names unknown participant {end!r}")
+                    warnings.append(
+                        f"sequence message {message.call!r} names unknown participant {end!r}: add {end!r} to the "
+                        "design's sequence participants or classes (Edit the design), or Regenerate the design "
+                        "with that as feedback"
+                    )
         return warnings
 
 

@@ -200,7 +200,7 @@ class Pipeline:
         self.bus.info(f"Paper: {report.summary()}", "paper")
         if self.store.hash_of("paper") == sha256(text):
             return
-        if self.store.entry("paper") is not None:
+        if self.store.entry("paper") is not None and any(self.store.entry(step) for step in PLANNING):
             self.bus.warn("The paper changed since this run started: everything generated from it is now stale.")
         extra = {
             "paper/paper.json": paper.model_dump_json(indent=2) + "\n",

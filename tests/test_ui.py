@@ -107,7 +107,7 @@ def test_one_panel_per_artifact_in_pipeline_order(finished: tuple[Any, Path]) ->
     assert "main.py" in wt.repo_panel.tree.value and "4/4 files" in wt.repo_panel.badge.value
     assert "p2c-badge-complete" in wt.repo_panel.badge._dom_classes
     assert wt.run_button.disabled and "all artifacts generated" in wt.next_label.value
-    assert wt.stale_button.layout.display == "none"
+    assert wt.stale_button.layout.visibility == "hidden"  # hidden in its slot: the toolbar does not move
     assert "in" in wt.meter.value and "$" in wt.meter.value
     assert "<style>" in wt.style.value and ".p2c-badge-stale" in wt.style.value
 
@@ -159,7 +159,7 @@ def test_editing_config_marks_exactly_analysis_and_code_stale(finished: tuple[An
     assert {a for a in PANELS if badge(wt, a) == {"p2c-badge-stale"}} == DOWNSTREAM
     assert badge(wt, "config") == {"p2c-badge-edited"}
     assert "p2c-status-stale" in wt.panel("code/main.py").widget._dom_classes
-    assert wt.stale_button.layout.display is None and wt.stale_button.description == "Re-run stale"
+    assert wt.stale_button.layout.visibility is None and wt.stale_button.description == "Re-run stale"
     before = len(server.requests)
     wt.stale_button.click()
     result = wt.wait(timeout=30)
@@ -170,7 +170,7 @@ def test_editing_config_marks_exactly_analysis_and_code_stale(finished: tuple[An
     assert {(r["stage"], r["file"]) for r in server.requests[before:]} == {
         (s, f) for s in ("analysis", "code") for f in FILES
     }
-    assert "stale" not in manifest(run).values() and wt.stale_button.layout.display == "none"
+    assert "stale" not in manifest(run).values() and wt.stale_button.layout.visibility == "hidden"
     assert (run / "repo/config.yaml").read_text() == "lr: 0.05\nepochs: 3\n"
 
 

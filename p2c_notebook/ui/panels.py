@@ -72,6 +72,11 @@ def show(widget: Any, visible: bool) -> None:
     widget.layout.display = None if visible else "none"
 
 
+def reserve(widget: Any, visible: bool) -> None:
+    """Show or hide a widget but keep its place, so the widgets beside it do not move when it appears."""
+    widget.layout.visibility = None if visible else "hidden"
+
+
 def html(value: str = "", *classes: str) -> Any:
     box = widgets.HTML(value=value)
     for name in classes:

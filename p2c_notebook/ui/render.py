@@ -121,7 +121,11 @@ def _formatter() -> Any:
 
 @functools.lru_cache(maxsize=1)
 def stylesheet() -> str:
-    """p2c.css (shipped as `p2c_notebook.assets`, or widgets/ in a checkout) plus Pygments' colours."""
+    """p2c.css (shipped as `p2c_notebook.assets`, or widgets/ in a checkout).
+
+    Pygments' own style sheet is not added: its colours are for a light page (light background, dark text), so
+    code was unreadable in a dark theme. p2c.css maps Pygments' token classes onto the theme's editor colours.
+    """
     css = ""
     try:
         css = resources.files("p2c_notebook.assets").joinpath("p2c.css").read_text(encoding="utf-8")
@@ -129,12 +133,6 @@ def stylesheet() -> str:
         fallback = Path(__file__).resolve().parents[2] / "widgets" / "p2c.css"
         if fallback.is_file():
             css = fallback.read_text(encoding="utf-8")
-    try:
-        from pygments.formatters import HtmlFormatter
-
-        css += "\n" + str(HtmlFormatter().get_style_defs(".p2c-highlight"))
-    except ImportError:
-        pass
     return css
 
 

@@ -32,7 +32,7 @@ from p2c_notebook.pipeline import STEPS, Pipeline, Row, RunResult
 from p2c_notebook.settings import load_settings
 from p2c_notebook.store import PLANNING, RunStore, stage_of
 from p2c_notebook.ui import render
-from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, show
+from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, reserve, show
 from p2c_notebook.usage import Usage
 
 STAGE_NAMES = {
@@ -42,6 +42,13 @@ STAGE_NAMES = {
     "config": "config.yaml",
     "analysis": "analysis",
     "code": "code",
+}
+STEP_LABELS = {
+    "done": "done",
+    "waiting": "waiting for you",
+    "stale": "stale",
+    "running": "running",
+    "todo": "to do",
 }
 STREAM_INTERVAL = 0.1  # seconds between redraws of the streamed text
 STREAM_TAIL = 3000  # characters of streamed text kept on screen
@@ -65,11 +72,15 @@ class Walkthrough:
         self._streaming = ""
         self._stream_drawn = 0.0
         self._notices: list[tuple[str, str]] = []
+        self._rows: list[Row] = []
+        self._running_stages: set[str] = set()  # stages with a call in flight, for the stepper
+        self._job_label = ""
 
         self.style = html(f"<style>{render.stylesheet()}</style>", "p2c-style")
         self.header = html(self._header(), "p2c-header")
+        self.stepper = html("", "p2c-stepper-box")
         self.run_button = button("Run next stage", "Generate the next stage's artifacts", "p2c-run-next", "primary")
-        self.next_label = html("", "p2c-next", "p2c-hint")
+        self.next_label = html("", "p2c-next", "p2c-next-line")
         self.auto_approve = widgets.Checkbox(value=auto_approve, description="Auto-approve", indent=False)
         self.auto_approve.add_class("p2c-auto-approve")
         self.stale_button = button("Re-run stale", "Regenerate every stale artifact", "p2c-rerun-stale", "warning")
@@ -85,7 +96,6 @@ class Walkthrough:
         toolbar = widgets.HBox(
             [
                 self.run_button,
-                self.next_label,
                 self.auto_approve,
                 self.stale_button,
                 self.cancel_button,
@@ -94,14 +104,24 @@ class Walkthrough:
         )
         toolbar.add_class("p2c-toolbar")
         meters = widgets.HBox([self.progress, self.meter])
-        meters.add_class("p2c-toolbar")
+        meters.add_class("p2c-meters")
         self.progress_box = widgets.VBox([toolbar, meters, self.status_line, self.notices, self.stream])
         self.progress_box.add_class("p2c-progress-box")
         self.panel_box = widgets.VBox()
         self.panel_box.add_class("p2c-panels")
         self.pending = {stage: html("", "p2c-pending", f"p2c-pending-{stage}") for stage in ("analysis", "code")}
         self.repo_panel = RepoPanel(self.run_dir)
-        self.widget = widgets.VBox([self.style, self.header, self.progress_box, self.panel_box, self.repo_panel.widget])
+        self.widget = widgets.VBox(
+            [
+                self.style,
+                self.header,
+                self.stepper,
+                self.next_label,
+                self.progress_box,
+                self.panel_box,
+                self.repo_panel.widget,
+            ]
+        )
         self.widget.add_class("p2c-walkthrough")
         self.progress_view = widgets.VBox([self.style, self.progress_box])
         self.progress_view.add_class("p2c-walkthrough")
@@ -178,13 +198,72 @@ class Walkthrough:
                 self.panels[row.artifact].update(row, entry.sha256 if entry else None, busy)
             nxt = self.next_stage(rows)
             self.run_button.disabled = busy or nxt is None
-            self.next_label.value = render.esc(f"next: {STAGE_NAMES[nxt]}" if nxt else "all artifacts generated")
-            show(self.stale_button, any(r.status == "stale" for r in rows))
+            self._rows = rows
+            self._draw_steps()
+            reserve(self.stale_button, any(r.status == "stale" for r in rows))
             self.stale_button.disabled = busy
             self.cancel_button.disabled = not busy
             self._draw_meter(self.pipeline.store.spent())
             code = [r for r in rows if stage_of(r.artifact) == "code"]
             self.repo_panel.update(sum(r.status != "missing" for r in code), len(code))
+
+    def stage_states(self, rows: list[Row] | None = None) -> dict[str, str]:
+        """Each stage's state for the stepper: done, waiting (for the user's approval), stale, running or todo.
+
+        A generated stage waits for the user only while approval is required and a later stage still has work:
+        that is where the next run would pause.
+        """
+        rows = [r for r in (rows if rows is not None else self.pipeline.rows()) if r.artifact != "paper"]
+        auto = bool(self.auto_approve.value)
+        states: dict[str, str] = {}
+        for stage in STEPS:
+            statuses = [r.status for r in rows if stage_of(r.artifact) == stage]
+            if self.busy and stage in self._running_stages:
+                states[stage] = "running"
+            elif "stale" in statuses:
+                states[stage] = "stale"
+            elif not statuses or "missing" in statuses:
+                states[stage] = "todo"
+            elif auto or all(s in ("approved", "edited") for s in statuses):
+                states[stage] = "done"
+            else:
+                states[stage] = "generated"
+        for index, stage in enumerate(STEPS):
+            if states[stage] == "generated":
+                later = any(states[s] in ("todo", "stale", "running") for s in STEPS[index + 1 :])
+                states[stage] = "waiting" if later else "done"
+        return states
+
+    def _draw_steps(self) -> None:
+        """The stepper and the line under it that says what to click next."""
+        rows = self._rows
+        states = self.stage_states(rows)
+        nxt = self.next_stage(rows)
+        waiting = next((s for s in STEPS if states[s] == "waiting"), None)
+        running = next((s for s in STEPS if states[s] == "running"), None)
+        current = waiting or running or nxt
+        self.stepper.value = render.stepper_html(
+            [(stage, STAGE_NAMES[stage], states[stage], STEP_LABELS[states[stage]]) for stage in STEPS], current
+        )
+        stale = sum(r.status == "stale" for r in rows)
+        if self.busy:
+            text = f"{self._job_label or 'Running'}… Click Cancel to stop after the calls in flight."
+        elif waiting is not None:
+            where = "each of its panels" if waiting in ("analysis", "code") else "its panel"
+            text = (
+                f"Your turn: review the {STAGE_NAMES[waiting]} below and click Approve in {where} "
+                "(or tick Auto-approve), then Run next stage."
+            )
+        elif stale and nxt is not None:
+            text = (
+                f"Next: click Re-run stale to regenerate {stale} stale artifact(s), "
+                f"starting with the {STAGE_NAMES[nxt]}."
+            )
+        elif nxt is not None:
+            text = f"Next: click Run next stage to generate the {STAGE_NAMES[nxt]}."
+        else:
+            text = "Done: all artifacts generated. The repository's files are listed at the bottom (Download zip)."
+        self.next_label.value = f"<b>{render.esc(text.partition(':')[0])}:</b>{render.esc(text.partition(':')[2])}"
 
     def _rebuild(self, order: list[str]) -> None:
         old = self.panels
@@ -229,12 +308,17 @@ class Walkthrough:
         panel = self.panels.get(artifact)
 
         def work() -> str:
+            before = {r.artifact for r in self.pipeline.rows() if r.status == "stale"}
             self.pipeline.regenerate(artifact, feedback, overwrite_edited)
+            self._approve_passed()
             if panel is not None:
                 if panel.has_controls:
                     panel.feedback.value = ""
                 panel.show_note(f"Regenerated {artifact}" + (" with your feedback." if feedback else "."))
-            return f"Regenerated {artifact}; what depends on it is now stale."
+            stale = [r.artifact for r in self.pipeline.rows() if r.status == "stale" and r.artifact not in before]
+            if not stale:
+                return f"Regenerated {artifact}."
+            return f"Regenerated {artifact}; {len(stale)} artifact(s) that depend on it are now stale: Re-run stale."
 
         self._start(f"Regenerating {artifact}", work, panel, block)
 
@@ -252,6 +336,8 @@ class Walkthrough:
         def work() -> str:
             result = self.pipeline.run(from_stage, until, require, overwrite_edited)
             self.last_result = result
+            if not require:
+                self._approve_passed()
             if result.state == "paused":
                 return (
                     f"Waiting for approval of {', '.join(result.pending)}: click Approve in their panels "
@@ -261,6 +347,19 @@ class Walkthrough:
 
         label = f"Running until {STAGE_NAMES.get(until or 'code', until)}"
         self._start(label, work, None, block)
+
+    def _approve_passed(self) -> None:
+        """With Auto-approve ticked, what a run generated is approved as it passes (so the badges say so).
+
+        A stage is approved once all of it exists and nothing in it is stale; edited artifacts keep their badge.
+        """
+        if not self.auto_approve.value:
+            return
+        rows = self.pipeline.rows()
+        for stage in STEPS:
+            statuses = [r.status for r in rows if stage_of(r.artifact) == stage]
+            if "generated" in statuses and not {"missing", "stale"} & set(statuses):
+                self.pipeline.approve(stage)
 
     def run_stage(self, stage: str | None = None, block: bool = False) -> None:
         """Run one stage (default: the next one) — what the "Run next stage" button does."""
@@ -306,6 +405,8 @@ class Walkthrough:
         with self._lock:
             self._require_idle()
             self._running = True
+            self._job_label = label
+            self._running_stages.clear()
             self._cancel_requested = False
             self.last_error = None
             self._streams.clear()
@@ -339,6 +440,7 @@ class Walkthrough:
                 panel.show_error(message)
         with self._lock:
             self._running = False
+            self._running_stages.clear()
         self._draw_stream(force=True)
         try:
             self.refresh()
@@ -398,7 +500,11 @@ class Walkthrough:
                 self._streams[event.artifact] = ""
                 self._streaming = event.artifact
                 self._in_flight = [*(a for a in self._in_flight if a != event.artifact), event.artifact]
+                new_stage = stage_of(event.artifact) not in self._running_stages
+                self._running_stages.add(stage_of(event.artifact))
             self._draw_stream(force=True)
+            if new_stage:
+                self._draw_steps()
         elif isinstance(event, RunStarted):
             if self._cancel_requested:  # Cancel clicked before the run cleared the pipeline's flag
                 self.pipeline.cancel()
@@ -451,11 +557,13 @@ class Walkthrough:
         self.stream.value = f"<div class='p2c-hint'>{render.esc(title)}</div><pre>{render.esc(text)}</pre>"
 
     def _header(self) -> str:
+        """Paper, run folder and model; the run folder by name, its full path in the tooltip (often a long temp path)."""
         paper = self.pipeline.store.meta.get("paper", {})
         source = Path(str(paper.get("source", ""))).name if isinstance(paper, dict) else ""
         parts = [
             "<b>p2c walkthrough</b>",
-            f"run <code>{render.esc(str(self.run_dir))}</code>",
+            f"run folder <code class='p2c-run-folder' title='{render.esc(str(self.run_dir))}'>"
+            f"{render.esc(self.run_dir.name)}</code>",
             f"model <code>{render.esc(render.backend_label(self.pipeline.settings))}</code>",
         ]
         if source:
