@@ -51,7 +51,7 @@ from p2c_notebook.paper import read_paper
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.prompts.builder import PromptBuilder, language_for, render
 from p2c_notebook.settings import Settings
-from p2c_notebook.store import PLANNING, stage_of
+from p2c_notebook.stages.registry import planning_names, stage_of
 from p2c_notebook.testing import ScriptedServer
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage, cost_of
@@ -211,7 +211,7 @@ def run_ours(
             wall = time.perf_counter() - began
             spent = pipeline.store.spent()
             # The second estimate covers the file stages; what planning used by then is added to it.
-            planned = sum((pipeline.store.entry(a).usage for a in PLANNING), Usage())  # type: ignore[union-attr]
+            planned = sum((pipeline.store.entry(a).usage for a in planning_names()), Usage())  # type: ignore[union-attr]
             estimates = []
             for i, e in enumerate(pipeline.estimates):
                 done = planned if i else Usage()
@@ -270,7 +270,7 @@ class ReferenceLike:
     def run(self) -> None:
         answers: dict[str, str] = {}
         conversation = [{"role": "system", "content": self.system}]
-        for step in PLANNING:  # one growing conversation, as the reference does
+        for step in planning_names():  # one growing conversation, as the reference does
             conversation.append({"role": "user", "content": self.prompts.task(step)})
             answers[step] = self.call(list(conversation), step)
             conversation.append({"role": "assistant", "content": answers[step]})

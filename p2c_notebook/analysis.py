@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from p2c_notebook.context import StageContext, feedback_messages
 from p2c_notebook.parsing import extract_markdown
-from p2c_notebook.store import PLANNING, Entry
-
-INPUTS = ["paper", *PLANNING]
+from p2c_notebook.stages.registry import inputs_for
+from p2c_notebook.store import Entry
 
 
 def analyze_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entry:
@@ -17,4 +16,4 @@ def analyze_file(ctx: StageContext, path: str, feedback: str | None = None) -> E
     messages = ctx.prompts.analysis(ctx.answers(), path, item.role, item.depends_on)
     messages = feedback_messages(ctx, artifact, messages, feedback)
     text, usage = ctx.ask(artifact, "analysis", path, messages, extract_markdown)
-    return ctx.store.save(artifact, text, ctx.input_hashes(INPUTS), ctx.backend.model, usage)
+    return ctx.store.save(artifact, text, ctx.input_hashes(inputs_for(artifact, logic)), ctx.backend.model, usage)

@@ -19,16 +19,17 @@ from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.render import TerminalRenderer, TerminalStream
 from p2c_notebook.runlog import last_failure
 from p2c_notebook.secrets import Scrubber
+from p2c_notebook.session import RunOptions, add_settings_arguments, open_run, settings_from
 from p2c_notebook.settings import load_settings
-from p2c_notebook.store import RunStore
+from p2c_notebook.stages import registry
 
 EXIT_PAUSED = 10
 EXIT_INTERRUPTED = 130
 
-STAGES = "plan, design, logic, config, analysis, code (or planning, coding)"
-
 
 def _parser() -> argparse.ArgumentParser:
+    stages = registry.describe()  # "plan, design, logic, config, analysis, code (or planning, coding)"
+    artifacts = ", ".join(s.name + "/F" if s.per_file else s.name for s in registry.stages())
     parser = argparse.ArgumentParser(prog="p2c", description="Turn an ML paper into a code repository (PaperCoder).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -41,28 +42,13 @@ def _parser() -> argparse.ArgumentParser:
         help="leave sections out of what the model sees: comma-separated globs on titles or numbers, e.g. "
         '"Appendix*,6.2" ("" brings them all back); see `p2c paper PAPER`',
     )
-    run.add_argument("--model", help="model name (P2C_MODEL)")
-    run.add_argument("--base-url", help="OpenAI-compatible server URL (OPENAI_BASE_URL / P2C_BASE_URL)")
-    run.add_argument("--api-key", help="API key (prefer OPENAI_API_KEY: flags end up in shell history)")
-    run.add_argument(
-        "--backend",
-        help="openai (default), auto, local[:MODEL or .gguf], replay:CASSETTE.jsonl or scripted:SCENARIO.yaml",
-    )
-    run.add_argument("--record", metavar="CASSETTE", help="append every model call to this .jsonl cassette")
-    run.add_argument("--from", dest="from_stage", metavar="STAGE", help=f"redo from this stage: {STAGES}")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help=f"redo from this stage: {stages}")
     run.add_argument("--until", metavar="STAGE", help="stop after this stage")
     run.add_argument(
         "--approve-each", action="store_true", help="pause before each stage until its inputs are approved"
     )
     run.add_argument("--overwrite-edited", action="store_true", help="allow --from to regenerate artifacts you edited")
-    run.add_argument("--concurrency", type=int, help="parallel model calls for analysis and coding")
-    run.add_argument("--max-tokens", type=int, help="output token limit per call")
-    run.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"])
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--timeout", type=float, help="seconds one call may take, start to end")
-    run.add_argument("--read-timeout", type=float, help="seconds of silence from the server before a call times out")
-    run.add_argument("--max-reply-chars", type=int, help="characters a reply may have before it is stopped")
-    run.add_argument("--no-stream", action="store_true", help="do not stream replies")
+    add_settings_arguments(run)  # the same options as `%p2c use`
     run.add_argument("-v", "--verbose", action="store_true", help="print the model's replies as they stream")
 
     status = sub.add_parser("status", help="show each artifact's status and what the next run does")
@@ -71,11 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="list what the static checks find in the generated code (exit 5: problems)")
     check.add_argument("run")
 
-    show = sub.add_parser("show", help="print one artifact (plan, design, logic, config, analysis/F, code/F)")
+    show = sub.add_parser("show", help=f"print one artifact ({artifacts})")
     show.add_argument("run")
     show.add_argument("artifact")
 
-    approve = sub.add_parser("approve", help="approve artifacts (or a stage: planning, analysis, coding)")
+    approve = sub.add_parser("approve", help=f"approve artifacts (or a stage: {', '.join(registry.groups())})")
     approve.add_argument("run")
     approve.add_argument("artifacts", nargs="+")
 
@@ -90,48 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--reference", metavar="DIR", help="the authors' repository: a folder, .zip or .tar.gz")
     judge.add_argument("--judge", metavar="MODEL", help="the judge model (default: the configured model)")
     judge.add_argument("-n", type=int, default=8, help="judging samples, averaged (default 8)")
-    judge.add_argument("--base-url", help="OpenAI-compatible server URL of the judge")
-    judge.add_argument("--api-key", help="API key (prefer OPENAI_API_KEY)")
-    judge.add_argument("--backend", help="openai, auto, local[:MODEL], replay:CASSETTE.jsonl or scripted:SCENARIO.yaml")
-    judge.add_argument("--concurrency", type=int, help="judging calls at once (default: the concurrency setting)")
-    judge.add_argument("--max-tokens", type=int, help="output token limit per call")
-    judge.add_argument("--temperature", type=float)
+    add_settings_arguments(
+        judge,
+        only=("base_url", "api_key", "backend", "concurrency", "max_tokens", "temperature"),
+        helps={
+            "base_url": "OpenAI-compatible server URL of the judge",
+            "concurrency": "judging calls at once (default: the concurrency setting)",
+        },
+    )
 
     compare = sub.add_parser("compare", help="several runs side by side as a Markdown table")
     compare.add_argument("runs", nargs="+", help="run folders")
     return parser
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "model": args.model,
-        "base_url": args.base_url,
-        "api_key": args.api_key,
-        "backend": args.backend,
-        "record": args.record,
-        "concurrency": args.concurrency,
-        "max_tokens": args.max_tokens,
-        "reasoning_effort": args.reasoning_effort,
-        "temperature": args.temperature,
-        "timeout": args.timeout,
-        "read_timeout": args.read_timeout,
-        "max_reply_chars": args.max_reply_chars,
-        "stream": False if args.no_stream else None,
-    }
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = load_settings(_settings(args))
+    settings = load_settings(settings_from(args))
     renderer = TerminalRenderer(verbose=args.verbose)
     started = time.monotonic()
-    source = Path(args.paper)
     exclude = parse_patterns(args.exclude_sections)
-    if RunStore.is_run(source):
-        pipeline = Pipeline.open(source, settings=settings, sinks=(renderer,))
-        if exclude is not None:
-            pipeline.choose_sections(exclude)
-    else:
-        pipeline = Pipeline.start(source, args.out, settings=settings, sinks=(renderer,), exclude_sections=exclude)
+    options = RunOptions(out=args.out, settings=settings, sinks=(renderer,), exclude_sections=exclude)
+    pipeline = open_run(Path(args.paper), options)
     with pipeline:
         result = pipeline.run(args.from_stage, args.until, args.approve_each, args.overwrite_edited)
         spent = pipeline.store.spent()
@@ -236,15 +201,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "model": args.judge,
-        "base_url": args.base_url,
-        "api_key": args.api_key,
-        "backend": args.backend,
-        "concurrency": args.concurrency,
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-    }
+    return {"model": args.judge, **settings_from(args)}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -280,7 +237,7 @@ COMMANDS = {
 def _scrubber(args: argparse.Namespace) -> Scrubber:
     """Every credential this command's settings send, so that nothing it prints (errors too) shows one."""
     try:
-        given = _settings(args) if args.command == "run" else _eval_settings(args) if args.command == "eval" else {}
+        given = settings_from(args) if args.command == "run" else _eval_settings(args) if args.command == "eval" else {}
         return Scrubber.for_settings(load_settings(given))
     except P2CError:
         return Scrubber()  # the command itself reports the bad settings

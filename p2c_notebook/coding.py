@@ -9,11 +9,8 @@ from p2c_notebook.context import Review, StageContext, check_python, feedback_me
 from p2c_notebook.parsing import extract_code
 from p2c_notebook.prompts.builder import interface_of, language_for
 from p2c_notebook.runchecks import check_reply
-from p2c_notebook.store import PLANNING, Entry
-
-
-def code_inputs(logic: LogicDesign, path: str) -> list[str]:
-    return ["paper", *PLANNING, f"analysis/{path}", *(f"code/{d}" for d in logic.dependencies(path))]
+from p2c_notebook.stages.registry import inputs_for
+from p2c_notebook.store import Entry
 
 
 def dependency_context(ctx: StageContext, logic: LogicDesign, path: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -61,7 +58,7 @@ def code_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entr
         return runchecks.review(path, found[code])
 
     code, usage = ctx.ask(artifact, "code", path, messages, parse, review=review)
-    entry = ctx.store.save(artifact, code, ctx.input_hashes(code_inputs(logic, path)), ctx.backend.model, usage)
+    entry = ctx.store.save(artifact, code, ctx.input_hashes(inputs_for(artifact, logic)), ctx.backend.model, usage)
     remaining = found.get(code, [])
     runchecks.record_file(ctx.store, path, code, remaining, next(iter(found.values()), remaining))
     errors = [v for v in remaining if v.severity == "error"]

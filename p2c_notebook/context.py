@@ -17,10 +17,12 @@ from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
 from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
-from p2c_notebook.prompts.builder import PLANNING_CONTEXT, json_schema, render
+from p2c_notebook.prompts.builder import json_schema, render
 from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
-from p2c_notebook.store import PLANNING, RunStore, artifact_file
+from p2c_notebook.stages import registry
+from p2c_notebook.stages.registry import artifact_file
+from p2c_notebook.store import RunStore
 from p2c_notebook.usage import Usage
 
 T = TypeVar("T")
@@ -94,7 +96,7 @@ class StageContext:
         With `upto`, only those the planning step `upto` builds on; without, all of them.
         """
         answers: dict[str, str] = {}
-        for step in PLANNING_CONTEXT[upto] if upto else PLANNING:
+        for step in registry.get(upto).context if upto else registry.planning_names():
             key = (step, self.store.hash_of(step))
             if key not in self._answers:  # every file call of a run reads the same four answers
                 text = self.store.read(step)

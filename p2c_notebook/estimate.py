@@ -2,8 +2,8 @@
 
 The prompts are the ones the pipeline will send, built by the same prompt builder from what is already in
 the run folder. What does not exist yet is stood in for by text of a typical size (the reply sizes PaperCoder
-runs produce; `TYPICAL_OUTPUT`) and, before the logic design exists, by a typical repository of
-`TYPICAL_FILES` files that each import the two files before them. Tokens are counted offline
+runs produce; `Stage.typical_output` in the stage registry) and, before the logic design exists, by a typical
+repository of `TYPICAL_FILES` files that each import the two files before them. Tokens are counted offline
 (`p2c_notebook.tokens`), and cached tokens are those in a prefix an earlier call of the run already sent.
 """
 
@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from p2c_notebook.errors import PaperError
-from p2c_notebook.prompts.builder import PLANNING_STEPS, Messages, PromptBuilder
+from p2c_notebook.prompts.builder import Messages, PromptBuilder
+from p2c_notebook.stages import registry
 from p2c_notebook.tokens import common_prefix_len, estimate_tokens
 from p2c_notebook.usage import cost_of
 
-TYPICAL_OUTPUT = {"plan": 1500, "design": 1200, "logic": 1200, "config": 300, "analysis": 800, "code": 1500}
 TYPICAL_FILES = 8
 TYPICAL_IMPORTS = 2
 
@@ -159,7 +159,7 @@ def estimate_plan(
     prices: dict[str, tuple[float, float, float]] | None = None,
 ) -> Estimate:
     """Tokens of every call in `plan`, in the order the pipeline sends them; `saved(artifact)` gives what exists."""
-    builder = PromptBuilder(paper, _schemas())
+    builder = PromptBuilder(paper)
     prefixes = _Prefixes()
     calls: list[Call] = []
 
@@ -167,20 +167,20 @@ def estimate_plan(
         current = saved(artifact)
         return current if current is not None else filler(typical)
 
-    answers = {step: text(step, TYPICAL_OUTPUT[step]) for step in PLANNING_STEPS}
+    answers = {step: text(step, typical_output(step)) for step in registry.planning_names()}
     answers["config"] = f"```yaml\n{answers['config'].rstrip()}\n```"
 
     def add(artifact: str, messages: Messages, output: int) -> None:
         calls.append(Call(artifact, prompt_tokens(messages), prefixes.cached(messages), output))
 
     for step in plan.planning:
-        add(step, builder.planning(step, answers), TYPICAL_OUTPUT[step])
+        add(step, builder.planning(step, answers), typical_output(step))
     for path in plan.analysis:
-        add(f"analysis/{path}", builder.analysis(answers, path, "", plan.files[path]), TYPICAL_OUTPUT["analysis"])
+        add(f"analysis/{path}", builder.analysis(answers, path, "", plan.files[path]), typical_output("analysis"))
     for path in plan.code:
-        direct = {d: text(f"code/{d}", TYPICAL_OUTPUT["code"]) for d in plan.files[path]}
-        analysis = text(f"analysis/{path}", TYPICAL_OUTPUT["analysis"])
-        add(f"code/{path}", builder.code(answers, path, "", analysis, direct, {}), TYPICAL_OUTPUT["code"])
+        direct = {d: text(f"code/{d}", typical_output("code")) for d in plan.files[path]}
+        analysis = text(f"analysis/{path}", typical_output("analysis"))
+        add(f"code/{path}", builder.code(answers, path, "", analysis, direct, {}), typical_output("code"))
     usage_cost = _cost(model, calls, prices)
     return Estimate(model, tuple(calls), len(plan.files), plan.files_assumed, usage_cost, _tokens(paper))
 
@@ -188,7 +188,7 @@ def estimate_plan(
 def estimate_paper(paper: str, model: str, prices: dict[str, tuple[float, float, float]] | None = None) -> Estimate:
     """A whole run over `paper` with a typical repository, before any run folder exists."""
     files = typical_files()
-    plan = Plan(list(PLANNING_STEPS), files, list(files), list(files), files_assumed=True)
+    plan = Plan(list(registry.planning_names()), files, list(files), list(files), files_assumed=True)
     return estimate_plan(paper, plan, lambda _: None, model, prices)
 
 
@@ -203,10 +203,9 @@ def _cost(model: str, calls: Iterable[Call], prices: dict[str, tuple[float, floa
     )
 
 
-def _schemas() -> dict[str, type]:
-    from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
-
-    return {"design": ArchitectureDesign, "logic": LogicDesign}
+def typical_output(stage: str) -> int:
+    """The stand-in reply size (tokens) of a stage's artifact that does not exist yet."""
+    return registry.get(stage).typical_output
 
 
 def check_fits(estimate: Estimate, window: int | None, reply_room: int) -> str | None:

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from p2c_notebook import runchecks
-from p2c_notebook.analysis import analyze_file
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backend import Backend, make_backend
-from p2c_notebook.coding import code_file, code_inputs
 from p2c_notebook.context import StageContext, describe_validation
 from p2c_notebook.diagrams import diagram_files
 from p2c_notebook.errors import (
@@ -34,7 +32,6 @@ from p2c_notebook.errors import (
     RunError,
 )
 from p2c_notebook.estimate import (
-    TYPICAL_OUTPUT,
     Estimate,
     Plan,
     available_memory,
@@ -58,20 +55,17 @@ from p2c_notebook.events import (
 from p2c_notebook.paper import Paper, read_paper
 from p2c_notebook.paper.figures import render_figures
 from p2c_notebook.paper.model import exclude_sections, section_label, without_appendices
-from p2c_notebook.planning import make_config, make_design, make_logic, make_plan
 from p2c_notebook.prompts import PromptBuilder
-from p2c_notebook.prompts.builder import PLANNING_CONTEXT
 from p2c_notebook.runlog import RunLog
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings, load_settings
-from p2c_notebook.store import PLANNING, Entry, RunStore, Status, artifact_file, atomic_write, sha256, stage_of
+from p2c_notebook.stages import registry
+from p2c_notebook.stages.registry import Stage, artifact_file, stage_of
+from p2c_notebook.store import Entry, RunStore, Status, atomic_write, sha256
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage
 
-STEPS = ("plan", "design", "logic", "config", "analysis", "code")
 _SENDING_S = 0.05  # how long the scheduler lets new calls go out before doing its own deferred work
-ALIASES = {"planning": "plan", "analyze": "analysis", "coding": "code", "repo": "code"}
-PLANNERS = {"plan": make_plan, "design": make_design, "logic": make_logic, "config": make_config}
 #: repo/config.yaml, a copy of planning/config.yaml tracked like any artifact (unless the plan codes its own).
 REPO_CONFIG = "code/config.yaml"
 
@@ -79,13 +73,6 @@ REPO_CONFIG = "code/config.yaml"
 def config_copied(files: list[str]) -> bool:
     """Whether repo/config.yaml is the planning config's copy: there are files, and none of them is config.yaml."""
     return bool(files) and REPO_CONFIG.partition("/")[2] not in files
-
-
-def step_index(name: str) -> int:
-    step = ALIASES.get(name, name)
-    if step not in STEPS:
-        raise ConfigError(f"Unknown stage {name!r}: use one of {', '.join(STEPS)} (or planning, coding).")
-    return STEPS.index(step)
 
 
 @dataclass
@@ -200,7 +187,7 @@ class Pipeline:
         self.bus.info(f"Paper: {report.summary()}", "paper")
         if self.store.hash_of("paper") == sha256(text):
             return
-        if self.store.entry("paper") is not None and any(self.store.entry(step) for step in PLANNING):
+        if self.store.entry("paper") is not None and any(self.store.entry(s) for s in registry.planning_names()):
             self.bus.warn("The paper changed since this run started: everything generated from it is now stale.")
         extra = {
             "paper/paper.json": paper.model_dump_json(indent=2) + "\n",
@@ -247,8 +234,7 @@ class Pipeline:
 
     def _context(self) -> StageContext:
         paper = self.store.read("paper")
-        schemas: dict[str, type[BaseModel]] = {"design": ArchitectureDesign, "logic": LogicDesign}
-        prompts = PromptBuilder(paper, schemas)
+        prompts = PromptBuilder(paper)  # the stages' templates and schemas, from the registry
         backend = self.backend
         # The backend's own settings: a local model's are tuned (more repair re-asks, its reply limit).
         return StageContext(self.store, backend, self.bus, self._effective_settings(), prompts, self._cancel)
@@ -260,15 +246,22 @@ class Pipeline:
         return logic.order if logic is not None else []
 
     def order(self) -> list[str]:
+        """Every artifact of the run in order: the paper, the planning, each per-file stage's files (and the config's
+        copy), then the stages made after the files."""
         files = self.files()
         copies = [REPO_CONFIG] if config_copied(files) else []
-        return ["paper", *PLANNING, *(f"analysis/{f}" for f in files), *(f"code/{f}" for f in files), *copies]
+        ids = registry.artifacts(files, registry.planning()) + registry.artifacts(files, registry.file_stages())
+        return ["paper", *ids, *copies, *registry.artifacts(files, registry.finishing())]
 
-    def rows(self) -> list[Row]:
-        """Each artifact's status as the files on disk say now (read-only: safe while another process runs)."""
-        self.store.reload()
-        self.store.refresh(self.order(), persist=False)
-        self._adopt_written(persist=False)
+    def rows(self, recorded: bool = False) -> list[Row]:
+        """Each artifact's status as the files on disk say now (read-only: safe while another process runs).
+
+        `recorded`: as the manifest records it, without re-reading the files: cheap, and safe mid-run (the
+        running pipeline keeps the manifest current)."""
+        if not recorded:
+            self.store.reload()
+            self.store.refresh(self.order(), persist=False)
+            self._adopt_written(persist=False)
         rows = []
         known = {e.artifact: e for e in self.store.entries()}
         for artifact in self.order():
@@ -319,8 +312,8 @@ class Pipeline:
         overwrite_edited: bool = False,
     ) -> RunResult:
         """Generate every missing or stale artifact from `from_stage` to `until` (inclusive)."""
-        first = step_index(from_stage) if from_stage else 0
-        last = step_index(until) if until else len(STEPS) - 1
+        first = registry.index(from_stage) if from_stage else 0
+        last = registry.index(until) if until else len(registry.stages()) - 1
         if first > last:
             raise ConfigError(f"--from {from_stage} comes after --until {until}.")
         self._cancel.clear()
@@ -330,7 +323,7 @@ class Pipeline:
             self._adopt_written()
             self._warn_kept_edits()
             if from_stage:
-                self._redo_from(STEPS[first], overwrite_edited)
+                self._redo_from(registry.stages()[first].name, overwrite_edited)
             produced: list[str] = []
             try:
                 result = self._run(first, last, require_approval, produced)
@@ -347,7 +340,7 @@ class Pipeline:
 
     def estimate(self, until: str | None = None) -> Estimate:
         """Calls, tokens and cost of what `run(until=until)` would generate now (nothing is sent)."""
-        return self._estimate(0, step_index(until) if until else len(STEPS) - 1)
+        return self._estimate(0, registry.index(until) if until else len(registry.stages()) - 1)
 
     def _estimate(self, first: int, last: int) -> Estimate:
         planning = self._planning_todo(first, last)
@@ -355,11 +348,12 @@ class Pipeline:
         logic = None if "logic" in planning else self._saved_logic()
         if logic is not None:
             files = {f.path: list(f.depends_on) for f in logic.files}
-            analysis, code = self._file_todo(first, last, list(files))
-        elif last >= STEPS.index("analysis"):
+            todo_files = self._file_todo(first, last, list(files))
+            analysis, code = todo_files["analysis"], todo_files["code"]
+        elif last >= registry.index("analysis"):
             files = typical_files()
             analysis = list(files)
-            code = list(files) if last == STEPS.index("code") else []
+            code = list(files) if last >= registry.index("code") else []
         else:
             analysis, code = [], []
         todo = set(planning) | {f"analysis/{f}" for f in analysis} | {f"code/{f}" for f in code}
@@ -392,7 +386,7 @@ class Pipeline:
         """The model's context window (settings, else the backend's, else a known model's) and the reply room."""
         window = self.settings.context_window or getattr(self._backend, "context_window", None)
         window = window or known_context_window(estimate.model)
-        return window, min(self._effective_settings().max_tokens, 2 * TYPICAL_OUTPUT["code"])
+        return window, min(self._effective_settings().max_tokens, 2 * registry.get("code").typical_output)
 
     def _fit_paper(self, estimate: Estimate, first: int, last: int) -> Estimate:
         """Fit the paper to the model before any call: leave out the appendix (while nothing was generated from
@@ -403,7 +397,7 @@ class Pipeline:
             return estimate
         tried: list[str] = []
         source = self._source_paper()
-        fresh = not any(self.store.entry(step) for step in PLANNING)
+        fresh = not any(self.store.entry(step) for step in registry.planning_names())
         if source is not None and fresh and any(s.appendix for s in source.sections):
             before = estimate.paper_tokens
             if not (self.store.meta.get("paper") or {}).get("fitted"):
@@ -477,7 +471,7 @@ class Pipeline:
 
     def _run(self, first: int, last: int, require_approval: bool, produced: list[str]) -> RunResult:
         todo_planning = self._planning_todo(first, last)
-        steps = len(todo_planning) + self._file_steps_needed(first, last, self.files())
+        steps = len(todo_planning) + self._later_steps_needed(first, last, self.files(), bool(todo_planning))
         estimate = None
         if steps:
             self.backend  # noqa: B018 - started first: the estimate uses its model, prices and context window
@@ -501,74 +495,120 @@ class Pipeline:
         progress = _Counter(self.bus, steps)
         if require_approval:
             for step in todo_planning:
-                pending = self._unapproved(["paper", *PLANNING_CONTEXT[step]])
+                pending = self._unapproved(["paper", *registry.get(step).context])
                 if pending:
                     return self._pause(pending, step, produced)
                 self._check_cancel()
                 self._saved(self._step(self._context(), step), produced, progress)
         elif todo_planning:
             # config.yaml builds on the plan only: it is written while the designs are.
-            deps = {s: [d for d in PLANNING_CONTEXT[s] if d in todo_planning] for s in todo_planning}
+            deps = {s: [d for d in registry.get(s).context if d in todo_planning] for s in todo_planning}
             self._schedule(todo_planning, deps, produced, progress)
-        if last < STEPS.index("analysis"):
-            return RunResult("stopped", f"Stopped after {STEPS[last]} as asked.", produced)
+        file_stages = registry.file_stages()
+        if last < registry.index(file_stages[0].name):
+            return RunResult("stopped", f"Stopped after {registry.stages()[last].name} as asked.", produced)
         logic = self._checked_logic()
         self._drop_orphans(logic)
         files = logic.order
-        analysis_todo, code_todo = self._file_todo(first, last, files)
+        todo = self._file_todo(first, last, files)
         refine: Callable[[], None] | None = None
-        if estimate is not None and estimate.files_assumed and (analysis_todo or code_todo):
+        if estimate is not None and estimate.files_assumed and any(todo.values()):
 
             def refine() -> None:
                 refined = self._estimate(first, last)  # the real file list and dependencies are known now
                 self.estimates.append(refined)
                 self.bus.info(refined.describe().replace("Estimate:", "Estimate for the rest of the run:", 1))
 
-        progress.remaining(len(analysis_todo) + len(code_todo))
-        if analysis_todo and (require_approval or last < STEPS.index("code")):
-            # On its own when the coding stage waits for approval of the analyses (or is not asked for).
-            pending = self._unapproved(["paper", *PLANNING]) if require_approval else []
-            if pending:
-                return self._pause(pending, "analysis", produced)
-            self._schedule([f"analysis/{f}" for f in analysis_todo], {}, produced, progress, refine)
-            analysis_todo, refine = [], None
-        if last < STEPS.index("code"):
-            return RunResult("stopped", "Stopped after analysis as asked.", produced)
-        if code_todo:
-            pending = self._unapproved([f"analysis/{f}" for f in files]) if require_approval else []
-            if pending:
-                return self._pause(pending, "code", produced)
-            # Otherwise one schedule for both stages: code(f) starts once analysis(f) and its imports are saved.
-            self._schedule(*_file_graph(analysis_todo, code_todo, logic), produced, progress, refine)
+        later = self._finishing_todo(first, last, bool(todo_planning) or any(todo.values()))
+        progress.remaining(sum(len(t) for t in todo.values()) + len(later))
+        in_range = [s for s in file_stages if registry.index(s.name) <= last]
+        gate = ["paper", *registry.planning_names()]  # what the first per-file stage waits for
+        batch: list[Stage] = []
+        for stage in in_range:
+            if todo[stage.name] and require_approval:
+                pending = self._unapproved(gate)
+                if pending:
+                    return self._pause(pending, stage.name, produced)
+            batch.append(stage)
+            # Each stage on its own when the next waits for approval of it (or is not asked for); otherwise one
+            # schedule for them all: code(f) starts once analysis(f) and the code it imports are saved.
+            if require_approval or stage is in_range[-1]:
+                if any(todo[s.name] for s in batch):
+                    self._schedule(*_file_graph(batch, todo, logic), produced, progress, refine)
+                    refine = None
+                batch = []
+            gate = [stage.artifact(f) for f in files]
+        if last < registry.index(file_stages[-1].name):
+            return RunResult("stopped", f"Stopped after {registry.stages()[last].name} as asked.", produced)
         self._copy_repo_config()
         runchecks.record_repository(self.store)  # checks.json: the whole repository (entry point, copies...)
+        later = self._finishing_todo(first, last, False)
+        if later:
+            result = self._run_finishing(later, logic, require_approval, produced, progress)
+            if result is not None:
+                return result
         return RunResult("done", f"The repository is in {self.store.root / 'repo'}", produced)
+
+    def _run_finishing(
+        self, todo: list[str], logic: LogicDesign, require_approval: bool, produced: list[str], progress: _Counter
+    ) -> RunResult | None:
+        """The stages after the files (none built in), each once its inputs are saved (and approved, if asked)."""
+        if require_approval:
+            for step in todo:
+                pending = self._unapproved(registry.inputs_for(step, logic))
+                if pending:
+                    return self._pause(pending, step, produced)
+                self._check_cancel()
+                self._saved(self._step(self._context(), step), produced, progress)
+            return None
+        deps = {s: [i for i in registry.inputs_for(s, logic) if i in todo] for s in todo}
+        self._schedule(todo, deps, produced, progress)
+        return None
+
+    def _finishing_todo(self, first: int, last: int, upstream: bool) -> list[str]:
+        """The stages after the files this run makes: missing or stale ones (and, when `upstream` work is still
+        to come, unedited ones: what they are made from is about to change)."""
+        todo = []
+        for stage in registry.finishing():
+            wanted = self._needs(stage.name) or (upstream and not self._edited(stage.name))
+            if wanted and first <= registry.index(stage.name) <= last:
+                todo.append(stage.name)
+        return todo
 
     def _planning_todo(self, first: int, last: int) -> list[str]:
         """Planning steps this run generates: missing or stale ones, and unedited ones built on those."""
         todo: list[str] = []
-        for step in PLANNING:
-            if not first <= STEPS.index(step) <= last:
+        for stage in registry.planning():
+            step = stage.name
+            if not first <= registry.index(step) <= last:
                 continue
-            redo_input = any(d in todo for d in PLANNING_CONTEXT[step]) and not self._edited(step)
+            redo_input = any(d in todo for d in stage.context) and not self._edited(step)
             if self._needs(step) or redo_input:
                 todo.append(step)
         return todo
 
-    def _file_steps_needed(self, first: int, last: int, files: list[str]) -> int:
-        analysis, code = self._file_todo(first, last, files)
-        return len(analysis) + len(code)
+    def _later_steps_needed(self, first: int, last: int, files: list[str], planning: bool) -> int:
+        """Steps after the planning this run makes, as far as is known before it starts."""
+        todo = self._file_todo(first, last, files)
+        upstream = planning or any(todo.values())
+        return sum(len(t) for t in todo.values()) + len(self._finishing_todo(first, last, upstream))
 
-    def _file_todo(self, first: int, last: int, files: list[str]) -> tuple[list[str], list[str]]:
-        """Files whose analysis / code this run generates (a regenerated analysis redoes unedited code)."""
-        analysis = [f for f in files if first <= STEPS.index("analysis") <= last and self._needs(f"analysis/{f}")]
-        code = [
-            f
-            for f in files
-            if last == STEPS.index("code")
-            and (self._needs(f"code/{f}") or (f in analysis and not self._edited(f"code/{f}")))
-        ]
-        return analysis, code
+    def _file_todo(self, first: int, last: int, files: list[str]) -> dict[str, list[str]]:
+        """Per per-file stage, the files this run generates: missing or stale ones, and those whose artifact of an
+        earlier stage it is made from is regenerated (a regenerated analysis redoes unedited code)."""
+        todo: dict[str, list[str]] = {}
+        for stage in registry.file_stages():
+            if not first <= registry.index(stage.name) <= last:
+                todo[stage.name] = []
+                continue
+            feeding = [s.name for s in registry.file_stages() if f"{s.name}/{{file}}" in stage.inputs]
+            todo[stage.name] = [
+                f
+                for f in files
+                if self._needs(stage.artifact(f))
+                or (any(f in todo.get(s, []) for s in feeding) and not self._edited(stage.artifact(f)))
+            ]
+        return todo
 
     def _schedule(
         self,
@@ -631,10 +671,7 @@ class Pipeline:
         adopted = self._adopt([artifact])  # written by the user since the run started: never asked for
         if adopted:
             return adopted[0]
-        stage, _, path = artifact.partition("/")
-        if stage in PLANNERS:
-            return PLANNERS[stage](ctx)
-        return analyze_file(ctx, path) if stage == "analysis" else code_file(ctx, path)
+        return registry.make(ctx, artifact)
 
     def _saved(self, entry: Entry, produced: list[str], progress: _Counter) -> None:
         produced.append(entry.artifact)
@@ -682,8 +719,8 @@ class Pipeline:
         return pending
 
     def _redo_from(self, step: str, overwrite_edited: bool) -> None:
-        index = STEPS.index(step)
-        targets = [a for a in self.order() if a != "paper" and STEPS.index(stage_of(a)) >= index]
+        index = registry.index(step)
+        targets = [a for a in self.order() if a != "paper" and registry.index(stage_of(a)) >= index]
         edited = [a for a in targets if (e := self.store.entry(a)) is not None and e.status == "edited"]
         if edited and not overwrite_edited:
             raise EditedArtifactError(
@@ -709,11 +746,12 @@ class Pipeline:
     def _drop_orphans(self, logic: LogicDesign) -> None:
         """Files no longer planned: forget generated ones, keep (and mention) the user's edits."""
         planned = set(logic.order)
+        file_stages = {s.name for s in registry.file_stages()}
         for entry in self.store.entries():
             stage, _, path = entry.artifact.partition("/")
             if entry.artifact == REPO_CONFIG:
                 continue  # the copy of the config when not planned, a planned file when it is
-            if stage in ("analysis", "code") and path not in planned:
+            if stage in file_stages and path not in planned:
                 keep = entry.status == "edited"
                 self.store.forget(entry.artifact, delete_file=not keep)
                 if keep:
@@ -736,15 +774,11 @@ class Pipeline:
 
     def _inputs_of(self, artifact: str) -> list[str]:
         """What an artifact is made from (as its stage records it), for a file the user wrote in its place."""
-        stage, _, path = artifact.partition("/")
-        if stage in PLANNERS:
-            return ["paper", *PLANNING_CONTEXT[stage]]
         if artifact == REPO_CONFIG and config_copied(self.files()):
             return ["config"]
-        if stage == "analysis":
-            return ["paper", *PLANNING]
-        logic = self._saved_logic()
-        return code_inputs(logic, path) if logic is not None and path in logic.order else ["paper", *PLANNING]
+        stage = registry.get(stage_of(artifact))
+        per_file_inputs = any("/" in i for i in stage.inputs)  # only these need the logic design
+        return registry.inputs_for(artifact, self._saved_logic() if per_file_inputs else None)
 
     def _adopt(self, artifacts: list[str], persist: bool = True) -> list[Entry]:
         """Files the user wrote where an artifact is missing become that artifact as an edit: never asked for.
@@ -764,7 +798,7 @@ class Pipeline:
             if text is None:
                 continue
             inputs = self._inputs_of(artifact)
-            if stage_of(artifact) in PLANNERS and any(self.store.entry(i) is None for i in inputs):
+            if not registry.get(stage_of(artifact)).per_file and any(self.store.entry(i) is None for i in inputs):
                 continue
             try:
                 extra = validate_edit(artifact, text, self) if persist else {}
@@ -799,14 +833,16 @@ class Pipeline:
         order = self.order()
         if name in order:
             return [name]
-        stage = ALIASES.get(name, name)
-        if stage == "plan" and name == "planning":
-            return list(PLANNING)
-        if stage in ("analysis", "code"):
-            return [a for a in order if stage_of(a) == stage]
-        for prefix in ("code/", "analysis/"):
-            if f"{prefix}{name}" in order:
-                return [f"{prefix}{name}"]
+        members = registry.in_group(name)  # "planning", "analysis", "coding"
+        stage = registry.find(name)
+        if not members and stage is not None and stage.per_file:  # "code", "repo", "analyze": each of its files
+            members = (stage,)
+        if members:
+            wanted = {s.name for s in members}
+            return [a for a in order if stage_of(a) in wanted]
+        for per_file in reversed(registry.file_stages()):  # a repository path: its code, else its analysis
+            if f"{per_file.name}/{name}" in order:
+                return [f"{per_file.name}/{name}"]
         raise RunError(f"No artifact {name!r} in {self.store.root}. Known: {', '.join(order)}.")
 
     def approve(self, name: str) -> list[str]:
@@ -847,18 +883,11 @@ class Pipeline:
             if entry is not None and entry.status == "edited" and not overwrite_edited:
                 raise EditedArtifactError(f"{artifact} holds your edits; confirm overwriting them to regenerate it.")
             ctx = self._context()
-            stage, _, path = artifact.partition("/")
             try:
-                if stage in PLANNERS:
-                    saved = PLANNERS[stage](ctx, feedback)
-                elif artifact == REPO_CONFIG and config_copied(self.files()):
+                if artifact == REPO_CONFIG and config_copied(self.files()):
                     saved = self._save_repo_config()
-                elif stage == "analysis":
-                    saved = analyze_file(ctx, path, feedback)
-                elif stage == "code":
-                    saved = code_file(ctx, path, feedback)
                 else:
-                    raise RunError(f"{artifact} cannot be regenerated.")
+                    saved = registry.make(ctx, artifact, feedback)
             finally:
                 self.store.flush()
             self.bus.emit(ArtifactSaved(artifact=artifact, path=str(self.store.root / saved.path), status=saved.status))
@@ -901,14 +930,15 @@ def _chain_lengths(steps: list[str], deps: dict[str, list[str]]) -> dict[str, in
     return lengths
 
 
-def _file_graph(analysis: list[str], code: list[str], logic: LogicDesign) -> tuple[list[str], dict[str, list[str]]]:
-    """File steps to run and what each waits for: code(f) after analysis(f) and code(each dependency of f)."""
-    steps = [f"analysis/{f}" for f in analysis] + [f"code/{f}" for f in code]
-    deps = {
-        f"code/{f}": [f"analysis/{f}"] * (f in analysis) + [f"code/{d}" for d in logic.dependencies(f) if d in code]
-        for f in code
-    }
-    return steps, deps
+def _file_graph(
+    stages: list[Stage], todo: dict[str, list[str]], logic: LogicDesign
+) -> tuple[list[str], dict[str, list[str]]]:
+    """File steps to run and what each waits for: those of its inputs also made in this schedule (code(f) after
+    analysis(f) and code(each dependency of f))."""
+    steps = [stage.artifact(f) for stage in stages for f in todo[stage.name]]
+    made = set(steps)
+    deps = {step: [i for i in registry.inputs_for(step, logic) if i in made] for step in steps}
+    return steps, {step: needs for step, needs in deps.items() if needs}
 
 
 class _Counter:

@@ -1,6 +1,6 @@
 """Planning: overall plan -> architecture design -> logic design, and config.yaml from the plan.
 
-Each call continues the conversation of the steps it builds on (PLANNING_CONTEXT).
+Each call continues the conversation of the steps it builds on (`Stage.context` in the stage registry).
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from p2c_notebook.context import Review, StageContext, feedback_messages
 from p2c_notebook.diagrams import diagram_files
 from p2c_notebook.logiccheck import check_logic_design, fix_logic_design
 from p2c_notebook.parsing import extract_json, extract_markdown, extract_yaml
-from p2c_notebook.prompts.builder import PLANNING_CONTEXT
+from p2c_notebook.stages.registry import inputs_for
 from p2c_notebook.store import Entry
-
-INPUTS = {step: ["paper", *earlier] for step, earlier in PLANNING_CONTEXT.items()}
 
 
 def make_plan(ctx: StageContext, feedback: str | None = None) -> Entry:
     messages = feedback_messages(ctx, "plan", ctx.prompts.planning("plan", {}), feedback)
     text, usage = ctx.ask("plan", "plan", "", messages, extract_markdown)
-    return ctx.store.save("plan", text, ctx.input_hashes(INPUTS["plan"]), ctx.backend.model, usage)
+    return ctx.store.save("plan", text, ctx.input_hashes(inputs_for("plan")), ctx.backend.model, usage)
 
 
 def _design(reply: str) -> ArchitectureDesign:
@@ -37,7 +35,7 @@ def make_design(ctx: StageContext, feedback: str | None = None) -> Entry:
     return ctx.store.save(
         "design",
         text,
-        ctx.input_hashes(INPUTS["design"]),
+        ctx.input_hashes(inputs_for("design")),
         ctx.backend.model,
         usage,
         extra_files=diagram_files(design),
@@ -72,10 +70,10 @@ def make_logic(ctx: StageContext, feedback: str | None = None) -> Entry:
     for problem in check_logic_design(design, logic):  # left after the re-ask: saved all the same, and shown
         ctx.bus.warn(f"Logic design: {problem}", "logic")
     text = json.dumps(logic.model_dump(), indent=2, ensure_ascii=False) + "\n"
-    return ctx.store.save("logic", text, ctx.input_hashes(INPUTS["logic"]), ctx.backend.model, usage)
+    return ctx.store.save("logic", text, ctx.input_hashes(inputs_for("logic")), ctx.backend.model, usage)
 
 
 def make_config(ctx: StageContext, feedback: str | None = None) -> Entry:
     messages = feedback_messages(ctx, "config", ctx.prompts.planning("config", ctx.answers("config")), feedback)
     config, usage = ctx.ask("config", "config", "", messages, lambda r: Config(text=extract_yaml(r)))
-    return ctx.store.save("config", config.text, ctx.input_hashes(INPUTS["config"]), ctx.backend.model, usage)
+    return ctx.store.save("config", config.text, ctx.input_hashes(inputs_for("config")), ctx.backend.model, usage)

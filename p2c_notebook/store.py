@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from p2c_notebook.errors import RunError
-from p2c_notebook.paths import safe_relative_path
+from p2c_notebook.stages.registry import artifact_file as artifact_file  # where an artifact lives
 from p2c_notebook.usage import Usage
 
 Status = Literal["generated", "approved", "edited", "stale"]
@@ -31,15 +31,7 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 LOG = "logs/run.log"
 FOLDERS = ("paper", "planning", "analysis", "repo", "logs")
-PLANNING = ("plan", "design", "logic", "config")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # no artifact comes near this; a larger file is refused, not read into memory
-FILES = {
-    "paper": "paper/paper.md",
-    "plan": "planning/plan.md",
-    "design": "planning/design.json",
-    "logic": "planning/logic.json",
-    "config": "planning/config.yaml",
-}
 
 
 def sha256(data: str | bytes) -> str:
@@ -242,25 +234,6 @@ def manifest_text(data: dict[str, Any]) -> str:
         else:
             lines.append(f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
-
-
-def artifact_file(artifact: str) -> str:
-    """Where an artifact lives inside the run folder (relative path)."""
-    if artifact in FILES:
-        return FILES[artifact]
-    kind, _, path = artifact.partition("/")
-    path = safe_relative_path(path)
-    if kind == "analysis":
-        return f"analysis/{path}.md"
-    if kind == "code":
-        return f"repo/{path}"
-    raise RunError(
-        f"Unknown artifact {artifact!r}: use paper, plan, design, logic, config, analysis/FILE or code/FILE."
-    )
-
-
-def stage_of(artifact: str) -> str:
-    return artifact.partition("/")[0]
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ def read_in_fresh_process(path: Path, **limits: int) -> dict[str, object]:
     return result
 
 
+@pytest.mark.slow
 def test_a_300_page_pdf_is_read_in_bounded_time_and_memory_and_the_report_says_what_was_kept(
     long_pdf: Path,
 ) -> None:
@@ -219,6 +220,7 @@ def test_a_300_page_pdf_is_read_in_bounded_time_and_memory_and_the_report_says_w
     assert str(result["text"]).startswith("# Mixup")
 
 
+@pytest.mark.slow
 def test_a_character_limit_keeps_the_start_and_reports_the_cut(long_pdf: Path) -> None:
     result = read_in_fresh_process(long_pdf, max_chars=30_000)
     assert int(str(result["characters"])) <= 30_000
@@ -340,6 +342,7 @@ def test_p2c_paper_and_run_print_one_error_line_and_exit_3(tmp_path: Path, capsy
 
 
 @pytest.mark.parametrize("command", ["paper", "run"])
+@pytest.mark.slow
 def test_the_installed_command_shows_no_traceback_for_a_bad_paper(tmp_path: Path, command: str) -> None:
     path = bad_papers(tmp_path)["cut.pdf"]
     argv = [sys.executable, "-m", "p2c_notebook.cli", command, str(path)]

@@ -158,6 +158,7 @@ def test_reference_like_schedule_resends_everything() -> None:
         assert all((codes[f] in user) == (i < index) for i, f in enumerate(small.files))
 
 
+@pytest.mark.slow
 def test_quick_run_completes_both_schedules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "latest.json"
     assert bench.main(["--n", "3", "--quick", "--out", str(out)]) == 0

@@ -171,6 +171,7 @@ def test_a_bounded_call_saves_nothing_of_its_reply_and_the_resume_pays_for_nothi
         assert sha256((run / after[name]["path"]).read_bytes()) == digest
 
 
+@pytest.mark.slow
 def test_the_cli_exits_4_with_one_line_when_every_attempt_trickles(tmp_path: Path) -> None:
     paper = tmp_path / "toy.md"
     paper.write_text("# Toy\n\n## Abstract\n\nA linear model fitted with SGD on toy data.\n", encoding="utf-8")

@@ -121,6 +121,7 @@ def test_missing_key_is_a_clear_error(
     assert "OPENAI_API_KEY" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_during_coding_then_rerun_repeats_no_saved_call(serve: Any, paper_md: Path, tmp_path: Path) -> None:
     scenario = small_scenario(latency=0.4)
     server = serve(scenario)

@@ -221,6 +221,7 @@ def expected_reply(server: ScriptedServer, artifact: str) -> str:
     raise AssertionError(f"no scripted reply for {artifact}")
 
 
+@pytest.mark.slow
 def test_status_after_a_failed_cli_run_lists_what_is_done_and_the_command_that_resumes(
     tmp_path: Path,
 ) -> None:

@@ -23,6 +23,8 @@ from p2c_notebook.errors import P2CError, PlanError, ReplyError, UnsafePathError
 from p2c_notebook.paths import ALLOWED_DOT_FILES, safe_relative_path
 from p2c_notebook.pipeline import Pipeline
 
+SLOW = pytest.mark.slow  # the cases `via` "cli" start the `p2c` command in a subprocess
+
 
 def p2c_run(server: Any, paper: Path, run: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "p2c_notebook.cli", "run", str(paper), "--out", str(run), "--concurrency", "1"]
@@ -90,7 +92,7 @@ def test_the_fsmonitor_payload_runs_when_it_is_in_a_git_config(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("planned", "via"),
-    [(".git/config", "cli"), ("src/.git/config", "library"), (".GIT/config", "library")]
+    [pytest.param(".git/config", "cli", marks=SLOW), ("src/.git/config", "library"), (".GIT/config", "library")]
     + [("git~1/config", "library"), (".Git", "library")],
 )
 def test_a_design_planning_a_git_config_is_refused_and_git_status_runs_nothing(
@@ -123,7 +125,7 @@ def test_a_design_planning_a_git_config_is_refused_and_git_status_runs_nothing(
 @pytest.mark.parametrize(
     ("planned", "why", "via"),
     [
-        ([".envrc"], "dot-files", "cli"),
+        pytest.param([".envrc"], "dot-files", "cli", marks=SLOW),
         ([".vscode/settings.json"], "dot-folders", "library"),
         ([".idea/workspace.xml"], "dot-folders", "library"),
         ([".hg/hgrc"], "dot-folders", "library"),
@@ -131,13 +133,13 @@ def test_a_design_planning_a_git_config_is_refused_and_git_status_runs_nothing(
         (["tools/.direnv/x"], "dot-folders", "library"),
         ([".python-version"], "dot-files", "library"),
         ([".github/hooks.yml"], "dot-folders", "library"),
-        (["\uff0egit/config"], "look-alike character", "cli"),  # a fullwidth full stop
+        pytest.param(["\uff0egit/config"], "look-alike character", "cli", marks=SLOW),  # a fullwidth full stop
         (["tr\u200bain.py"], "invisible character U+200B", "library"),
         (["evil\u202eyp.exe"], "bidirectional control U+202E", "library"),
-        (["m\u043edel.py"], "mixes scripts (Cyrillic, Latin)", "cli"),  # a Cyrillic o
-        (["Main.py"], "the same file on many file systems", "cli"),
+        pytest.param(["m\u043edel.py"], "mixes scripts (Cyrillic, Latin)", "cli", marks=SLOW),  # a Cyrillic o
+        pytest.param(["Main.py"], "the same file on many file systems", "cli", marks=SLOW),
         (["\u0441\u043e\u0440.py", "cop.py"], "names that look alike", "library"),  # Cyrillic сор beside Latin cop
-        (["models"], "both as a file and as the folder", "cli"),  # DESIGN plans models/net.py
+        pytest.param(["models"], "both as a file and as the folder", "cli", marks=SLOW),  # DESIGN plans models/net.py
         (["data.py.md/notes.py"], "notes on 'data.py'", "library"),
         (["Models/extra.py"], "spells one folder two ways", "library"),
         (["config.yaml/x.py"], "both as a file and as the folder", "library"),  # repo/config.yaml is p2c's own
@@ -181,6 +183,7 @@ def non_ascii_scenario() -> dict[str, Any]:
     return scenario
 
 
+@pytest.mark.slow
 def test_non_ascii_file_names_are_generated_under_their_nfc_names(serve: Any, paper_md: Path, tmp_path: Path) -> None:
     server = serve(non_ascii_scenario())
     run = tmp_path / "run"

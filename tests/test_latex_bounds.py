@@ -24,6 +24,8 @@ import pytest
 
 from p2c_notebook.paper.latex import MAX_TEXT, read_capped
 
+pytestmark = pytest.mark.slow
+
 MB = 2**20
 HEAD = "\\documentclass{article}\n\\begin{document}\n\\section{Method}\nWe mix pairs of examples.\n\n"
 TAIL = "\n\\end{document}\n"

@@ -245,6 +245,7 @@ def _cmdline(proc: Path) -> bytes:
         return b""
 
 
+@pytest.mark.slow
 def test_a_broken_model_file_fails_in_one_line_and_the_log_is_kept(tmp_path: Path, no_llama_left: None) -> None:
     if not engine_installed():
         pytest.skip("llama-cpp-python is not installed")
@@ -260,6 +261,7 @@ def test_a_broken_model_file_fails_in_one_line_and_the_log_is_kept(tmp_path: Pat
     assert not server.running() and "gguf" in log.read_text(encoding="utf-8").lower()
 
 
+@pytest.mark.slow
 def test_the_server_dies_with_its_owner(real_model: str, tmp_path: Path, no_llama_left: None) -> None:
     """SIGKILL the owner (no atexit, no close): the child sees its stdin close and exits."""
     script = textwrap.dedent(

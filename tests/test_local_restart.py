@@ -33,6 +33,8 @@ from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 
+pytestmark = pytest.mark.slow
+
 CHAT_TEMPLATE_LINE = "llama_model_loader: - kv  tokenizer.chat_template str = {% for message in messages %}"
 
 

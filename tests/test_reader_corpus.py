@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_reader_eval.py"
 
 

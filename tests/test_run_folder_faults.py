@@ -216,6 +216,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_stops_with_one_line_and_the_rerun_resumes(
     small_disk: Path, serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:
@@ -271,6 +272,7 @@ KINDS = ["link outside", "link to /dev/zero", "fifo", "folder", "device"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_status_show_and_run_refuse_a_non_file_where_an_artifact_is(
     kind: str, finished: tuple[Any, Path], tmp_path: Path
 ) -> None:
@@ -290,6 +292,7 @@ def test_status_show_and_run_refuse_a_non_file_where_an_artifact_is(
 
 
 @pytest.mark.parametrize("kind", ["link outside", "fifo"])
+@pytest.mark.slow
 def test_a_non_file_where_a_planning_artifact_is_missing_is_refused_not_adopted(
     kind: str, serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:
@@ -310,6 +313,7 @@ def test_a_non_file_where_a_planning_artifact_is_missing_is_refused_not_adopted(
     assert "design" not in json.loads((run / "manifest.json").read_text())["artifacts"]
 
 
+@pytest.mark.slow
 def test_a_linked_run_log_or_manifest_is_never_read_through(finished: tuple[Any, Path], tmp_path: Path) -> None:
     server, run = finished
     log = run / "logs/run.log"
@@ -333,6 +337,7 @@ def test_a_linked_run_log_or_manifest_is_never_read_through(finished: tuple[Any,
 # --- repo/config.yaml is tracked like every artifact ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_edited_repo_config_is_detected_and_kept_unless_overwrite_edited(finished: tuple[Any, Path]) -> None:
     server, run = finished
     copy = run / "repo/config.yaml"
@@ -358,6 +363,7 @@ def test_an_edited_repo_config_is_detected_and_kept_unless_overwrite_edited(fini
     assert copy.read_text() == (run / "planning/config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_an_untracked_copy_of_the_config_from_an_older_run_is_recorded_as_generated(
     finished: tuple[Any, Path],
 ) -> None:
@@ -374,6 +380,7 @@ def test_an_untracked_copy_of_the_config_from_an_older_run_is_recorded_as_genera
 # --- a file the user wrote where an artifact is missing is adopted --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_code_written_by_hand_after_an_unusable_reply_is_adopted_and_never_asked_for(
     serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:
@@ -403,6 +410,7 @@ def test_code_written_by_hand_after_an_unusable_reply_is_adopted_and_never_asked
     assert len(server.requests) == count and (run / "repo/models/net.py").read_text() == mine
 
 
+@pytest.mark.slow
 def test_a_design_written_by_hand_is_adopted_with_its_diagrams(serve: Any, paper_md: Path, tmp_path: Path) -> None:
     server = serve(small_scenario(faults=[{"stage": "design", "kind": "malformed", "times": 2}]))
     run = tmp_path / "run"
@@ -417,6 +425,7 @@ def test_a_design_written_by_hand_is_adopted_with_its_diagrams(serve: Any, paper
     assert check_consistent(run)["design"]["status"] == "edited"
 
 
+@pytest.mark.slow
 def test_an_invalid_file_written_by_hand_is_a_clear_error_not_a_call(
     serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:

@@ -408,6 +408,7 @@ def test_scenario_object_and_unversioned_path(tmp_path: Path) -> None:
         _ = srv.base_url
 
 
+@pytest.mark.slow
 def test_cli_serves_a_scenario_file_in_a_child_process(tmp_path: Path) -> None:
     scenario_file = tmp_path / "scenario.json"
     scenario_file.write_text(json.dumps({"responses": [{"stage": "plan", "content": "from the cli"}]}))
@@ -424,6 +425,7 @@ def test_cli_serves_a_scenario_file_in_a_child_process(tmp_path: Path) -> None:
         _ = child.base_url
 
 
+@pytest.mark.slow
 def test_a_child_server_that_cannot_start_says_why(tmp_path: Path) -> None:
     bad = tmp_path / "scenario.json"
     bad.write_text("{not json")

@@ -94,6 +94,7 @@ def p2c_run(server: Any, tmp_path: Path, *args: str, key_env: str | None = ENV_K
         ("settings file", [], None, f"api_key: {FILE_KEY}\n"),
     ],
 )
+@pytest.mark.slow
 def test_a_recorded_full_run_and_a_failing_run_hold_no_key_anywhere(
     serve: Any,
     paper_md: Path,
@@ -234,6 +235,7 @@ def test_url_credentials_reach_the_server_as_basic_auth_and_come_back_in_its_ech
     assert reply.choices[0].message.content  # the next request, not faulted, is answered
 
 
+@pytest.mark.slow
 def test_a_password_in_the_base_url_is_never_shown_or_saved_in_any_encoding(
     serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:

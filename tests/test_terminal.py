@@ -16,6 +16,8 @@ from conftest import small_scenario, subprocess_env
 from p2c_notebook.events import ArtifactSaved, Notice, RunStarted, StageStarted, TokenDelta
 from p2c_notebook.render import TerminalRenderer, escape_controls
 
+pytestmark = pytest.mark.slow
+
 # Retitle the window (OSC 0 ... BEL), clear the screen (CSI 2J), a C1 CSI (U+009B) and a lone CR.
 HOSTILE = "title\x1b]0;pwned\x07 clear\x1b[2J colour\x9b31m over\rwritten"
 SHOWN = r"title\x1b]0;pwned\x07 clear\x1b[2J colour\x9b31m over\x0dwritten"

@@ -30,6 +30,7 @@ def wait_for(condition: Any, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_then_recovers_the_killed_writers_lock(
     serve: Any, paper_md: Path, tmp_path: Path
 ) -> None:

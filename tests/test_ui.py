@@ -252,6 +252,99 @@ def test_regenerating_an_edited_artifact_needs_confirmation(finished: tuple[Any,
     assert manifest(run)["code/main.py"] == "generated" and panel.confirm_button.layout.display == "none"
 
 
+def steps(wt: Walkthrough) -> dict[str, str]:
+    """The stepper as the page gets it: {stage: state class}."""
+    return dict(re.findall(r"p2c-step-([a-z]+) p2c-step-([a-z]+)", wt.stepper.value))
+
+
+def current_step(wt: Walkthrough) -> list[str]:
+    return re.findall(r"p2c-step-([a-z]+) p2c-step-[a-z]+ p2c-step-current", wt.stepper.value)
+
+
+def test_the_stepper_shows_where_you_are_and_what_to_click(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    wt = Walkthrough(Pipeline.start(paper_md, tmp_path / "run", settings=settings_for(server)))
+    assert steps(wt) == dict.fromkeys(("plan", "design", "logic", "config", "analysis", "code"), "todo")
+    assert current_step(wt) == ["plan"] and "Run next stage to generate the overall plan" in wt.next_label.value
+    seen: list[str] = []
+    wt.pipeline.bus.subscribe(lambda e: seen.append(wt.stepper.value) if isinstance(e, StageStarted) else None)
+    wt.run_stage(block=True)
+    assert any("p2c-step-plan p2c-step-running p2c-step-current" in value for value in seen)
+    # The plan exists but is not approved: the next run would pause there, so it waits for the user.
+    assert steps(wt)["plan"] == "waiting" and current_step(wt) == ["plan"]
+    assert "Your turn" in wt.next_label.value and "Approve" in wt.next_label.value
+    wt.panel("plan").approve_button.click()
+    assert steps(wt)["plan"] == "done" and current_step(wt) == ["design"]
+    assert "Run next stage to generate the architecture design" in wt.next_label.value
+    wt.auto_approve.value = True  # nothing waits for the user any more
+    wt.run(block=True)
+    assert set(steps(wt).values()) == {"done"} and current_step(wt) == []
+    assert "all artifacts generated" in wt.next_label.value
+    wt.edit("config", "lr: 0.5\nepochs: 1\n")
+    assert [steps(wt)[s] for s in ("config", "analysis", "code")] == ["done", "stale", "stale"]
+    assert current_step(wt) == ["analysis"] and "Re-run stale" in wt.next_label.value
+
+
+def test_auto_approve_approves_what_the_run_generated(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    wt = Walkthrough(Pipeline.start(paper_md, tmp_path / "run", settings=settings_for(server)), auto_approve=True)
+    wt.run(block=True)
+    assert wt.last_error is None and set(manifest(tmp_path / "run").values()) == {"approved"}
+    assert all(badge(wt, a) == {"p2c-badge-approved"} and wt.panel(a).approve_button.disabled for a in PANELS)
+    wt.edit("code/main.py", "print('mine')\n")  # a hand edit keeps its own badge through later auto-approvals
+    wt.regenerate("code/data.py", block=True)
+    assert manifest(tmp_path / "run")["code/main.py"] == "edited"
+    assert manifest(tmp_path / "run")["code/data.py"] == "approved"
+
+
+def test_a_panel_that_goes_stale_drops_its_approved_note(finished: tuple[Any, Path]) -> None:
+    server, run = finished
+    wt = open_walkthrough(server, run)
+    panel = wt.panel("analysis/data.py")
+    panel.approve_button.click()
+    assert "Approved analysis/data.py" in panel.message.value
+    wt.edit("config", "lr: 0.5\nepochs: 1\n")
+    assert badge(wt, "analysis/data.py") == {"p2c-badge-stale"} and panel.message.value == ""
+
+
+def test_regenerating_says_stale_only_when_something_became_stale(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    scenario = small_scenario()
+    config = next(r for r in scenario["responses"] if r["stage"] == "config")
+    config["replies"] = [config.pop("content"), "```yaml\nlr: 0.1\nepochs: 3\n```", "```yaml\nlr: 0.2\nepochs: 3\n```"]
+    server = serve(scenario)
+    run = make_run(server, paper_md, tmp_path / "run")
+    wt = open_walkthrough(server, run)
+    wt.regenerate("code/main.py", block=True)  # nothing depends on the entry point
+    assert "Regenerated code/main.py." in wt.status_line.value and "stale" not in wt.status_line.value
+    wt.regenerate("config", block=True)  # the same config again: what depends on it is still current
+    assert "Regenerated config." in wt.status_line.value and "stale" not in wt.status_line.value
+    assert "stale" not in manifest(run).values()
+    wt.regenerate("config", block=True)  # a different one
+    assert "p2c-note" in wt.status_line.value and "are now stale" in wt.status_line.value
+    assert {a for a, s in manifest(run).items() if s == "stale"} == DOWNSTREAM
+
+
+def test_code_and_config_take_their_colours_from_the_theme(finished: tuple[Any, Path]) -> None:
+    """Dark theme: no fixed light background or text colour on code (Pygments' own sheet set both)."""
+    server, run = finished
+    wt = open_walkthrough(server, run)
+    css = wt.style.value
+    rules = re.findall(r"([^{}]+)\{([^}]*)\}", re.sub(r"/\*.*?\*/", "", css, flags=re.S))
+    fixed = [
+        (selector.strip(), declaration.strip())
+        for selector, body in rules
+        for declaration in body.split(";")
+        if re.match(r"\s*(color|background(-color)?)\s*:", declaration) and "var(--" not in declaration
+    ]
+    # Fixed colours only where they are drawn on a fixed colour: badges and step numbers (white on a saturated
+    # colour), and the white card behind PlantUML's black-on-transparent images.
+    allowed = re.compile(r"p2c-badge|p2c-step-index|p2c-diagram-svg img|p2c-svg|p2c-highlight pre")
+    assert [f for f in fixed if not allowed.search(f[0])] == []
+    config = "".join(html_values(wt.panel("config").widget))
+    assert "p2c-highlight" in config and "style=" not in config  # colours come from classes, not inline styles
+    assert "--jp-cell-editor-background" in css and "--jp-mirror-editor-keyword-color" in css
+
+
 def test_approve_refuses_a_stale_artifact_with_a_short_message(finished: tuple[Any, Path]) -> None:
     server, run = finished
     wt = open_walkthrough(server, run)
@@ -392,9 +485,14 @@ def test_walkthrough_function_starts_then_reopens_a_run(serve: Any, paper_md: Pa
     first.run_stage("config", block=True)
     assert first.last_result is not None and first.last_result.state == "stopped"
     again = walkthrough(tmp_path / "run", **options)
-    assert list(again.panels) == PANELS[:4] and badge(again, "config") == {"p2c-badge-generated"}
+    # Auto-approve approved what the run generated: the badges say so, and Approve has nothing left to do.
+    assert list(again.panels) == PANELS[:4] and all(badge(again, a) == {"p2c-badge-approved"} for a in PANELS[:4])
+    assert all(again.panel(a).approve_button.disabled for a in PANELS[:4])
     assert all(f in again.pending["analysis"].value for f in FILES)
     assert "toy.md" in again.header.value and API_KEY not in again.header.value
+    # The run folder by its name; the full path only in the tooltip.
+    assert f">{(tmp_path / 'run').name}</code>" in again.header.value
+    assert f"title='{tmp_path / 'run'}'" in again.header.value
 
 
 # --- the magics, in a real IPython shell -----------------------------------------------------------------

@@ -16,15 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-PLANNING_STEPS = ("plan", "design", "logic", "config")
-# The earlier planning answers each planning call sees. config.yaml takes its values from the paper and the
-# plan only, so it is written alongside the architecture and logic designs, off the critical path.
-PLANNING_CONTEXT: dict[str, tuple[str, ...]] = {
-    "plan": (),
-    "design": ("plan",),
-    "logic": ("plan", "design"),
-    "config": ("plan",),
-}
+from p2c_notebook.stages import registry
 
 Messages = list[dict[str, str]]
 
@@ -54,21 +46,24 @@ def schema_text(model: type[BaseModel]) -> str:
 class PromptBuilder:
     """Builds chat messages from saved artifact texts (as the user approved or edited them)."""
 
-    def __init__(self, paper_text: str, schemas: dict[str, type[BaseModel]]) -> None:
+    def __init__(self, paper_text: str, schemas: dict[str, type[BaseModel]] | None = None) -> None:
         self._paper_text = paper_text
-        self._schemas = schemas
+        self._schemas = registry.schemas() if schemas is None else schemas
 
     def task(self, step: str) -> str:
+        """A planning stage's task: its template (`Stage.prompt`), with the paper (plan) or its JSON schema."""
+        template = registry.get(step).template
         if step == "plan":
-            return render("plan", paper_block=render("paper", paper=self._paper_text))
+            return render(template, paper_block=render("paper", paper=self._paper_text))
         if step in self._schemas:
-            return render(step, schema=schema_text(self._schemas[step]))
-        return render(step)
+            return render(template, schema=schema_text(self._schemas[step]))
+        return render(template)
 
     def conversation(self, answers: dict[str, str], upto: str) -> Messages:
-        """The planning conversation before step `upto`: system, then a task/answer pair per step it builds on."""
+        """The planning conversation before step `upto`: system, then a task/answer pair per step it builds on
+        (`Stage.context`)."""
         messages: Messages = [{"role": "system", "content": render("system")}]
-        for step in PLANNING_CONTEXT[upto]:
+        for step in registry.get(upto).context:
             messages.append({"role": "user", "content": self.task(step)})
             messages.append({"role": "assistant", "content": answers[step]})
         return messages

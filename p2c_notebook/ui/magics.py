@@ -21,8 +21,10 @@ from IPython.display import display as _display
 from p2c_notebook.errors import EditedArtifactError, P2CError, RunError
 from p2c_notebook.pipeline import Pipeline, RunResult
 from p2c_notebook.render import TerminalRenderer, escape_controls
+from p2c_notebook.session import RunOptions, add_settings_arguments, open_run, settings_from
 from p2c_notebook.settings import Settings, load_settings
-from p2c_notebook.store import RunStore, stage_of
+from p2c_notebook.stages import registry
+from p2c_notebook.stages.registry import stage_of
 from p2c_notebook.ui import render
 
 if TYPE_CHECKING:
@@ -46,15 +48,12 @@ HELP = """\
                                          judge the generated code against the paper (score 1-5, critiques)
 %p2c walkthrough | cancel | help         show the widget / stop a background run / this text"""
 
-MAGIC_FOR_STAGE = {
-    "plan": "plan",
-    "design": "plan",
-    "logic": "plan",
-    "config": "plan",
-    "analysis": "analyze",
-    "code": "code",
-}
-UNTIL = {"plan": "config", "analyze": "analysis", "code": "code", "run": None}
+
+
+def run_verbs() -> dict[str, str | None]:
+    """Each verb that runs stages and the stage it stops after: the stages' verbs (`Stage.verb`: "plan" until
+    config, "analyze" until analysis, "code" until code) and "run" (everything left)."""
+    return {**registry.verbs(), "run": None}
 
 
 class MagicUsageError(Exception):
@@ -83,7 +82,7 @@ def _parser() -> _Parser:
     where = load.add_mutually_exclusive_group()
     where.add_argument("--name", help="run folder runs/NAME")
     where.add_argument("--out", help="run folder")
-    for name in UNTIL:
+    for name in run_verbs():
         stage = sub.add_parser(name)
         stage.add_argument("--approve-each", action="store_true")
         stage.add_argument("--background", action="store_true")
@@ -99,14 +98,7 @@ def _parser() -> _Parser:
     feedback.add_argument("artifact")
     feedback.add_argument("--overwrite-edited", action="store_true")
     use = sub.add_parser("use")
-    use.add_argument("--model")
-    use.add_argument("--base-url")
-    use.add_argument("--backend")
-    use.add_argument("--api-key")
-    use.add_argument("--reasoning-effort", choices=["minimal", "low", "medium", "high"])
-    use.add_argument("--max-tokens", type=int)
-    use.add_argument("--concurrency", type=int)
-    use.add_argument("--temperature", type=float)
+    add_settings_arguments(use)  # the same options as `p2c run`
     use.add_argument("--reset", action="store_true", help="forget what earlier `use` lines set")
     judge = sub.add_parser("eval")
     judge.add_argument("--reference")
@@ -172,7 +164,11 @@ class P2CMagics(Magics):
             args = parse_line(line)
             if cell is not None and args.command != "feedback":
                 raise MagicUsageError("only `%%p2c feedback ARTIFACT` takes a cell body")
-            getattr(self, f"_cmd_{args.command}")(args, cell)
+            verbs = run_verbs()
+            if args.command in verbs:
+                self._run(args, verbs[args.command])
+            else:
+                getattr(self, f"_cmd_{args.command}")(args, cell)
         except _HelpShown:
             pass
         except MagicUsageError as exc:
@@ -214,9 +210,7 @@ class P2CMagics(Magics):
 
     def _open(self, source: Path, out: Path | None, settings: Settings) -> Pipeline:
         sinks = () if self.use_widgets() else (TerminalRenderer(),)
-        if RunStore.is_run(source):
-            return Pipeline.open(source, settings=settings, sinks=sinks)
-        return Pipeline.start(source, out, settings=settings, sinks=sinks)
+        return open_run(source, RunOptions(out=out, settings=settings, sinks=sinks))
 
     def close(self) -> None:
         if self.walkthrough is not None:
@@ -250,16 +244,7 @@ class P2CMagics(Magics):
         self._idle()
         if args.reset:
             self.overrides.clear()
-        given = {
-            "model": args.model,
-            "base_url": args.base_url,
-            "backend": args.backend,
-            "api_key": args.api_key,
-            "reasoning_effort": args.reasoning_effort,
-            "max_tokens": args.max_tokens,
-            "concurrency": args.concurrency,
-            "temperature": args.temperature,
-        }
+        given = settings_from(args)
         candidate = {**self.overrides, **{k: v for k, v in given.items() if v is not None}}
         settings = load_settings(candidate)  # validate before keeping anything
         self.overrides = candidate
@@ -296,23 +281,11 @@ class P2CMagics(Magics):
         spent = pipeline.store.spent()
         print(f"This run folder so far: {spent.calls} calls, {spent.describe()}")
 
-    def _cmd_plan(self, args: argparse.Namespace, cell: str | None) -> None:
-        self._run(args, UNTIL["plan"])
-
-    def _cmd_analyze(self, args: argparse.Namespace, cell: str | None) -> None:
-        self._run(args, UNTIL["analyze"])
-
-    def _cmd_code(self, args: argparse.Namespace, cell: str | None) -> None:
-        self._run(args, UNTIL["code"])
-
-    def _cmd_run(self, args: argparse.Namespace, cell: str | None) -> None:
-        self._run(args, UNTIL["run"])
-
     def _cmd_status(self, args: argparse.Namespace, cell: str | None) -> None:
         pipeline = self.require()
         busy = self.walkthrough is not None and self.walkthrough.busy
         # mid-run, read the manifest as recorded; the running pipeline keeps it current
-        recorded = self.walkthrough.recorded_rows() if self.walkthrough is not None and busy else pipeline.rows()
+        recorded = pipeline.rows(recorded=busy)
         rows = [r for r in recorded if r.artifact != "paper"]
         width = max(len(r.artifact) for r in rows)
         lines, cells = [], []
@@ -405,7 +378,7 @@ class P2CMagics(Magics):
             if pipeline.files():
                 return f"Nothing left to do: the repository is in {pipeline.store.root / 'repo'}."
             return "Next: `%p2c plan`."
-        return f"Next: `%p2c {MAGIC_FOR_STAGE[stage_of(todo[0])]}` generates {todo[0]}" + (
+        return f"Next: `%p2c {registry.verb_for(stage_of(todo[0]))}` generates {todo[0]}" + (
             f" and {len(todo) - 1} more." if len(todo) > 1 else "."
         )
 

@@ -210,6 +210,8 @@ class ArtifactPanel:
         self.status = status
         self.widget.add_class(f"p2c-status-{status}")
         self._draw_head()
+        if status == "stale":  # "Approved ..." or "Saved ..." describe a version that is now out of date
+            self.clear_message()
         if status != "edited" and self.has_controls:
             show(self.confirm_button, False)
 
@@ -334,8 +336,11 @@ class ArtifactPanel:
         return None
 
 
-def dependency_graph(logic: LogicDesign, save_to: Path) -> str:
-    """The file dependency graph as an image (also saved into the run folder), or why there is none."""
+def dependency_graph(logic: LogicDesign, save_to: Path, inline: bool = False) -> str:
+    """The file dependency graph as an image (also saved into the run folder), or why there is none.
+
+    `inline` gives an <svg> element for the static snapshot instead of an <img>.
+    """
     uml = load_uml()
     if uml is None:
         return f"<p class='p2c-hint'>{render.esc(NO_UML)}</p>"
@@ -345,7 +350,61 @@ def dependency_graph(logic: LogicDesign, save_to: Path) -> str:
     except Exception as exc:  # noqa: BLE001 - DiagramError (missing Graphviz...) or OSError: one line
         message = render.one_line(str(exc) or repr(exc))
         return f"<p class='p2c-error'>No dependency graph: {render.esc(message)}</p>"
+    if inline:
+        return render.inline_svg(svg, "p2c-dependencies", "File dependency graph")
     return render.svg_img(svg, "File dependency graph")
+
+
+def cached_svg(svg_path: Path, run_dir: Path) -> str | None:
+    """The diagram's SVG in the run folder when it was rendered since the design last changed, else None."""
+    with contextlib.suppress(OSError):
+        if svg_path.stat().st_mtime >= (run_dir / "planning" / "design.json").stat().st_mtime:
+            return svg_path.read_text(encoding="utf-8")
+    return None
+
+
+def diagram_svg(run_dir: Path, name: str, plantuml: str) -> str:
+    """A design diagram as SVG, rendered offline by PlantUML (and saved beside the design) unless still current.
+
+    Raises P2CError (a DiagramError) or OSError; NO_UML as a P2CError without the renderer.
+    """
+    svg_path = run_dir / "planning" / f"{name}.svg"
+    cached = cached_svg(svg_path, run_dir)
+    if cached is not None:
+        return cached
+    uml = load_uml()
+    if uml is None:
+        raise P2CError(NO_UML)
+    svg = str(uml.render_plantuml(plantuml))
+    atomic_write(svg_path, svg)
+    return svg
+
+
+def static_body(artifact: str, text: str, run_dir: Path) -> str:
+    """The content of a panel for the static snapshot: what the widget shows, with the diagrams as inline SVG."""
+    stage = artifact.partition("/")[0]
+    try:
+        if stage == "design":
+            design = ArchitectureDesign.model_validate_json(text)
+            parts = [render.design_html(design)]
+            for title, name, source in (
+                ("Class diagram", "class_diagram", class_diagram_plantuml(design)),
+                ("Sequence diagram", "sequence_diagram", sequence_diagram_plantuml(design)),
+            ):
+                try:
+                    image = render.inline_svg(diagram_svg(run_dir, name, source), f"p2c-{name}", title)
+                except (P2CError, OSError) as exc:
+                    image = f"<p class='p2c-error'>{render.esc(render.one_line(str(exc) or repr(exc)))}</p>"
+                css = f"p2c-diagram p2c-diagram-{name.replace('_', '-')}"
+                parts.append(f"<div class='{css}'><b>{render.esc(title)}</b>{image}</div>")
+            return "".join(parts)
+        if stage == "logic":
+            logic = LogicDesign.model_validate_json(text)
+            graph = dependency_graph(logic, run_dir / "planning" / "dependencies.svg", inline=True)
+            return render.logic_html(logic) + f"<div class='p2c-graph'>{graph}</div>"
+    except ValidationError:
+        pass  # shown as the file's text, as the widget does
+    return render.artifact_html(artifact, text)
 
 
 class DiagramView:
@@ -380,10 +439,9 @@ class DiagramView:
         )
         self.widget.add_class("p2c-diagram")
         self.widget.add_class(f"p2c-diagram-{name.replace('_', '-')}")
-        with contextlib.suppress(OSError):  # an SVG rendered since the design last changed is still current
-            design = run_dir / "planning" / "design.json"
-            if self.svg_path.stat().st_mtime >= design.stat().st_mtime:
-                self.result.value = render.svg_img(self.svg_path.read_text(encoding="utf-8"), title)
+        cached = cached_svg(self.svg_path, run_dir)  # an SVG rendered since the design last changed is current
+        if cached is not None:
+            self.result.value = render.svg_img(cached, title)
 
     def render(self) -> None:
         uml = load_uml()

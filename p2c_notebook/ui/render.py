@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.settings import Settings
+from p2c_notebook.stages import registry
 from p2c_notebook.usage import Usage
 
 _SLUG = re.compile(r"[^A-Za-z0-9_]+")
@@ -55,17 +56,13 @@ def slug(artifact: str) -> str:
 
 
 def title_of(artifact: str) -> str:
-    titles = {
-        "paper": "Paper",
-        "plan": "Overall plan",
-        "design": "Architecture design",
-        "logic": "Logic design",
-        "config": "config.yaml",
-    }
-    if artifact in titles:
-        return titles[artifact]
-    stage, _, path = artifact.partition("/")
-    return f"{'Analysis' if stage == 'analysis' else 'Code'}: {path}"
+    """A panel's heading: its stage's title (`Stage.label`), and the file for a per-file stage."""
+    if artifact == registry.PAPER:
+        return "Paper"
+    name, _, path = artifact.partition("/")
+    stage = registry.find(name)
+    title = stage.title if stage is not None else name
+    return f"{title}: {path}" if path else title
 
 
 def usage_line(usage: Usage) -> str:
@@ -279,6 +276,57 @@ def logic_html(logic: LogicDesign) -> str:
     return "".join(parts)
 
 
+_SVG_NS = "http://www.w3.org/2000/svg"
+_XLINK_NS = "http://www.w3.org/1999/xlink"
+_DROPPED_ELEMENTS = {"script", "foreignobject", "iframe", "object", "embed", "style", "a", "image", "use"}
+_SIZE_STYLE = re.compile(r"\b(width|height)\s*:[^;]*;?", re.IGNORECASE)
+
+
+def _local(name: str) -> str:
+    return name.rpartition("}")[2]
+
+
+def inline_svg(svg: str, prefix: str, title: str) -> str:
+    """An SVG fit to put inside a page (a static view has no <img> data URLs everywhere): scripts, event handlers,
+    styles, links and foreign content are dropped, ids are prefixed so two diagrams on a page do not share them,
+    and the size follows the page width. Empty when the text is not an SVG.
+    """
+    import xml.etree.ElementTree as ET
+
+    ET.register_namespace("", _SVG_NS)
+    ET.register_namespace("xlink", _XLINK_NS)
+    try:
+        root = ET.fromstring(svg.encode("utf-8"))
+    except ET.ParseError:
+        return ""
+    if _local(root.tag) != "svg":
+        return ""
+
+    def prune(parent: ET.Element) -> None:
+        for child in list(parent):
+            if not isinstance(child.tag, str) or _local(child.tag).lower() in _DROPPED_ELEMENTS:
+                parent.remove(child)
+            else:
+                prune(child)
+
+    prune(root)
+    ids = {el.get("id", ""): f"{prefix}-{el.get('id')}" for el in root.iter() if el.get("id")}
+    for element in root.iter():
+        for key, value in list(element.attrib.items()):
+            name = _local(key).lower()
+            if name.startswith("on") or name == "href":
+                del element.attrib[key]
+            elif name == "id":
+                element.set(key, ids[value])
+            elif "url(" in value:
+                element.set(key, re.sub(r"url\(#([^)]*)\)", lambda m: f"url(#{ids.get(m.group(1), 'none')})", value))
+    root.set("style", _SIZE_STYLE.sub("", root.get("style", "")).strip())
+    root.set("preserveAspectRatio", "xMidYMid meet")
+    root.set("role", "img")
+    root.set("aria-label", title)
+    return f"<div class='p2c-svg'>{ET.tostring(root, encoding='unicode')}</div>"
+
+
 def svg_img(svg: str, alt: str) -> str:
     """An SVG as an <img>: scripts inside an image never run, whatever the SVG holds."""
     data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
@@ -287,14 +335,47 @@ def svg_img(svg: str, alt: str) -> str:
 
 def artifact_html(artifact: str, text: str) -> str:
     """The read-only rendering of one artifact (also used by `%p2c show`)."""
-    stage, _, path = artifact.partition("/")
-    if stage in ("plan", "analysis", "paper"):
+    name, _, path = artifact.partition("/")
+    stage = registry.find(name)
+    if artifact == registry.PAPER or (stage is not None and stage.kind == "markdown"):
         return markdown_html(text)
-    if stage == "config":
-        return highlight(text, "config.yaml")
-    if stage in ("design", "logic"):
-        return highlight(text, f"{stage}.json")
+    if stage is not None and not stage.per_file:  # highlighted as its file: config.yaml, design.json, ...
+        return highlight(text, stage.path.rpartition("/")[2])
     return highlight(text, path)
+
+
+def stepper_html(steps: list[tuple[str, str, str, str]], current: str | None) -> str:
+    """The stages as numbered steps (stage, title, state, state label); `current` is outlined as where you are."""
+    items = []
+    for number, (stage, title, state, label) in enumerate(steps, 1):
+        classes = f"p2c-step p2c-step-{esc(stage)} p2c-step-{esc(state)}"
+        if stage == current:
+            classes += " p2c-step-current"
+        items.append(
+            f"<li class='{classes}' title='{esc(title)}: {esc(label)}'><span class='p2c-step-index'>{number}</span>"
+            f"<span class='p2c-step-name'>{esc(stage)}</span><span class='p2c-step-state'>{esc(label)}</span></li>"
+        )
+    return f"<ol class='p2c-stepper' aria-label='Stages'>{''.join(items)}</ol>"
+
+
+def static_panel_html(artifact: str, status: str, usage: str, body: str, collapsed: bool) -> str:
+    """One panel of the static snapshot: the widget panel's head and content, without its controls.
+
+    Per-file panels are <details> (closed): a repository of many files stays a short page, and opens on a click.
+    """
+    title = esc(title_of(artifact))
+    head = (
+        f"<span class='p2c-title'>{title}</span><span class='p2c-badge p2c-badge-{esc(status)}'>{esc(status)}</span>"
+        f"<span class='p2c-usage'>{esc(usage)}</span>"
+    )
+    stage = esc(artifact.partition("/")[0])
+    classes = f"p2c-panel p2c-panel-{slug(artifact)} p2c-stage-{stage} p2c-status-{esc(status)}"
+    if collapsed:
+        return (
+            f"<details class='{classes}'><summary><span class='p2c-panel-head'>{head}</span></summary>"
+            f"<div class='p2c-content'>{body}</div></details>"
+        )
+    return f"<div class='{classes}'><div class='p2c-panel-head'>{head}</div><div class='p2c-content'>{body}</div></div>"
 
 
 def pending_html(stage_name: str, missing: list[str], planned: int) -> str:

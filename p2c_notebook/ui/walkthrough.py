@@ -7,6 +7,7 @@ responsive; `wait()` (or `block=True`) joins it. Events from the pipeline drive 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -28,21 +29,16 @@ from p2c_notebook.events import (
     TokenDelta,
     UsageReported,
 )
-from p2c_notebook.pipeline import STEPS, Pipeline, Row, RunResult
+from p2c_notebook.pipeline import Pipeline, Row, RunResult
+from p2c_notebook.session import RunOptions, open_run
 from p2c_notebook.settings import load_settings
-from p2c_notebook.store import PLANNING, RunStore, stage_of
+from p2c_notebook.stages import registry
+from p2c_notebook.stages.registry import stage_of
 from p2c_notebook.ui import render
-from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, reserve, show
+from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, reserve, show, static_body
+from p2c_notebook.ui.repo import tree_html
 from p2c_notebook.usage import Usage
 
-STAGE_NAMES = {
-    "plan": "overall plan",
-    "design": "architecture design",
-    "logic": "logic design",
-    "config": "config.yaml",
-    "analysis": "analysis",
-    "code": "code",
-}
 STEP_LABELS = {
     "done": "done",
     "waiting": "waiting for you",
@@ -75,6 +71,7 @@ class Walkthrough:
         self._rows: list[Row] = []
         self._running_stages: set[str] = set()  # stages with a call in flight, for the stepper
         self._job_label = ""
+        self._next_text = ""
 
         self.style = html(f"<style>{render.stylesheet()}</style>", "p2c-style")
         self.header = html(self._header(), "p2c-header")
@@ -109,7 +106,7 @@ class Walkthrough:
         self.progress_box.add_class("p2c-progress-box")
         self.panel_box = widgets.VBox()
         self.panel_box.add_class("p2c-panels")
-        self.pending = {stage: html("", "p2c-pending", f"p2c-pending-{stage}") for stage in ("analysis", "code")}
+        self.pending = {s.name: html("", "p2c-pending", f"p2c-pending-{s.name}") for s in registry.file_stages()}
         self.repo_panel = RepoPanel(self.run_dir)
         self.widget = widgets.VBox(
             [
@@ -130,12 +127,83 @@ class Walkthrough:
         self.stale_button.on_click(lambda _: self._click(self.rerun_stale))
         self.cancel_button.on_click(lambda _: self.cancel())
         self.refresh_button.on_click(lambda _: self._click(self.refresh))
+        self.auto_approve.observe(lambda _: self._draw_steps(), names="value")
         pipeline.bus.subscribe(self._on_event)
         self.refresh()
 
     # --- display ---------------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The widget view, plus a static snapshot (text/html) and a summary (text/plain) for every place
+        without a kernel or widget manager: a saved notebook on GitHub, an nbconvert export, VS Code, a terminal.
+        """
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        with contextlib.suppress(P2CError):  # the run folder as it is now; the snapshot says what it cannot read
+            self.refresh()
+        bundle["text/plain"] = self.summary()
+        try:
+            bundle["text/html"] = self.static_html()
+        except Exception as exc:  # noqa: BLE001 - a snapshot problem must not hide the widget
+            bundle["text/html"] = f"<p class='p2c-error'>No static view: {render.esc(render.unexpected(exc))}</p>"
+        return bundle
+
+    def static_view(self) -> StaticView:
+        """The snapshot alone (no widget), e.g. as a notebook's last cell so a saved copy shows the final state."""
+        self.refresh()
+        return StaticView(self.static_html(), self.summary())
+
+    def summary(self) -> str:
+        """Plain text: the run, each stage's state and what to do next."""
+        states = self.stage_states(self._rows)
+        stages = " · ".join(f"{s.name} {STEP_LABELS[states[s.name]]}" for s in registry.stages())
+        return "\n".join(
+            [
+                f"p2c walkthrough: run folder {self.run_dir}",
+                f"Stages: {stages}",
+                self._next_text,
+                "(The interactive walkthrough needs Jupyter with ipywidgets and a running kernel.)",
+            ]
+        )
+
+    def static_html(self) -> str:
+        """The walkthrough as plain HTML, read from the run folder: header, stepper, every panel's content with
+        the diagrams as inline SVG (rendered offline), and the repository's file list. Nothing in it loads from
+        the network or runs a script.
+        """
+        rows = [r for r in self.pipeline.rows(recorded=self.busy) if r.artifact != "paper"]
+        parts = [
+            f"<style>{render.stylesheet()}</style>",
+            f"<div class='p2c-header'>{self._header()}</div>",
+            self.stepper.value,
+            f"<div class='p2c-next p2c-next-line'>{self.next_label.value}</div>",
+        ]
+        for stage in registry.stages():
+            for row in (r for r in rows if stage_of(r.artifact) == stage.name):
+                if row.status == "missing" and stage.per_file:
+                    continue  # listed by the stage's pending line
+                if row.status == "missing":
+                    body = "<p class='p2c-hint'>Not generated yet.</p>"
+                else:
+                    try:
+                        body = static_body(row.artifact, self.read(row.artifact), self.run_dir)
+                    except P2CError as exc:
+                        body = f"<p class='p2c-error'>{render.esc(render.one_line(str(exc)))}</p>"
+                usage = render.usage_line(row.usage)
+                parts.append(render.static_panel_html(row.artifact, row.status, usage, body, stage.per_file))
+            if stage.name in self.pending:
+                parts.append(self.pending[stage.name].value)
+        code = [r for r in rows if stage_of(r.artifact) == "code"]
+        done = sum(r.status != "missing" for r in code)
+        state = "complete" if code and done == len(code) else ("partial" if done else "missing")
+        parts.append(
+            "<div class='p2c-panel p2c-panel-repo'><div class='p2c-panel-head'><span class='p2c-title'>Repository"
+            f"</span><span class='p2c-badge p2c-badge-{state}'>{done}/{len(code)} files</span></div>"
+            f"{tree_html(self.run_dir / 'repo')}</div>"
+        )
+        parts.append(
+            "<p class='p2c-hint'>A static snapshot of the walkthrough, taken when this output was made. Run the "
+            "cell in Jupyter with a kernel for the interactive one.</p>"
+        )
+        return f"<div class='p2c-static'>{''.join(parts)}</div>"
 
     def close(self) -> None:
         """Close the widgets and stop listening to the pipeline (which stays open)."""
@@ -163,19 +231,7 @@ class Walkthrough:
 
         While a job runs, the manifest is read as recorded: the running pipeline keeps it current.
         """
-        self._apply(self.recorded_rows() if self.busy else self.pipeline.rows())
-
-    def recorded_rows(self) -> list[Row]:
-        """Rows as the manifest records them, without re-hashing files: cheap and safe mid-run."""
-        known = {e.artifact: e for e in self.pipeline.store.entries()}
-        rows = []
-        for artifact in self.pipeline.order():
-            entry = known.get(artifact)
-            if entry is None:
-                rows.append(Row(artifact, "missing", "", Usage(calls=0)))
-            else:
-                rows.append(Row(artifact, entry.status, entry.path, entry.usage, entry.inputs_changed))
-        return rows
+        self._apply(self.pipeline.rows(recorded=self.busy))
 
     def _apply(self, rows: list[Row]) -> None:
         with self._lock:
@@ -184,11 +240,11 @@ class Walkthrough:
             rows = [r for r in rows if r.artifact != "paper"]
             # Planned files get a panel once their analysis / code exists; until then one line per stage lists
             # them, so a logic design of many files is drawn at once.
-            shown = [r for r in rows if r.status != "missing" or stage_of(r.artifact) in PLANNING]
+            shown = [r for r in rows if r.status != "missing" or not registry.get(stage_of(r.artifact)).per_file]
             for stage, line in self.pending.items():
                 planned = [r for r in rows if stage_of(r.artifact) == stage]
                 missing = [r.artifact.partition("/")[2] for r in planned if r.status == "missing"]
-                line.value = render.pending_html(STAGE_NAMES[stage], missing, len(planned))
+                line.value = render.pending_html(registry.get(stage).label, missing, len(planned))
             order = [r.artifact for r in shown]
             if order != list(self.panels):
                 self._rebuild(order)
@@ -216,7 +272,8 @@ class Walkthrough:
         rows = [r for r in (rows if rows is not None else self.pipeline.rows()) if r.artifact != "paper"]
         auto = bool(self.auto_approve.value)
         states: dict[str, str] = {}
-        for stage in STEPS:
+        steps = registry.names()
+        for stage in steps:
             statuses = [r.status for r in rows if stage_of(r.artifact) == stage]
             if self.busy and stage in self._running_stages:
                 states[stage] = "running"
@@ -228,9 +285,9 @@ class Walkthrough:
                 states[stage] = "done"
             else:
                 states[stage] = "generated"
-        for index, stage in enumerate(STEPS):
+        for index, stage in enumerate(steps):
             if states[stage] == "generated":
-                later = any(states[s] in ("todo", "stale", "running") for s in STEPS[index + 1 :])
+                later = any(states[s] in ("todo", "stale", "running") for s in steps[index + 1 :])
                 states[stage] = "waiting" if later else "done"
         return states
 
@@ -239,37 +296,38 @@ class Walkthrough:
         rows = self._rows
         states = self.stage_states(rows)
         nxt = self.next_stage(rows)
-        waiting = next((s for s in STEPS if states[s] == "waiting"), None)
-        running = next((s for s in STEPS if states[s] == "running"), None)
+        waiting = next((s for s in states if states[s] == "waiting"), None)
+        running = next((s for s in states if states[s] == "running"), None)
         current = waiting or running or nxt
         self.stepper.value = render.stepper_html(
-            [(stage, STAGE_NAMES[stage], states[stage], STEP_LABELS[states[stage]]) for stage in STEPS], current
+            [(s.name, s.label, states[s.name], STEP_LABELS[states[s.name]]) for s in registry.stages()], current
         )
         stale = sum(r.status == "stale" for r in rows)
         if self.busy:
             text = f"{self._job_label or 'Running'}… Click Cancel to stop after the calls in flight."
         elif waiting is not None:
-            where = "each of its panels" if waiting in ("analysis", "code") else "its panel"
+            where = "each of its panels" if registry.get(waiting).per_file else "its panel"
             text = (
-                f"Your turn: review the {STAGE_NAMES[waiting]} below and click Approve in {where} "
+                f"Your turn: review the {registry.get(waiting).label} below and click Approve in {where} "
                 "(or tick Auto-approve), then Run next stage."
             )
         elif stale and nxt is not None:
             text = (
                 f"Next: click Re-run stale to regenerate {stale} stale artifact(s), "
-                f"starting with the {STAGE_NAMES[nxt]}."
+                f"starting with the {registry.get(nxt).label}."
             )
         elif nxt is not None:
-            text = f"Next: click Run next stage to generate the {STAGE_NAMES[nxt]}."
+            text = f"Next: click Run next stage to generate the {registry.get(nxt).label}."
         else:
             text = "Done: all artifacts generated. The repository's files are listed at the bottom (Download zip)."
+        self._next_text = text
         self.next_label.value = f"<b>{render.esc(text.partition(':')[0])}:</b>{render.esc(text.partition(':')[2])}"
 
     def _rebuild(self, order: list[str]) -> None:
         old = self.panels
         self.panels = {a: old.pop(a) if a in old else ArtifactPanel(a, self) for a in order}
         children = []
-        for stage in ("plan", "design", "logic", "config", "analysis", "code"):
+        for stage in registry.names():
             children += [p.widget for a, p in self.panels.items() if stage_of(a) == stage]
             if stage in self.pending:
                 children.append(self.pending[stage])
@@ -281,9 +339,10 @@ class Walkthrough:
         """The first stage with a missing or stale artifact (None when everything is generated)."""
         rows = rows if rows is not None else self.pipeline.rows()
         todo = {stage_of(r.artifact) for r in rows if r.status in ("missing", "stale")}
-        if "logic" not in todo and not any(stage_of(r.artifact) == "code" for r in rows):
-            todo.update(("analysis", "code"))  # the file list is unknown until the logic design exists
-        return next((step for step in STEPS if step in todo), None)
+        per_file = [s.name for s in registry.file_stages()]
+        if "logic" not in todo and not any(stage_of(r.artifact) in per_file for r in rows):
+            todo.update(per_file)  # the file list is unknown until the logic design exists
+        return next((step for step in registry.names() if step in todo), None)
 
     # --- actions (each raises P2CError; the buttons show it in the page) -------------------------------
     def approve(self, artifact: str) -> list[str]:
@@ -345,7 +404,8 @@ class Walkthrough:
                 )
             return result.message
 
-        label = f"Running until {STAGE_NAMES.get(until or 'code', until)}"
+        last = registry.find(until) if until else registry.stages()[-1]
+        label = f"Running until {last.label if last else until}"
         self._start(label, work, None, block)
 
     def _approve_passed(self) -> None:
@@ -356,7 +416,7 @@ class Walkthrough:
         if not self.auto_approve.value:
             return
         rows = self.pipeline.rows()
-        for stage in STEPS:
+        for stage in registry.names():
             statuses = [r.status for r in rows if stage_of(r.artifact) == stage]
             if "generated" in statuses and not {"missing", "stale"} & set(statuses):
                 self.pipeline.approve(stage)
@@ -372,7 +432,7 @@ class Walkthrough:
         stale = [r.artifact for r in self.pipeline.rows() if r.status == "stale"]
         if not stale:
             raise RunError("Nothing is stale.")
-        last = max((stage_of(a) for a in stale), key=STEPS.index)
+        last = max((stage_of(a) for a in stale), key=registry.index)
         self.run(until=last, block=block)
 
     def cancel(self) -> None:
@@ -415,6 +475,7 @@ class Walkthrough:
             self._thread = threading.Thread(target=self._job, args=(work, panel), name="p2c-walkthrough", daemon=True)
         self._status(label + "…", "hint")
         self._set_busy(True)
+        self._draw_steps()
         self._thread.start()
         if block:
             self.wait()
@@ -519,7 +580,7 @@ class Walkthrough:
             with self._lock:
                 self._in_flight = [a for a in self._in_flight if a != event.artifact]
             self._draw_stream(force=True)
-            self._apply(self.recorded_rows())
+            self._apply(self.pipeline.rows(recorded=True))
         elif isinstance(event, Notice) and event.level != "error":  # errors reach the status line
             self._add_notice(event.level, event.message)
         elif isinstance(event, AwaitingApproval):
@@ -557,7 +618,7 @@ class Walkthrough:
         self.stream.value = f"<div class='p2c-hint'>{render.esc(title)}</div><pre>{render.esc(text)}</pre>"
 
     def _header(self) -> str:
-        """Paper, run folder and model; the run folder by name, its full path in the tooltip (often a long temp path)."""
+        """Paper, run folder and model: the run folder by name, its full path (often a long temp path) in a tooltip."""
         paper = self.pipeline.store.meta.get("paper", {})
         source = Path(str(paper.get("source", ""))).name if isinstance(paper, dict) else ""
         parts = [
@@ -571,6 +632,17 @@ class Walkthrough:
         return " · ".join(parts)
 
 
+class StaticView:
+    """A walkthrough's static snapshot on its own: text/html and text/plain, no widget."""
+
+    def __init__(self, page: str, text: str) -> None:
+        self.page = page
+        self.text = text
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
+        return {"text/html": self.page, "text/plain": self.text}
+
+
 def walkthrough(
     paper_or_run: Path | str, out: Path | str | None = None, auto_approve: bool = False, **settings: Any
 ) -> Walkthrough:
@@ -578,9 +650,5 @@ def walkthrough(
 
     `settings` are overrides for `load_settings` (model, base_url, api_key, backend, ...).
     """
-    resolved = load_settings(settings)
-    if RunStore.is_run(paper_or_run):
-        pipeline = Pipeline.open(paper_or_run, settings=resolved)
-    else:
-        pipeline = Pipeline.start(paper_or_run, out, settings=resolved)
+    pipeline = open_run(paper_or_run, RunOptions(out=out, settings=load_settings(settings)))
     return Walkthrough(pipeline, auto_approve=auto_approve)
