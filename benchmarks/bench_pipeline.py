@@ -44,7 +44,7 @@ from pydantic import SecretStr
 from synthetic import Synthetic, build, depth, paper_path, reference_paper_text
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
-from p2c_notebook.backend import ChatRequest, OpenAIBackend
+from p2c_notebook.backends import ChatRequest, OpenAIBackend
 from p2c_notebook.estimate import TYPICAL_FILES
 from p2c_notebook.events import ArtifactSaved, Event
 from p2c_notebook.paper import read_paper

@@ -12,13 +12,13 @@ from typing import TypeVar, cast
 from pydantic import BaseModel, ValidationError
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
-from p2c_notebook.backend import Backend, ChatRequest, Messages
+from p2c_notebook.backends import Backend, ChatRequest, Messages
+from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
 from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
 from p2c_notebook.prompts.builder import json_schema, render
-from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 from p2c_notebook.stages import registry
 from p2c_notebook.stages.registry import artifact_file

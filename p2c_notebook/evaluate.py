@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from p2c_notebook.backend import Backend, Messages, make_backend
+from p2c_notebook.backends import Backend, Messages, make_backend
 from p2c_notebook.context import StageContext
 from p2c_notebook.errors import ConfigError, ReplyError, RunError
 from p2c_notebook.estimate import known_context_window
@@ -462,8 +462,7 @@ class Evaluator:
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def window(self) -> int | None:
-        found = getattr(self.backend, "context_window", None)
-        window = self.settings.context_window or (found if isinstance(found, int) else None)
+        window = self.settings.context_window or self.backend.context_window
         return window or known_context_window(self.backend.model)
 
     def _context(self, paper: str) -> StageContext:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from p2c_notebook import runchecks
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
-from p2c_notebook.backend import Backend, make_backend
+from p2c_notebook.backends import Backend, make_backend
 from p2c_notebook.context import StageContext, describe_validation
 from p2c_notebook.diagrams import diagram_files
 from p2c_notebook.errors import (
@@ -235,6 +235,8 @@ class Pipeline:
     def _context(self) -> StageContext:
         paper = self.store.read("paper")
         prompts = PromptBuilder(paper)  # the stages' templates and schemas, from the registry
+        for stage in registry.stages():  # the stage modules are imported here, never first in a worker thread
+            stage.function()
         backend = self.backend
         # The backend's own settings: a local model's are tuned (more repair re-asks, its reply limit).
         return StageContext(self.store, backend, self.bus, self._effective_settings(), prompts, self._cancel)
@@ -372,7 +374,7 @@ class Pipeline:
 
     def _effective_settings(self) -> Settings:
         """The settings the backend really uses (a local model's are tuned: its prices, its reply limit)."""
-        return getattr(self._backend, "settings", None) or self.settings
+        return self._backend.settings if self._backend is not None else self.settings
 
     def _saved_logic(self) -> LogicDesign | None:
         if self.store.entry("logic") is None:
@@ -384,7 +386,7 @@ class Pipeline:
 
     def _window(self, estimate: Estimate) -> tuple[int | None, int]:
         """The model's context window (settings, else the backend's, else a known model's) and the reply room."""
-        window = self.settings.context_window or getattr(self._backend, "context_window", None)
+        window = self.settings.context_window or (self._backend.context_window if self._backend is not None else None)
         window = window or known_context_window(estimate.model)
         return window, min(self._effective_settings().max_tokens, 2 * registry.get("code").typical_output)
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from conftest import API_KEY, small_scenario
 
-import p2c_notebook.local
-from p2c_notebook.backend import OpenAIBackend, choose_backend, make_backend
+import p2c_notebook.backends
+from p2c_notebook.backends import OpenAIBackend, choose_backend, make_backend
+from p2c_notebook.backends.replay import RecordingBackend, ReplayBackend
 from p2c_notebook.errors import ConfigError
 from p2c_notebook.events import Event, Notice
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.replay import RecordingBackend, ReplayBackend
 from p2c_notebook.settings import Settings, load_settings
 
 
@@ -45,7 +45,7 @@ class _NoLocalModel:
 @pytest.fixture
 def fake_local(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
     _NoLocalModel.built = []
-    monkeypatch.setattr(p2c_notebook.local, "LocalBackend", _NoLocalModel)
+    monkeypatch.setattr(p2c_notebook.backends, "LocalBackend", _NoLocalModel)  # what the "local" factory builds
     return _NoLocalModel.built
 
 
@@ -59,7 +59,7 @@ def _llama_children() -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid() and ("llama_cpp" in cmdline or "p2c_notebook.local" in cmdline):
+        if ppid == os.getpid() and ("llama_cpp" in cmdline or "p2c_notebook.backends.local" in cmdline):
             found.append(cmdline)
     return found
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import SecretStr
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
-from p2c_notebook.backend import OpenAIBackend
+from p2c_notebook.backends import OpenAIBackend
 from p2c_notebook.settings import Settings
 from p2c_notebook.testing import ScriptedServer, load_scenario
 from p2c_notebook.tokens import estimate_tokens

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import settings_for, small_scenario, subprocess_env
 
-from p2c_notebook.backend import ChatRequest, OpenAIBackend
+from p2c_notebook.backends import ChatRequest, OpenAIBackend
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.store import sha256

@@ -369,11 +369,26 @@ def click_through(page: Any, lab: Lab) -> None:
         box, image = view.bounding_box(), images.first.bounding_box()
         assert box and image and image["height"] > 100 and box["height"] > image["height"], (name, box, image)
     assert sum(rendered.values()) >= 2, rendered
-    # For the screenshots only: let the design panel grow so that a whole diagram fits on screen.
-    unclipped = page.add_style_tag(content=".p2c-panel-design .p2c-content { max-height: none !important; }")
     shoot(page, "06-class-diagram", panel("design").locator(".p2c-diagram-class-diagram .jp-RenderedMermaid"))
     shoot(page, "07-sequence-diagram", panel("design").locator(".p2c-diagram-sequence-diagram .jp-RenderedMermaid"))
-    unclipped.evaluate("element => element.remove()")
+
+    # Layout at 1280x800: the design panel is no inner scroll box (its diagrams are part of the page), nothing but
+    # code scrolls sideways, the toolbar is one row, and its buttons stay put when "Re-run stale" appears.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    content = panel("design").locator(".p2c-content")
+    assert content.evaluate("e => e.scrollHeight <= e.clientHeight + 1"), "the design panel scrolls inside"
+    sideways = widget.evaluate(
+        """root => [...root.querySelectorAll('*')]
+            .filter(e => ['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+            .filter(e => e.scrollWidth > e.clientWidth + 1 && !e.closest('pre, .jp-RenderedMermaid'))
+            .map(e => e.className)"""
+    )
+    assert sideways == [], sideways
+    toolbar, run_button = widget.locator(".p2c-toolbar"), widget.locator(".p2c-run-next")
+    toolbar_box, run_box = toolbar.bounding_box(), run_button.bounding_box()
+    assert toolbar_box and run_box and toolbar_box["height"] < 1.8 * run_box["height"], (toolbar_box, run_box)
+    buttons_before = [widget.locator(c).bounding_box() for c in (".p2c-run-next", ".p2c-cancel-run", ".p2c-refresh")]
+    expect(widget.locator(".p2c-stepper .p2c-step-code")).to_contain_text("done")
 
     # Edit config.yaml in its panel: a different learning rate.
     config = panel("config")
@@ -393,6 +408,10 @@ def click_through(page: Any, lab: Lab) -> None:
     for artifact in PLANNING[:3]:
         expect(panel(artifact).locator(".p2c-badge-approved")).to_be_visible()
     expect(widget.locator(".p2c-rerun-stale")).to_be_visible()
+    buttons_after = [widget.locator(c).bounding_box() for c in (".p2c-run-next", ".p2c-cancel-run", ".p2c-refresh")]
+    assert [b and b["x"] for b in buttons_after] == [b and b["x"] for b in buttons_before]
+    expect(widget.locator(".p2c-stepper .p2c-step-current")).to_contain_text("analysis")
+    expect(widget.locator(".p2c-next")).to_contain_text("Re-run stale")
     shoot(page, "09-config-edited-stale", panel("analysis/utils/__init__.py"))
 
     status = manifest(lab)

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from conftest import CODE, settings_for, small_scenario
 
-from p2c_notebook.backend import ChatRequest, OpenAIBackend, learned_capabilities
+from p2c_notebook.backends import ChatRequest, OpenAIBackend
+from p2c_notebook.backends.openai import learned_capabilities
 from p2c_notebook.errors import BackendError
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.testing import ScriptedServer

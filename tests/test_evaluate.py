@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import API_KEY, EXAMPLE, settings_for, small_scenario
 
-from p2c_notebook.backend import OpenAIBackend
+from p2c_notebook.backends import OpenAIBackend
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, ReplyError
 from p2c_notebook.evaluate import (

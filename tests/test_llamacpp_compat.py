@@ -23,8 +23,8 @@ import pytest
 from conftest import ROOT
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
-from p2c_notebook.local import DEFAULT_LOCAL_MODEL, LocalModelError, engine_installed, resolve
-from p2c_notebook.local.server import default_threads, free_port
+from p2c_notebook.backends.local import DEFAULT_LOCAL_MODEL, LocalModelError, engine_installed, resolve
+from p2c_notebook.backends.local.server import default_threads, free_port
 from p2c_notebook.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow

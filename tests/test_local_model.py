@@ -24,9 +24,8 @@ import pytest
 from conftest import EXAMPLE, settings_for, small_scenario
 
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
-from p2c_notebook.backend import ChatRequest, OpenAIBackend
-from p2c_notebook.events import Event, Notice, StageStarted, TokenDelta
-from p2c_notebook.local import (
+from p2c_notebook.backends import ChatRequest, OpenAIBackend
+from p2c_notebook.backends.local import (
     DEFAULT_LOCAL_MODEL,
     MODELS,
     LlamaServer,
@@ -43,7 +42,8 @@ from p2c_notebook.local import (
     resolve,
     tuned_settings,
 )
-from p2c_notebook.local.backend import constrain_logic, grammar_safe, planned_files, strict_json
+from p2c_notebook.backends.local.backend import constrain_logic, grammar_safe, planned_files, strict_json
+from p2c_notebook.events import Event, Notice, StageStarted, TokenDelta
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.settings import Settings
 
@@ -217,7 +217,7 @@ def _llama_servers() -> set[int]:
     return {
         int(p.name)
         for p in Path("/proc").glob("[0-9]*")
-        if b"p2c_notebook.local.server" in _cmdline(p) and _parent(p) == os.getpid()
+        if b"p2c_notebook.backends.local.server" in _cmdline(p) and _parent(p) == os.getpid()
     }
 
 
@@ -267,7 +267,7 @@ def test_the_server_dies_with_its_owner(real_model: str, tmp_path: Path, no_llam
     script = textwrap.dedent(
         f"""
         import sys
-        from p2c_notebook.local import LlamaServer, resolve
+        from p2c_notebook.backends.local import LlamaServer, resolve
         server = LlamaServer(resolve({real_model!r}).path, "m", n_ctx=512)
         server.start()
         print(server.pid, flush=True)

@@ -22,15 +22,15 @@ import pytest
 import yaml
 from conftest import small_scenario
 
-from p2c_notebook.backend import ChatRequest
+from p2c_notebook.backends import ChatRequest
+from p2c_notebook.backends.local import LlamaServer, LocalBackend, ServerStartError
+from p2c_notebook.backends.local import backend as local_backend
+from p2c_notebook.backends.local import server as local_server
+from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.cli import main
 from p2c_notebook.errors import BackendError
 from p2c_notebook.events import Event, Notice, TokenDelta
-from p2c_notebook.local import LlamaServer, LocalBackend, ServerStartError
-from p2c_notebook.local import backend as local_backend
-from p2c_notebook.local import server as local_server
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import API_KEY, CODE, DESIGN, settings_for, small_scenario
 
-from p2c_notebook.backend import OpenAIBackend
+from p2c_notebook.backends import OpenAIBackend
 from p2c_notebook.errors import EditedArtifactError, PlanError, ReplyError, RunError
 from p2c_notebook.events import ArtifactSaved, AwaitingApproval, Event, Notice, TokenDelta, UsageReported
 from p2c_notebook.pipeline import Pipeline

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from conftest import API_KEY, EXAMPLE, settings_for, small_scenario
 
-from p2c_notebook.backend import ChatRequest
+from p2c_notebook.backends import ChatRequest
+from p2c_notebook.backends.replay import ReplayBackend, ReplayMissError, Scrubber, read_cassette, request_key
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, P2CError
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.replay import ReplayBackend, ReplayMissError, Scrubber, read_cassette, request_key
 from p2c_notebook.settings import Settings
 
 SCENARIO = EXAMPLE / "scenario.yaml"

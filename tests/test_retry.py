@@ -16,11 +16,12 @@ import openai
 import pytest
 from conftest import settings_for, small_scenario
 
-from p2c_notebook.backend import ChatRequest, OpenAIBackend, sse_chunks
+from p2c_notebook.backends import ChatRequest, OpenAIBackend
+from p2c_notebook.backends.local.backend import MAX_TOKENS, tuned_settings
+from p2c_notebook.backends.openai import sse_chunks
+from p2c_notebook.backends.retry import IncompleteReply, RetryNotice, RetryPolicy, classify, retry_after
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
-from p2c_notebook.local.backend import MAX_TOKENS, tuned_settings
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.retry import IncompleteReply, RetryNotice, RetryPolicy, classify, retry_after
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.testing import ScriptedServer
 
@@ -198,7 +199,7 @@ def test_a_connection_that_breaks_mid_stream_is_an_incomplete_reply() -> None:
 
 
 def test_backends_share_one_verifying_tls_context_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from p2c_notebook.backend import _tls_context, _tls_environment
+    from p2c_notebook.backends.openai import _tls_context, _tls_environment
 
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     context = _tls_context(*_tls_environment())

@@ -40,7 +40,7 @@ def test_invalid_settings_say_what_to_fix(tmp_path: Path) -> None:
 
 
 def test_missing_key_for_the_official_api_is_a_clear_error(tmp_path: Path) -> None:
-    from p2c_notebook.backend import make_backend
+    from p2c_notebook.backends import make_backend
 
     settings = load_settings({"backend": "openai"}, environ={}, file=tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
@@ -48,7 +48,7 @@ def test_missing_key_for_the_official_api_is_a_clear_error(tmp_path: Path) -> No
 
 
 def test_reasoning_models_get_max_completion_tokens() -> None:
-    from p2c_notebook.backend import ChatRequest, OpenAIBackend
+    from p2c_notebook.backends import ChatRequest, OpenAIBackend
 
     settings = load_settings({"model": "o3-mini", "api_key": "k", "reasoning_effort": "high", "temperature": 0.2}, {})
     params = OpenAIBackend(settings)._params(ChatRequest([], "plan"))

@@ -1,4 +1,4 @@
-"""The model backend: one small interface, and the OpenAI-compatible client behind it."""
+"""The OpenAI-compatible backend: every server that speaks chat completions (OpenAI, vLLM, Ollama, llama.cpp...)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import openai
 from openai.types.chat import ChatCompletion
 
-from p2c_notebook.errors import BackendError, ConfigError, ReplyError
-from p2c_notebook.retry import (
+from p2c_notebook.backends.base import ChatRequest, Completion, Messages, OnRetry
+from p2c_notebook.backends.retry import (
     CallDeadline,
     IncompleteReply,
     RetryNotice,
@@ -30,62 +29,16 @@ from p2c_notebook.retry import (
     is_html,
     retry_after,
 )
+from p2c_notebook.errors import BackendError, ConfigError, ReplyError
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage, cost_of
 
-Messages = list[dict[str, str]]
-OnRetry = Callable[[RetryNotice], None]
-
 CONTINUE = (
     "Your reply was cut off at the output token limit. Continue exactly where you stopped, from the next "
     "character on: do not repeat anything, do not add a preamble, do not reopen a code block."
 )
-
-
-@dataclass
-class ChatRequest:
-    """One call: the messages plus which artifact it is for (sent as X-P2C-* headers for tracing)."""
-
-    messages: Messages
-    stage: str
-    file: str = ""
-    attempt: int = 1
-    schema: dict[str, Any] | None = None
-    schema_name: str = "artifact"
-
-
-@dataclass
-class Completion:
-    """A reply; `max_tokens` is the output limit that was in effect (None when the backend cannot tell) and
-    `continuations` how many times a reply cut off at that limit was continued."""
-
-    text: str
-    usage: Usage = field(default_factory=Usage)
-    finish_reason: str | None = None
-    max_tokens: int | None = None
-    continuations: int = 0
-
-
-class Backend(Protocol):
-    """What a stage needs from a model: a completion for a request, streaming deltas as they come.
-
-    `on_retry` hears about each retry before its wait; when its `restart` is true the text streamed so far
-    is void (the retry streams the reply again from the start).
-    """
-
-    @property
-    def description(self) -> str: ...
-
-    @property
-    def model(self) -> str: ...
-
-    def complete(
-        self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
-    ) -> Completion: ...
-
-    def close(self) -> None: ...
 
 
 _OFFICIAL = "https://api.openai.com/v1"
@@ -232,6 +185,11 @@ class OpenAIBackend:
         self.policy = RetryPolicy(settings.max_retries, settings.retry_base_delay, settings.retry_max_delay)
         self._random = random.Random()
         self._sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def context_window(self) -> int | None:
+        """Unknown to a generic server: the run falls back to the setting or the model's published window."""
+        return None
 
     @property
     def model(self) -> str:
@@ -650,15 +608,6 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def choose_backend(settings: Settings) -> tuple[str, str]:
-    """(kind, argument) of the backend to build. `auto`: a configured key or base URL means an
-    OpenAI-compatible server; nothing configured means the local model."""
-    kind, _, arg = settings.backend.partition(":")
-    if kind == "auto":
-        return ("openai", "") if settings.base_url or settings.api_key else ("local", arg)
-    return kind, arg
-
-
 def _field(value: Any, name: str) -> Any:
     """A field of the SDK's usage object or of the plain JSON a stream carries."""
     return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
@@ -705,62 +654,3 @@ def sse_chunks(response: Any, deadline: _Deadline | None = None) -> Iterator[dic
             yield chunk
     except _transport_errors(response) as exc:
         raise IncompleteReply(f"the connection broke during the reply ({type(exc).__name__})") from None
-
-
-def make_backend(settings: Settings, notify: Callable[[str], None] | None = None) -> Backend:
-    """Build the backend a settings object names (wrapped in a recorder with `settings.record`).
-
-    `notify` receives one line when the choice is not obvious from the settings (auto -> local model).
-    """
-    if settings.replay_fallback and choose_backend(settings)[0] == "replay":
-        return _extended_replay(settings, notify)
-    backend = _make(settings, notify)
-    if settings.record:
-        from p2c_notebook.replay import RecordingBackend
-
-        return RecordingBackend(backend, settings.record, Scrubber.for_settings(settings))
-    return backend
-
-
-def _extended_replay(settings: Settings, notify: Callable[[str], None] | None) -> Backend:
-    """Replay the cassette; what it lacks goes to the fallback backend (recorded with `settings.record`)."""
-    from p2c_notebook.replay import ReplayBackend
-
-    fallback = make_backend(settings.model_copy(update={"backend": settings.replay_fallback}), notify)
-    return ReplayBackend(choose_backend(settings)[1], fallback=fallback)
-
-
-def _make(settings: Settings, notify: Callable[[str], None] | None) -> Backend:
-    kind, arg = choose_backend(settings)
-    if kind == "openai":
-        return OpenAIBackend(settings)
-    if kind == "local":
-        from p2c_notebook.local import LocalBackend, describe_choice
-
-        model = arg or settings.local_model
-        if notify and settings.backend.partition(":")[0] == "auto":
-            notify(
-                f"No OPENAI_API_KEY or OPENAI_BASE_URL set: running the local model {describe_choice(model)} "
-                "on this machine; set OPENAI_API_KEY or OPENAI_BASE_URL, or pass --backend openai, to use a server."
-            )
-        return LocalBackend(settings, model)
-    if kind == "replay":
-        if not arg:
-            raise ConfigError("--backend replay needs a cassette file: --backend replay:CASSETTE.jsonl")
-        from p2c_notebook.replay import ReplayBackend
-
-        return ReplayBackend(arg)
-    if kind == "scripted":
-        if not arg:
-            raise ConfigError("--backend scripted needs a scenario file: --backend scripted:SCENARIO.yaml")
-        from p2c_notebook.testing import ScriptedServer
-
-        server = ScriptedServer(arg)
-        base_url = server.start()
-        model = settings.model if "model" in settings.model_fields_set else "scripted"
-        scripted = settings.model_copy(update={"base_url": base_url, "api_key": None, "model": model})
-        return OpenAIBackend(scripted, on_close=server.stop)
-    raise ConfigError(
-        f"Unknown backend {settings.backend!r}: use auto, openai, local[:MODEL], replay:CASSETTE.jsonl "
-        "or scripted:SCENARIO.yaml."
-    )

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2c_notebook.backend import Backend, ChatRequest, Completion, OnRetry
+from p2c_notebook.backends.base import Backend, ChatRequest, Completion, OnRetry
 from p2c_notebook.errors import BackendError, ConfigError
 from p2c_notebook.secrets import Scrubber
+from p2c_notebook.settings import Settings
 from p2c_notebook.usage import Usage
 
 FORMAT = 1
@@ -75,11 +76,14 @@ class RecordingBackend:
     def model(self) -> str:
         return self.inner.model
 
-    def __getattr__(self, name: str) -> Any:
-        """What the wrapped backend tells about itself (its settings, its context window) shows through."""
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def settings(self) -> Settings:
+        """The wrapped backend's own settings (a local model's are tuned): recording changes nothing."""
+        return self.inner.settings
+
+    @property
+    def context_window(self) -> int | None:
+        return self.inner.context_window
 
     @property
     def description(self) -> str:
@@ -149,9 +153,10 @@ def read_cassette(path: Path | str) -> list[dict[str, Any]]:
 class ReplayBackend:
     """Serves replies from a cassette: the same request always gets the same reply (the latest recorded)."""
 
-    def __init__(self, path: Path | str, fallback: Backend | None = None) -> None:
+    def __init__(self, path: Path | str, fallback: Backend | None = None, settings: Settings | None = None) -> None:
         self.path = Path(path)
         self.fallback = fallback
+        self._settings = settings or Settings()
         self._lock = threading.Lock()
         self._entries = read_cassette(self.path)
         self._by_key: dict[str, list[dict[str, Any]]] = {}
@@ -163,6 +168,15 @@ class ReplayBackend:
     @property
     def model(self) -> str:
         return self._model
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the run gave: they decide re-asks and limits, as they did when the calls were recorded."""
+        return self._settings
+
+    @property
+    def context_window(self) -> int | None:
+        return None  # a cassette reads no prompt: nothing to refuse before replaying
 
     @property
     def description(self) -> str:

@@ -32,11 +32,11 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from p2c_notebook.local.weights import LocalModelError
+from p2c_notebook.backends.local.weights import LocalModelError
 
 INSTALL = "pip install 'p2c-notebook[local]'  (or: CMAKE_BUILD_PARALLEL_LEVEL=2 pip install 'llama-cpp-python[server]')"
 _TAIL = 2000
-_CHILD = "import sys; from p2c_notebook.local.server import main; main(sys.argv[1:])"
+_CHILD = "import sys; from p2c_notebook.backends.local.server import main; main(sys.argv[1:])"
 _LOG_LIMIT = 4 * 1024 * 1024  # a run folder's server log starts afresh beyond this (each start appends)
 # What a failed start's log says, in our words: the log itself is never quoted (it holds a page of metadata).
 _DIAGNOSES = (

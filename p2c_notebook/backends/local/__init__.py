@@ -6,9 +6,9 @@ model's weight packages; `--backend local` (or no OPENAI_API_KEY / OPENAI_BASE_U
 
 from __future__ import annotations
 
-from p2c_notebook.local.backend import LocalBackend, describe_choice, tuned_settings
-from p2c_notebook.local.server import LlamaServer, ServerStartError, engine_installed
-from p2c_notebook.local.weights import (
+from p2c_notebook.backends.local.backend import LocalBackend, describe_choice, tuned_settings
+from p2c_notebook.backends.local.server import LlamaServer, ServerStartError, engine_installed
+from p2c_notebook.backends.local.weights import (
     DEFAULT_LOCAL_MODEL,
     MODELS,
     LocalModelError,

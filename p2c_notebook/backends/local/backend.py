@@ -21,11 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2c_notebook.backend import ChatRequest, Completion, OnRetry, OpenAIBackend
+from p2c_notebook.backends.base import ChatRequest, Completion, OnRetry
+from p2c_notebook.backends.local.server import LlamaServer, ServerStartError, describe_exit
+from p2c_notebook.backends.local.weights import DEFAULT_LOCAL_MODEL, MODELS, Weights, resolve
+from p2c_notebook.backends.openai import OpenAIBackend
+from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.errors import BackendError
-from p2c_notebook.local.server import LlamaServer, ServerStartError, describe_exit
-from p2c_notebook.local.weights import DEFAULT_LOCAL_MODEL, MODELS, Weights, resolve
-from p2c_notebook.retry import RetryNotice
 from p2c_notebook.settings import Settings
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.usage import Usage
