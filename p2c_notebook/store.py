@@ -228,7 +228,7 @@ def manifest_text(data: dict[str, Any]) -> str:
     lines = []
     for key in sorted(data):
         value = data[key]
-        if isinstance(value, dict) and key in ("artifacts", "pending") and value:
+        if isinstance(value, dict) and key in ("artifacts", "pending", "derived") and value:
             inner = ",\n".join(f"    {json.dumps(k)}: {json.dumps(value[k], sort_keys=True)}" for k in sorted(value))
             lines.append(f"  {json.dumps(key)}: {{\n{inner}\n  }}")
         else:
@@ -286,6 +286,7 @@ class RunStore:
         self._hashes: dict[str, tuple[int, int, str]] = {}
         self._dirty = False  # tokens spent that only memory holds
         self._notes: list[str] = []  # what locking recovered, handed out by the next refresh()
+        self._held = 0  # how many `locked()` blocks of this process hold the run folder now
         self._data: dict[str, Any] = {
             "version": 1,
             "created": now(),
@@ -444,6 +445,51 @@ class RunStore:
             self._drop_pending(artifact)
             self._flush()
         return entry
+
+    # --- derived files ---------------------------------------------------------------------------
+    def save_derived(self, rel: str, content: str, source: str) -> bool:
+        """Write a file made from an artifact (a diagram's SVG, the dependency graph) and record in the manifest
+        the hash of the version of `source` it was made from, so views judge it current by that hash (file times
+        lie after a copy, a checkout or an edit made within the same second).
+
+        Recorded while this process holds the run folder (a run of its own in progress) or can take it now; when
+        another process holds it, the file is written all the same and views make it again later. Returns whether
+        it was recorded."""
+        digest = self.hash_of(source)
+        if digest is None:
+            raise RunError(f"{source} does not exist yet: generate it before the files made from it.")
+        target = self._inside(rel)
+        try:
+            atomic_write(target, content)
+        except OSError as exc:
+            raise RunError(f"Cannot save {target}: {os_error_advice(exc)}") from None
+        record = {"source": source, "source_sha256": digest, "sha256": sha256(content)}
+        if self._held:
+            self._record_derived(rel, record)
+            return True
+        try:
+            with self.locked():
+                self._record_derived(rel, record)
+        except RunError:
+            return False
+        return True
+
+    def _record_derived(self, rel: str, record: dict[str, str]) -> None:
+        with self._lock:
+            self._data.setdefault("derived", {})[rel] = record
+            self._flush()
+
+    def derived(self, rel: str) -> str | None:
+        """A derived file's text while it is current: made from its source artifact as that is now, and not
+        changed since it was written (None otherwise: make it again)."""
+        record = (self._data.get("derived") or {}).get(rel)
+        if not isinstance(record, dict) or self.hash_of(str(record.get("source"))) != record.get("source_sha256"):
+            return None
+        try:
+            text = self.read_path(rel)
+        except RunError:
+            return None
+        return text if text is not None and sha256(text) == record.get("sha256") else None
 
     def _drop_pending(self, artifact: str) -> None:
         pending = self._data.get("pending", {})
@@ -684,7 +730,11 @@ class RunStore:
                 parts.append(f"kept {', '.join(adopted)}, fully written just before that run stopped")
             if parts:
                 self._notes.append("Recovered the run folder: " + "; ".join(parts) + ".")
-            yield
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
         finally:
             if acquired:  # a clean exit leaves an empty lock file: nothing to recover next time
                 with contextlib.suppress(OSError):

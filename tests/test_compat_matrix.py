@@ -135,3 +135,24 @@ def test_a_server_error_that_names_no_parameter_is_still_retried() -> None:
         assert backend.complete(ChatRequest([{"role": "user", "content": "Plan."}], "plan"), lambda _: None).text
         backend.close()
         assert [r["fault"] for r in server.requests] == ["status", None]
+
+
+def test_a_server_that_stops_a_reply_when_another_request_arrives_gets_calls_one_at_a_time(
+    paper: Path, tmp_path: Path
+) -> None:
+    """llama.cpp's own server ends the reply in progress when a new request arrives (`interrupt_requests`, on by
+    default); the design and config calls go out together, so each would cut the other off until the retries ran
+    out. The first cut-off while another call is open teaches the backend to send calls to that server singly."""
+    scenario = small_scenario(habit="llamacpp", interrupt_requests=True, latency=0.05, token_latency=0.02)
+    with ScriptedServer(scenario) as server:
+        settings = settings_for(server, model=MODEL, concurrency=4, retry_base_delay=0.01, max_retries=3)
+        with Pipeline.start(paper, tmp_path / "run", settings=settings) as pipeline:
+            assert pipeline.run().state == "done"
+        assert 1 <= server.interrupted <= 2, "a cut-off teaches one-at-a-time; at most the two open calls are cut"
+        for path, code in CODE.items():
+            assert (tmp_path / "run" / "repo" / path).read_text() == code
+        server.reset()
+        interrupted = server.interrupted
+        with Pipeline.start(paper, tmp_path / "again", settings=settings) as pipeline:
+            assert pipeline.run().state == "done"
+        assert server.interrupted == interrupted, "learned for this server: nothing is cut off any more"

@@ -7,6 +7,7 @@ file list, code, statuses) and load nothing from the network. The example paper'
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DESIGN, settings_for, small_scenario
 
 from p2c_notebook import uml
 from p2c_notebook.artifacts import ArchitectureDesign
 from p2c_notebook.cli import main
-from p2c_notebook.ui import walkthrough
+from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.ui import Walkthrough, walkthrough
 from p2c_notebook.ui.render import inline_svg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +75,7 @@ def assert_offline_snapshot(snapshot: str) -> None:
     assert re.search(r"p2c-badge-complete[\"']>(\d+)/\1 files", snapshot) and "p2c-badge-generated" in snapshot
     assert '<span class="nc">Trainer</span>' in snapshot  # trainer.py's code, highlighted
     assert "p2c-stepper" in snapshot and "all artifacts generated" in snapshot
-    assert not re.search(r"<script|\son\w+\s*=|javascript:", snapshot, re.I)
+    assert not re.search(r"<script|<[^>]*\son\w+\s*=|<[^>]*javascript:", snapshot, re.I)
     addresses = set(re.findall(r"(?:src|href)\s*=\s*[\"']([^\"']+)", snapshot))
     assert not [a for a in addresses if not a.startswith("#")], addresses
     assert "mermaid" not in re.sub(r"<style>.*?</style>", "", snapshot, flags=re.S).lower()  # no Mermaid to load
@@ -120,6 +123,27 @@ def test_inline_svg_keeps_the_drawing_and_drops_what_could_act() -> None:
     assert 'id="p2c-test-f1"' in shown and 'filter="url(#p2c-test-f1)"' in shown  # ids cannot clash on a page
     assert "width:300px" not in shown and "background:#FFF" in shown  # the page width decides the size
     assert inline_svg("<html><script>x</script></html>", "p", "t") == "" and inline_svg("not xml <", "p", "t") == ""
+
+
+def test_model_text_stays_text_in_the_static_view(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    """Hostile text in the plan, an analysis and the design's diagram labels: escaped in the snapshot too."""
+    require_diagram_tools()
+    hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    design = json.loads(json.dumps(DESIGN))
+    design["sequence"]["messages"][0]["call"] = f"load() {hostile}"
+    design["open_questions"] = [hostile]
+    scenario = small_scenario(design=design)
+    scenario["responses"][0]["content"] = f"# Plan\n\nStep {hostile} [x](javascript:alert(3))\n"
+    scenario["responses"][4]["content"] = f"## data.py\n\n{hostile} `<b>x</b>`"
+    server = serve(scenario)
+    run = tmp_path / "run"
+    with Pipeline.start(paper_md, run, settings=settings_for(server)) as pipeline:
+        assert pipeline.run().state == "done"
+    snapshot = Walkthrough(Pipeline.open(run, settings=settings_for(server))).static_html()
+    assert snapshot.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # plan, analysis, open question
+    assert not re.search(r"<script|<img|<[^>]*\son\w+\s*=|<[^>]*javascript:", snapshot, re.I)  # text, not markup
+    sequence = re.search(r"p2c-diagram-sequence-diagram'>(.*?)</div></div>", snapshot, re.S)
+    assert sequence and "<svg" in sequence.group(1) and "load()" in sequence.group(1)
 
 
 def executed_notebook(run: Path, tmp_path: Path, store_widget_state: bool) -> Any:

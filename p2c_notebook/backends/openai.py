@@ -87,6 +87,53 @@ def learned_capabilities(base_url: str, model: str) -> dict[str, str]:
         return dict(_LEARNED.get((base_url.rstrip("/"), model), {}))
 
 
+class _ServerGate:
+    """Calls in flight to one server (base URL, model), and whether it must get them one at a time.
+
+    Some servers end the reply in progress when another request arrives (llama.cpp's Python server does by
+    default: `interrupt_requests`). A reply cut off while another of our calls to the same server was open is
+    the sign: from then on, calls to that server are sent one at a time, for the rest of the process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.serial = False
+        self._one = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            serial = self.serial
+        if serial:
+            self._one.acquire()
+        with self._lock:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+            if serial:
+                self._one.release()
+
+    def cut_off_by_another(self) -> bool:
+        """Called when a reply was cut off: learn one-at-a-time when another call was open at that moment."""
+        with self._lock:
+            if self.in_flight > 1 and not self.serial:
+                self.serial = True
+                return True
+            return False
+
+
+_GATES: dict[tuple[str, str], _ServerGate] = {}
+
+
+def _gate(base_url: str, model: str) -> _ServerGate:
+    with _LEARNED_LOCK:
+        return _GATES.setdefault((base_url.rstrip("/"), model), _ServerGate())
+
+
 class _Deadline:
     """A call's wall-clock deadline. When it passes, the call's connection is shut down: that wakes a read
     blocked on a server that trickles tokens or sends only keep-alives, which no per-read time-out ends."""
@@ -300,12 +347,20 @@ class OpenAIBackend:
                 streamed = True
                 on_delta(text)
 
+            gate = _gate(self._base_url, self.settings.model)
             try:
-                return self._call_checked(params, delta, request, room)
+                with gate.slot():
+                    try:
+                        return self._call_checked(params, delta, request, room)
+                    except IncompleteReply:
+                        gate.cut_off_by_another()
+                        raise
             except (openai.OpenAIError, IncompleteReply, CallDeadline, _NotACompletion, _ReplyTooLong) as exc:
                 reason = classify(exc)
                 if streamed and reason == "the connection failed":
                     reason = "the reply stream was cut off"
+                if reason == "the reply stream was cut off" and gate.serial:
+                    reason += " (this server stops a reply when another request arrives: calls go one at a time)"
                 if reason is not None and _refused_parameter(exc, params) is not None:
                     reason = None  # the same request cannot succeed: fail now, not after max_retries waits
                 if reason is None or attempt >= self.policy.attempts:

@@ -321,7 +321,7 @@ def make(ctx: StageContext, artifact: str, feedback: str | None = None) -> Entry
     name, _, file = artifact.partition("/")
     stage = find(name)
     if stage is None or stage.name != name or stage.per_file != bool(file):
-        raise RunError(f"{artifact} cannot be generated: it belongs to no stage.")
+        raise RunError(f"{artifact} cannot be regenerated: no stage makes it.")
     function: Callable[..., Any] = stage.function()
     made: Entry = function(ctx, file, feedback) if stage.per_file else function(ctx, feedback)
     return made

@@ -163,6 +163,7 @@ class Scenario(BaseModel):
     model: str | list[str] = "*"
     reject_models: list[str] = Field(default_factory=list)
     habit: Habit | None = None
+    interrupt_requests: bool = False  # a new request ends the reply being streamed, as llama.cpp's server does
     latency: float = Field(default=0.0, ge=0)
     token_latency: float = Field(default=0.0, ge=0)
     fault_sleep: float = Field(default=30.0, ge=0)

@@ -250,6 +250,8 @@ class ScriptedServer(Served):
         self._hits: dict[int, int] = {}
         self._requests: list[RecordedRequest] = []
         self._prompts: list[str] = []
+        self._arrivals = 0  # chat requests so far: with `interrupt_requests`, a stream ends when this moves
+        self.interrupted = 0  # streams ended early that way
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -511,6 +513,9 @@ class _Handler(BaseHTTPRequestHandler):
         server itself takes to read and record it is part of that latency, not added to it."""
         owner = self.server.owner
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-p2c-")}
+        with owner._lock:
+            owner._arrivals += 1
+            self._arrival = owner._arrivals
         answer = owner._decide(path, headers, body, arrived[0])
         kind = answer.fault.kind if answer.fault else None
         if kind == "reset":
@@ -653,6 +658,13 @@ class _Handler(BaseHTTPRequestHandler):
             tokens += estimate_tokens(piece)
             if not owner._sleep(began + owner.scenario.token_latency * tokens - time.monotonic()):
                 self._drop()
+                return
+            if owner.scenario.interrupt_requests and owner._arrivals != self._arrival:
+                # Another request arrived: the reply stops where it is, `[DONE]` with no finish reason.
+                with owner._lock:
+                    owner.interrupted += 1
+                self._chunk("data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
                 return
             event({"content": piece})
         if truncate:  # no terminating chunk: the client sees an incomplete body
