@@ -353,7 +353,8 @@ def click_through(page: Any, lab: Lab) -> None:
     code = [f"code/{f}" for f in FILES]
     run_next_stage(code)
     repo = widget.locator(".p2c-panel-repo")
-    expect(repo.locator(".p2c-badge-complete")).to_have_text(f"{len(FILES)}/{len(FILES)} files")
+    tracked = len(FILES) + 1  # repo/config.yaml, the planning config's copy, is tracked like every file in repo/
+    expect(repo.locator(".p2c-badge-complete")).to_have_text(f"{tracked}/{tracked} files")
     expect(repo.locator(".p2c-repo-tree")).to_contain_text("trainer.py")
     expect(widget.locator(".p2c-next")).to_contain_text("all artifacts generated")
     expect(panel("code/trainer.py").locator(".p2c-content")).to_contain_text("class Trainer")
@@ -403,8 +404,8 @@ def click_through(page: Any, lab: Lab) -> None:
     expect(config).to_have_class(re.compile(r"\bp2c-status-edited\b"))
     expect(config.locator(".p2c-content")).to_contain_text("learning_rate: 0.05")
     expect(config.locator(".p2c-message")).to_contain_text("Now stale")
-    for stage in ("analysis", "code"):
-        expect(widget.locator(f".p2c-stage-{stage} .p2c-badge-stale")).to_have_count(len(FILES))
+    for stage, count in (("analysis", len(FILES)), ("code", tracked)):
+        expect(widget.locator(f".p2c-stage-{stage} .p2c-badge-stale")).to_have_count(count)
     for artifact in PLANNING[:3]:
         expect(panel(artifact).locator(".p2c-badge-approved")).to_be_visible()
     expect(widget.locator(".p2c-rerun-stale")).to_be_visible()
@@ -416,7 +417,7 @@ def click_through(page: Any, lab: Lab) -> None:
 
     status = manifest(lab)
     assert status["config"] == "edited"
-    assert {a for a, s in status.items() if s == "stale"} == {*analysis, *code}
+    assert {a for a, s in status.items() if s == "stale"} == {*analysis, *code, "code/config.yaml"}
     elapsed = time.monotonic() - started
     assert elapsed < 150, f"the click-through took {elapsed:.0f} s"
 

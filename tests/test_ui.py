@@ -472,6 +472,10 @@ def test_render_svg_saves_the_diagram_into_the_run_folder(finished: tuple[Any, P
     server, run = finished
     wt = open_walkthrough(server, run)
     view = next(c for c in wt.panel("design").content.children if "p2c-diagram-class-diagram" in c._dom_classes)
+    # The Mermaid output carries the PlantUML drawing too, for front ends without Mermaid (VS Code, Colab).
+    assert "<svg" in view.children[1].outputs[0]["data"]["image/svg+xml"]
+    (run / "planning/class_diagram.svg").unlink()
+    assert view.children[5].value == ""  # no second copy of the drawing until asked for
     view.children[4].click()  # Render SVG
     assert "<svg" in (run / "planning/class_diagram.svg").read_text()
     assert "data:image/svg+xml;base64," in view.children[5].value

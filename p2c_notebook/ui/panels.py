@@ -246,19 +246,19 @@ class ArtifactPanel:
         except ValidationError as exc:
             return self._invalid(text, exc)
         run = self.owner.run_dir
-        return [
-            html(render.design_html(design), "p2c-rendered"),
-            DiagramView(
-                "Class diagram", "class_diagram", class_diagram_mermaid(design), class_diagram_plantuml(design), run
-            ).widget,
-            DiagramView(
-                "Sequence diagram",
-                "sequence_diagram",
-                sequence_diagram_mermaid(design),
-                sequence_diagram_plantuml(design),
-                run,
-            ).widget,
-        ]
+        views = [html(render.design_html(design), "p2c-rendered")]
+        diagrams = (
+            ("Class diagram", "class_diagram", class_diagram_mermaid, class_diagram_plantuml),
+            ("Sequence diagram", "sequence_diagram", sequence_diagram_mermaid, sequence_diagram_plantuml),
+        )
+        for title, name, to_mermaid, to_plantuml in diagrams:
+            mermaid, plantuml = to_mermaid(design), to_plantuml(design)
+            try:
+                svg: str | None = diagram_svg(run, name, plantuml)
+            except (P2CError, OSError):
+                svg = None  # the Mermaid source still shows; "Render SVG" says what is wrong
+            views.append(DiagramView(title, name, mermaid, plantuml, run, svg).widget)
+        return views
 
     def _logic_views(self, text: str) -> list[Any]:
         try:
@@ -408,15 +408,24 @@ def static_body(artifact: str, text: str, run_dir: Path) -> str:
 
 
 class DiagramView:
-    """A diagram from the design: Mermaid rendered by JupyterLab, and a static PlantUML SVG on request."""
+    """A diagram from the design: Mermaid rendered by JupyterLab, and a static PlantUML SVG on request.
 
-    def __init__(self, title: str, name: str, mermaid: str, plantuml: str, run_dir: Path) -> None:
+    The Mermaid output also carries the PlantUML drawing as image/svg+xml: JupyterLab prefers Mermaid (its
+    renderer ranks before SVG's), and front ends without Mermaid (VS Code, Colab) draw the SVG instead of
+    showing the source.
+    """
+
+    def __init__(
+        self, title: str, name: str, mermaid: str, plantuml: str, run_dir: Path, svg: str | None = None
+    ) -> None:
         self.name = name
         self.svg_path = run_dir / "planning" / f"{name}.svg"
         self.mermaid = widgets.Output()
         self.mermaid.add_class("p2c-mermaid")
-        # JupyterLab 4 renders text/vnd.mermaid itself (offline); other front ends show the source.
+        # JupyterLab 4 renders text/vnd.mermaid itself (offline); others draw the SVG, or show the source.
         bundle = {"text/vnd.mermaid": mermaid, "text/plain": mermaid}
+        if svg:
+            bundle["image/svg+xml"] = svg
         self.mermaid.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
         self.source = widgets.Textarea(value=plantuml, rows=6, layout=widgets.Layout(width="100%"))
         self.source.add_class("p2c-diagram-source")
@@ -439,9 +448,6 @@ class DiagramView:
         )
         self.widget.add_class("p2c-diagram")
         self.widget.add_class(f"p2c-diagram-{name.replace('_', '-')}")
-        cached = cached_svg(self.svg_path, run_dir)  # an SVG rendered since the design last changed is current
-        if cached is not None:
-            self.result.value = render.svg_img(cached, title)
 
     def render(self) -> None:
         uml = load_uml()
