@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pyflakes import checker as pyflakes_checker
 from pyflakes import messages as pyflakes_messages
 
+from p2c_notebook import pysource
 from p2c_notebook.artifacts import ArchitectureDesign, ClassSpec, LogicDesign, parse_config, topological_order
 from p2c_notebook.configreads import assigned_names, missing_config_reads
 from p2c_notebook.errors import PlanError, RunError
@@ -495,8 +496,8 @@ def _parse(path: str, source: str, errors: dict[str, tuple[int, str]]) -> ast.Mo
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compile(source, path, "exec", dont_inherit=True)
-            return ast.parse(source, path)
+            pysource.check_compiles(source, path)
+            return pysource.parse(source, path)
     except SyntaxError as exc:
         errors[path] = (exc.lineno or 0, exc.msg)
     except (ValueError, RecursionError, MemoryError) as exc:
@@ -1134,7 +1135,7 @@ def _design_arity(text: str) -> int | None:
     if text.casefold() in ("", "none", "-", "void", "n/a", "self"):
         return 0
     try:
-        parsed = ast.parse(f"def _f({text}): pass").body[0]
+        parsed = pysource.parse(f"def _f({text}): pass").body[0]
     except SyntaxError:
         parsed = None
     if isinstance(parsed, ast.FunctionDef):

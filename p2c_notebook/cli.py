@@ -13,6 +13,7 @@ from typing import Any, TextIO, cast
 from p2c_notebook import runchecks
 from p2c_notebook.errors import ConfigError, P2CError, PlanError, RunError
 from p2c_notebook.estimate import estimate_paper
+from p2c_notebook.execute.runner import describe_status as describe_exec
 from p2c_notebook.paper import read_paper
 from p2c_notebook.paper.model import describe_sections, exclude_sections, parse_patterns
 from p2c_notebook.pipeline import Pipeline
@@ -87,6 +88,28 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="several runs side by side as a Markdown table")
     compare.add_argument("runs", nargs="+", help="run folders")
+
+    execute = sub.add_parser("exec", help="run the generated repository in a sandbox (asks first; exit 1: it failed)")
+    execute.add_argument("run")
+    mode = execute.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="a tiny run (default)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the whole run")
+    execute.add_argument("--python", metavar="PATH", help="an existing interpreter (default: a venv for this run)")
+    execute.add_argument("--no-sandbox", action="store_true", help="run unconfined where no sandbox is available")
+    execute.add_argument("--yes", action="store_true", help="run without asking")
+
+    diff = sub.add_parser("diff", help="what changed in an artifact: an earlier version against the current one")
+    diff.add_argument("run")
+    diff.add_argument("artifact", help=f"one artifact ({artifacts}) or a repository path")
+    diff.add_argument(
+        "--against", type=int, metavar="N", help="the earlier version to compare (default: the latest; 0 lists them)"
+    )
+
+    questions = sub.add_parser("questions", help="the open questions of the planning: list, answer them")
+    questions.add_argument("run")
+    answer = questions.add_mutually_exclusive_group()
+    answer.add_argument("--answer", nargs=2, metavar=("ID", "TEXT"), help="save your answer to a question")
+    answer.add_argument("--judgement", metavar="ID", help='answer a question with "use your judgement"')
     return parser
 
 
@@ -131,6 +154,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"The last run stopped with: {failure}")
     if checked is not None and checked["files"]:
         print(runchecks.describe(checked) + _check_hint(checked, pipeline.store.root))
+    ran = describe_exec(pipeline.store.meta)
+    if ran:
+        print(ran)
     print(pipeline.next_command())
     return 0
 
@@ -215,10 +241,74 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Show what will be installed and run, ask, run it in the sandbox with its output live; 0 when it ran."""
+    from p2c_notebook.execute import runner
+    from p2c_notebook.execute.sandbox import ExecOutput
+
+    exec_plan = runner.plan(args.run, args.mode or "smoke", args.python, args.no_sandbox)
+    for line in exec_plan.describe():
+        print(line)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("Not running without a yes: pass --yes to run it (nothing was run).")
+        if input("Run it? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("Not run.")
+            return 0
+
+    def sink(event: object) -> None:
+        if isinstance(event, ExecOutput):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
+    outcome = runner.execute(exec_plan, sink)
+    print(outcome.describe())
+    return 0 if outcome.passed else 1
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from p2c_notebook.evaluate import compare_table
 
     print(compare_table(args.runs))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """A unified diff of the artifact's chosen earlier version against the current one (--against 0: the list)."""
+    from p2c_notebook import history
+
+    pipeline = Pipeline.open(args.run)
+    pipeline.rows()  # the run folder as it is on disk (edits included)
+    artifact = pipeline.resolve(args.artifact)[0] if args.artifact != registry.ANSWERS else args.artifact
+    if args.against == 0:
+        for version in history.versions(pipeline.store, artifact):
+            print(f"{version.number:>3}  {version.label}")
+        return 0
+    text = history.diff(pipeline.store, artifact, args.against)
+    print(text or f"{artifact}: the two versions are identical.")
+    return 0
+
+
+def cmd_questions(args: argparse.Namespace) -> int:
+    """The queue of open questions with ids and states; --answer / --judgement saves one (and says what is stale)."""
+    from p2c_notebook import questions
+
+    pipeline = Pipeline.open(args.run)
+    if args.answer or args.judgement:
+        qid = args.answer[0] if args.answer else args.judgement
+        stale = questions.answer(pipeline, qid, args.answer[1] if args.answer else None, bool(args.judgement))
+        print(f"Saved the answer to {qid} in {pipeline.store.root / registry.ANSWERS_PATH}.")
+        if stale:
+            print(f"Now stale: {len(stale)} artifact(s) made before this answer; `p2c run {args.run}` redoes them.")
+        return 0
+    queue = questions.questions(pipeline.store)
+    if not queue:
+        print("No open questions: the plan and designs ask none (or are not generated yet).")
+        return 0
+    for question in queue:
+        print(question.describe())
+    left = sum(q.state == "open" for q in queue)
+    print(f'{left} of {len(queue)} open. Answer with `p2c questions {args.run} --answer ID "TEXT"` or --judgement ID.')
     return 0
 
 
@@ -231,6 +321,9 @@ COMMANDS = {
     "check": cmd_check,
     "eval": cmd_eval,
     "compare": cmd_compare,
+    "exec": cmd_exec,
+    "diff": cmd_diff,
+    "questions": cmd_questions,
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
+from p2c_notebook import pysource
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backends import Backend, ChatRequest, Messages
 from p2c_notebook.backends.retry import RetryNotice
@@ -19,6 +19,7 @@ from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReporte
 from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
 from p2c_notebook.prompts.builder import json_schema, render
+from p2c_notebook.questions import prompt_block
 from p2c_notebook.settings import Settings
 from p2c_notebook.stages import registry
 from p2c_notebook.stages.registry import artifact_file
@@ -105,12 +106,20 @@ class StageContext:
                     text = f"```yaml\n{text.rstrip()}\n```"
                 self._answers[key] = text.rstrip()
             answers[step] = self._answers[key]
+        if upto is None and self.store.entry(registry.ANSWERS) is not None:  # the user's, to the open questions
+            key = (registry.ANSWERS, self.store.hash_of(registry.ANSWERS))
+            if key not in self._answers:
+                self._answers[key] = prompt_block(self.store.read(registry.ANSWERS))
+            if self._answers[key]:
+                answers[registry.ANSWERS] = self._answers[key]
         return answers
 
     def input_hashes(self, artifacts: list[str]) -> dict[str, str]:
         hashes = {}
         for artifact in artifacts:
             digest = self.store.hash_of(artifact)
+            if digest is None and artifact in registry.OPTIONAL_INPUTS:
+                continue  # e.g. no answers to the open questions: recorded as before
             if digest is None:
                 raise RunError(f"{artifact} must exist before this step; run the earlier stages first.")
             hashes[artifact] = digest
@@ -262,7 +271,7 @@ def check_python(path: str, code: str) -> None:
     if not path.endswith(".py"):
         return
     try:
-        ast.parse(code)
+        pysource.parse(code, path)
     except SyntaxError as exc:
         raise ParseError(f"{path} has a syntax error at line {exc.lineno}: {exc.msg}.") from None
 

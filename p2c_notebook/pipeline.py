@@ -253,7 +253,8 @@ class Pipeline:
         files = self.files()
         copies = [REPO_CONFIG] if config_copied(files) else []
         ids = registry.artifacts(files, registry.planning()) + registry.artifacts(files, registry.file_stages())
-        return ["paper", *ids, *copies, *registry.artifacts(files, registry.finishing())]
+        later = tuple(s for s in registry.finishing() if not s.on_request or self.store.entry(s.name))
+        return ["paper", *ids, *copies, *registry.artifacts(files, later)]
 
     def rows(self, recorded: bool = False) -> list[Row]:
         """Each artifact's status as the files on disk say now (read-only: safe while another process runs).
@@ -572,6 +573,8 @@ class Pipeline:
         to come, unedited ones: what they are made from is about to change)."""
         todo = []
         for stage in registry.finishing():
+            if stage.on_request and registry.index(stage.name) != last:
+                continue  # made only when `--until` names it
             wanted = self._needs(stage.name) or (upstream and not self._edited(stage.name))
             if wanted and first <= registry.index(stage.name) <= last:
                 todo.append(stage.name)

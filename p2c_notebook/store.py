@@ -31,6 +31,8 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 LOG = "logs/run.log"
 FOLDERS = ("paper", "planning", "analysis", "repo", "logs")
+HISTORY = "history"  # earlier versions of replaced artifacts: history/<artifact file>.<n>
+KEEP_VERSIONS = 10  # per artifact; older ones are deleted
 MAX_FILE_BYTES = 64 * 1024 * 1024  # no artifact comes near this; a larger file is refused, not read into memory
 
 
@@ -228,7 +230,7 @@ def manifest_text(data: dict[str, Any]) -> str:
     lines = []
     for key in sorted(data):
         value = data[key]
-        if isinstance(value, dict) and key in ("artifacts", "pending", "derived") and value:
+        if isinstance(value, dict) and key in ("artifacts", "pending", "derived", "history") and value:
             inner = ",\n".join(f"    {json.dumps(k)}: {json.dumps(value[k], sort_keys=True)}" for k in sorted(value))
             lines.append(f"  {json.dumps(key)}: {{\n{inner}\n  }}")
         else:
@@ -420,6 +422,7 @@ class RunStore:
         target = self._inside(rel)
         extras = {self._inside(extra_rel): extra for extra_rel, extra in (extra_files or {}).items()}
         entry = Entry(artifact, rel, sha256(content), status, dict(inputs), model, usage or Usage(), now())
+        self._keep_version(artifact, content)
         with self._lock:
             self._data.setdefault("pending", {})[artifact] = entry.to_dict()
             try:
@@ -445,6 +448,59 @@ class RunStore:
             self._drop_pending(artifact)
             self._flush()
         return entry
+
+    # --- earlier versions ------------------------------------------------------------------------
+    def _keep_version(self, artifact: str, content: str) -> None:
+        """Before an artifact is replaced (regenerated, edited, re-run), copy the version on disk to
+        history/<file>.<n> and record it, so it can be compared with the new one; the last KEEP_VERSIONS are kept.
+
+        The copy is written before the new version, so a crash in between loses nothing; a copy whose record did
+        not get written is simply written again under the same number."""
+        raw = self._data["artifacts"].get(artifact)
+        if raw is None:
+            return
+        try:
+            old = self.read_path(str(raw["path"]))
+        except RunError:
+            return  # not readable text: nothing to compare against
+        if old is None or old == content:
+            return
+        with self._lock:
+            kept: list[dict[str, Any]] = list((self._data.get(HISTORY) or {}).get(artifact, []))
+            number = (int(kept[-1]["n"]) + 1) if kept else 1
+            rel = f"{HISTORY}/{raw['path']}.{number}"
+            atomic_write(self._inside(rel), old)
+            kept.append(
+                {
+                    "n": number,
+                    "path": rel,
+                    "sha256": sha256(old),
+                    "status": str(raw.get("status", "")),
+                    "model": str(raw.get("model", "")),
+                    "updated": str(raw.get("updated", "")),
+                    "replaced": now(),
+                }
+            )
+            for gone in kept[:-KEEP_VERSIONS]:
+                with contextlib.suppress(OSError):
+                    (self.root / str(gone["path"])).unlink()
+            self._data.setdefault(HISTORY, {})[artifact] = kept[-KEEP_VERSIONS:]
+
+    def versions(self, artifact: str) -> list[dict[str, Any]]:
+        """The kept earlier versions of an artifact, oldest first: n, path, sha256, status, model, updated (when
+        that version was saved) and replaced (when it was replaced)."""
+        return [dict(v) for v in (self._data.get(HISTORY) or {}).get(artifact, [])]
+
+    def version_text(self, artifact: str, number: int) -> str:
+        """The text of an earlier version (`versions`' n)."""
+        found = next((v for v in self.versions(artifact) if int(v["n"]) == number), None)
+        if found is None:
+            kept = ", ".join(str(v["n"]) for v in self.versions(artifact)) or "none"
+            raise RunError(f"{artifact} has no earlier version {number} in {self.root} (kept: {kept}).")
+        text = self.read_path(str(found["path"]))
+        if text is None:
+            raise RunError(f"{self.root / str(found['path'])} is missing: that earlier version of {artifact} is gone.")
+        return text
 
     # --- derived files ---------------------------------------------------------------------------
     def save_derived(self, rel: str, content: str, source: str) -> bool:

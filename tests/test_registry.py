@@ -171,7 +171,7 @@ def test_a_registered_stage_gets_its_magic_verb_and_its_name_in_the_cli_help(
     assert parse_line("summarize --approve-each").command == "summarize"
     with pytest.raises(SystemExit):
         main(["run", "--help"])
-    assert "analysis, code, summary (or planning, coding)" in " ".join(capsys.readouterr().out.split())
+    assert "analysis, code, reproduce, summary (or planning, coding)" in " ".join(capsys.readouterr().out.split())
 
 
 # --- the registry itself -----------------------------------------------------------------------------------
@@ -181,15 +181,18 @@ def test_the_built_in_stages_record_the_inputs_they_always_did() -> None:
     assert [s.name for s in registry.stages()] == [*planning, "analysis", "code"]
     assert inputs_for("plan") == ["paper"] and inputs_for("config") == ["paper", "plan"]
     assert inputs_for("logic") == ["paper", "plan", "design"]
-    assert inputs_for("analysis/main.py", logic) == ["paper", *planning]
+    # "answers" (to the open questions) is recorded only once there are answers: see test_questions.py
+    assert inputs_for("analysis/main.py", logic) == ["paper", *planning, "answers"]
     assert inputs_for("code/main.py", logic) == [
         "paper",
         *planning,
+        "answers",
         "analysis/main.py",
         "code/models/net.py",
         "code/data.py",
     ]
-    assert inputs_for("code/unplanned.py", logic) == ["paper", *planning]  # a file the user wrote: no file inputs
+    unplanned = inputs_for("code/unplanned.py", logic)
+    assert unplanned == ["paper", *planning, "answers"]  # a file the user wrote: no file inputs
     assert registry.artifact_file("code/models/net.py") == "repo/models/net.py"
     assert registry.artifact_file("analysis/main.py") == "analysis/main.py.md"
     assert registry.verbs() == {"plan": "config", "analyze": "analysis", "code": "code"}

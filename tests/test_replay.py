@@ -91,8 +91,10 @@ def test_a_changed_paper_is_a_clear_replay_miss(serve: Any, paper_md: Path, tmp_
         pipeline.run()
     message = str(caught.value)
     assert message.startswith("no recording for this request (stage=plan, file=-)")
-    assert "the prompt differs from the recorded run; re-record with --record or use a real backend" in message
+    assert "the prompt differs from the recorded run" in message and "re-record with --record" in message
+    assert "c.jsonl holds 1 call(s) for it, made from the notebook's own text" in message
     assert "message 2 (user)" in message  # the paper is in the first user message
+    assert "\n" not in message  # one line for the CLI
     assert isinstance(caught.value, P2CError)
 
 
@@ -188,3 +190,55 @@ def test_the_shipped_local_model_cassette_replays_the_example_paper(tmp_path: Pa
         if path.endswith(".py"):
             ast.parse((tmp_path / "run" / "repo" / path).read_text(encoding="utf-8"))
     assert "[secret]" not in cassette.read_text(encoding="utf-8")  # nothing needed scrubbing in a local run
+
+
+def test_a_students_own_feedback_is_a_miss_that_says_what_is_recorded_and_how_to_go_live(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    """Replay that teaches: the message names what the cassette holds for the stage, that only the notebook's text
+    was recorded, how to use that text, and the one line that switches to a live model."""
+    cassette = tmp_path / "c.jsonl"
+    _record(paper_md, tmp_path / "run", cassette, serve(small_scenario()))
+    with (
+        Pipeline.open(tmp_path / "run", settings=Settings(backend=f"replay:{cassette}")) as pipeline,
+        pytest.raises(ReplayMissError) as caught,
+    ):
+        pipeline.regenerate("config", feedback="Use my own learning rate of 0.3, please.")
+    line, paragraph = str(caught.value), caught.value.explanation
+    assert line.startswith("no recording for this request (stage=config, file=-)") and "\n" not in line
+    assert "an edit in your own words or your own feedback is a new request" in line
+    assert "--backend openai --base-url URL" in line and "P2C_REPLAY_FALLBACK=openai" in line
+    assert "the recorded call had more messages" not in paragraph
+    assert "c.jsonl holds 1 call(s) for it" in paragraph  # what is recorded for this stage
+    assert "Only the notebook's own text was recorded" in paragraph
+    assert "clear the feedback box" in paragraph and "undo your edit" in paragraph
+    assert 'SETTINGS = {"backend": "openai"' in paragraph and "%p2c use --backend openai" in paragraph
+    assert '"replay_fallback": "openai"' in paragraph
+
+
+def test_a_file_the_cassette_lacks_lists_what_it_holds_for_that_stage(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    cassette = tmp_path / "c.jsonl"
+    _record(paper_md, tmp_path / "run", cassette, serve(small_scenario()))
+    request = ChatRequest([{"role": "user", "content": "x"}], "analysis", "extra.py")
+    with pytest.raises(ReplayMissError) as caught:
+        ReplayBackend(cassette).complete(request, lambda _: None)
+    recorded = sorted({e["request"]["file"] for e in read_cassette(cassette) if e["request"]["stage"] == "analysis"})
+    assert recorded and f"(for analysis it holds: {', '.join(recorded)})" in caught.value.explanation
+
+
+def test_a_students_own_feedback_goes_to_the_live_fallback_when_one_is_configured(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    server = serve(small_scenario())
+    cassette = tmp_path / "c.jsonl"
+    _record(paper_md, tmp_path / "run", cassette, server)
+    asked = len(server.requests)
+    live = settings_for(server, backend=f"replay:{cassette}", replay_fallback="openai")
+    with Pipeline.open(tmp_path / "run", settings=live) as pipeline:
+        pipeline.regenerate("config", feedback="Use my own learning rate of 0.3, please.")
+        pipeline.regenerate("plan")  # the notebook's own text: replayed, not asked
+    sent = server.requests[asked:]
+    assert [(r["stage"], r["file"]) for r in sent] == [("config", "")]
+    assert "my own learning rate of 0.3" in json.dumps(sent[0]["messages"])

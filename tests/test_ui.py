@@ -23,6 +23,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import p2c_notebook
 from p2c_notebook.events import Event, StageStarted
 from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.settings import Settings
 from p2c_notebook.store import artifact_file
 from p2c_notebook.ui import Walkthrough, walkthrough
 from p2c_notebook.ui.magics import P2CMagics
@@ -722,3 +723,75 @@ def test_the_stream_header_names_every_call_in_flight(serve: Any, paper_md: Path
     wt.run(require_approval=False, block=True)  # the analyses all start at once
     assert wt.last_error is None
     assert any(f"{len(FILES)} in flight: analysis/" in h for h in headers), headers[-3:]
+
+
+# --- idempotent cells: what the widget already did is reported, not an error -----------------------------------
+def test_cells_after_the_same_steps_in_the_widget_report_them_done(finished: tuple[Any, Path]) -> None:
+    """The exercise done in the widget (edit, Re-run stale, Regenerate with feedback), then its cells run: every
+    cell reports what is already done, sends nothing and raises nothing."""
+    server, run = finished
+    wt = open_walkthrough(server, run)
+    wt.auto_approve.value = True
+    corrected = "lr: 0.05\nepochs: 3\n"
+    config = wt.panel("config")
+    config.edit_button.click()
+    config.editor.value = corrected
+    config.save_button.click()
+    assert "Now stale" in config.message.value
+    wt.stale_button.click()
+    wt.wait()
+    assert wt.last_error is None and all(r.status != "stale" for r in wt.pipeline.rows())
+    feedback = "Name the entry point's function main."
+    code = wt.panel("code/main.py")
+    code.ensure_controls()
+    code.feedback.value = feedback
+    code.regenerate_button.click()
+    wt.wait()
+    assert wt.last_error is None
+    asked = len(server.requests)
+    manifest_before = manifest(run)
+
+    assert wt.edit("config", corrected) == []  # the cells of the exercise, as written in the notebook
+    assert "already holds this text" in wt.status_line.value
+    assert wt.rerun_stale(block=True) == "Nothing is stale: every artifact is up to date (already re-run)."
+    assert wt.last_error is None and wt.last_result is not None and wt.last_result.state == "done"
+    assert "already regenerated with this feedback" in str(wt.regenerate("code/main.py", feedback, block=True))
+    assert str(wt.run(until="config", block=True)).startswith("Already done: everything up to the config.yaml")
+    assert str(wt.run(block=True)).startswith("Already done: every artifact is generated and up to date")
+    assert "Nothing left to do" in str(wt.run_stage(block=True))
+    assert wt.last_error is None
+    assert len(server.requests) == asked and manifest(run) == manifest_before
+    assert manifest(run)["config"] == "edited"
+
+    # Different feedback is a new request, and asked for.
+    assert wt.regenerate("code/main.py", "Also print the loss.", block=True) is None
+    assert wt.last_error is None and len(server.requests) == asked + 1
+    wt.close()
+
+
+def test_a_blocking_cell_waits_for_the_job_a_click_started(finished: tuple[Any, Path]) -> None:
+    server, run = finished
+    wt = open_walkthrough(server, run)
+    wt.regenerate("plan")  # a click: the job runs in the background
+    wt.rerun_stale(block=True)  # the next cell: waits, then re-runs what the new plan made stale
+    assert wt.last_error is None, wt.last_error
+    assert all(r.status != "stale" for r in wt.pipeline.rows())
+    wt.close()
+
+
+def test_a_replay_miss_in_the_widget_is_a_paragraph_for_a_student(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    server = serve(small_scenario())
+    cassette = tmp_path / "c.jsonl"
+    run = make_run(server, paper_md, tmp_path / "run", record=str(cassette))
+    server.stop()
+    wt = Walkthrough(Pipeline.open(run, settings=Settings(backend=f"replay:{cassette}")))
+    panel = wt.panel("config")
+    panel.ensure_controls()
+    panel.feedback.value = "My own words: use a learning rate of 0.3."
+    panel.regenerate_button.click()
+    wt.wait()
+    shown = wt.status_line.value + panel.message.value
+    assert "Only the notebook&#x27;s own text was recorded" in shown or "Only the notebook's own text" in shown
+    assert "clear the feedback box" in shown and "SETTINGS = " in shown and "%p2c use --backend openai" in shown
+    assert "…" not in wt.status_line.value  # the whole paragraph, not cut
+    wt.close()

@@ -16,7 +16,6 @@ from p2c_notebook.backends.replay import RecordingBackend, ReplayBackend
 from p2c_notebook.errors import ConfigError
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings
-from p2c_notebook.testing.server import ScriptedServer
 
 __all__ = [
     "BACKENDS",
@@ -90,6 +89,9 @@ def _replay(settings: Settings, arg: str, notify: Notify) -> Backend:
 def _scripted(settings: Settings, arg: str, notify: Notify) -> Backend:
     if not arg:
         raise ConfigError("--backend scripted needs a scenario file: --backend scripted:SCENARIO.yaml")
+    # Imported here, not at the top: `python -m p2c_notebook.testing.server` must not find itself imported.
+    from p2c_notebook.testing.server import ScriptedServer
+
     server = ScriptedServer(arg)
     base_url = server.start()
     model = settings.model if "model" in settings.model_fields_set else "scripted"

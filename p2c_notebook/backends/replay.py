@@ -27,8 +27,42 @@ from p2c_notebook.usage import Usage
 FORMAT = 1
 _STREAM_PIECE = 64  # characters per replayed delta
 
+#: How to switch a notebook (or the CLI) to a live model, in one line each.
+_LIVE_HINT = (
+    'SETTINGS = {"backend": "openai", "base_url": "http://HOST:8000/v1", "model": "MODEL"} (or keep the replay and '
+    'add "replay_fallback": "openai" to it so only what the cassette lacks goes to the model), or '
+    "`%p2c use --backend openai --base-url http://HOST:8000/v1 --model MODEL`"
+)
+
+
 class ReplayMissError(BackendError):
-    """The replayed run asked something the cassette does not hold."""
+    """The replayed run asked something the cassette does not hold.
+
+    `str()` is one line (the CLI's); `explanation` is the short paragraph a notebook shows a student."""
+
+    def __init__(self, message: str, explanation: str = "") -> None:
+        super().__init__(message)
+        self.explanation = explanation or message
+
+
+def _recorded(entry: dict[str, Any], field: str) -> str:
+    request = entry.get("request")
+    value = request.get(field) if isinstance(request, dict) else None
+    return str(value) if value else ""
+
+
+def _difference(wanted: list[dict[str, Any]], same: list[dict[str, Any]]) -> str:
+    """Where this request leaves the recorded ones with the same stage and file (the closest of them)."""
+    longest = 0
+    for entry in same:
+        recorded = entry.get("request", {}).get("messages", [])
+        common = 0
+        while common < min(len(wanted), len(recorded)) and recorded[common].get("sha256") == wanted[common]["sha256"]:
+            common += 1
+        if common == len(wanted):
+            return "the recorded call had more messages (a repair or feedback turn)"
+        longest = max(longest, common)
+    return f"the first difference is in message {longest + 1} ({wanted[longest]['role']})"
 
 
 def request_key(request: ChatRequest) -> str:
@@ -196,7 +230,8 @@ class ReplayBackend:
                 self._by_key[key] = [{**entry, "finish_reason": completion.finish_reason}]
             return completion
         if not recorded:
-            raise ReplayMissError(self._miss_message(request))
+            line, paragraph = self._miss_message(request)
+            raise ReplayMissError(line, paragraph)
         entry = recorded[-1]  # recorded again (a resumed or repeated recording): the latest reply wins
         text = str(entry.get("reply", ""))
         for start in range(0, len(text), _STREAM_PIECE):
@@ -206,25 +241,48 @@ class ReplayBackend:
             text, Usage.from_dict(usage) if isinstance(usage, dict) else Usage(calls=1), entry.get("finish_reason")
         )
 
-    def _miss_message(self, request: ChatRequest) -> str:
+    def _miss_message(self, request: ChatRequest) -> tuple[str, str]:
+        """Why the cassette has no reply, in a student's terms: what it holds for this stage and file, that only
+        the notebook's own text was recorded, and the two ways on (the notebook's text, or a live model).
+
+        Returns the one line (what the CLI prints) and the paragraph (what the widget shows)."""
         where = f"stage={request.stage}, file={request.file or '-'}"
-        message = (
-            f"no recording for this request ({where}): the prompt differs from the recorded run; "
-            "re-record with --record or use a real backend."
-        )
         same = [
-            e
-            for e in self._entries
-            if e.get("request", {}).get("stage") == request.stage and e.get("request", {}).get("file") == request.file
+            e for e in self._entries if _recorded(e, "stage") == request.stage and _recorded(e, "file") == request.file
         ]
+        held = sorted(
+            {
+                _recorded(e, "file") or _recorded(e, "stage")
+                for e in self._entries
+                if _recorded(e, "stage") == request.stage
+            }
+        )
         if not same:
-            return message + f" {self.path} has no call for this stage and file."
-        wanted = _compact(request)["messages"]
-        best = same[0]["request"].get("messages", [])
-        for index, message_now in enumerate(wanted):
-            if index >= len(best) or best[index].get("sha256") != message_now["sha256"]:
-                return message + f" The first difference is in message {index + 1} ({message_now['role']})."
-        return message + " The recorded call had more messages (a repair or feedback turn)."
+            listed = ", ".join(held[:8]) + (" …" if len(held) > 8 else "")
+            found = f"{self.path.name} has no call for this stage and file" + (
+                f" (for {request.stage} it holds: {listed})" if held else f" (nor any for {request.stage})"
+            )
+        else:
+            found = (
+                f"{self.path.name} holds {len(same)} call(s) for it, made from the notebook's own text; "
+                + _difference(_compact(request)["messages"], same)
+            )
+        line = (
+            f"no recording for this request ({where}): the prompt differs from the recorded run, because {found}. "
+            "A cassette replays only the exact text it recorded: an edit in your own words or your own feedback "
+            "is a new request. Undo the edit (or drop the feedback) to replay it, or use a live model (--backend "
+            "openai --base-url URL, or P2C_REPLAY_FALLBACK=openai to send only what the cassette lacks); or "
+            "re-record with --record."
+        )
+        paragraph = (
+            f"This notebook replays recorded model replies ({self.path.name}), and it has none for this request "
+            f"({request.stage}{' of ' + request.file if request.file else ''}): {found}. "
+            "Only the notebook's own text was recorded, so an edit in your own words or your own feedback is a new "
+            "question that needs a live model. To go on without one, use the notebook's text: undo your edit (or "
+            "clear the feedback box) and click again. To use your own words, point the notebook at a live model "
+            f"with one line: {_LIVE_HINT}."
+        )
+        return line, paragraph
 
     def close(self) -> None:
         if self.fallback is not None:

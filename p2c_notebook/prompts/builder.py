@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from p2c_notebook import pysource
 from p2c_notebook.stages import registry
 
 Messages = list[dict[str, str]]
@@ -92,8 +93,12 @@ class PromptBuilder:
         return messages, context
 
     def _file_call(self, answers: dict[str, str], task: str) -> Messages:
+        """The shared prefix, then the per-file message; the user's answers to the open questions (when there are
+        any: `answers["answers"]`, the rendered open_answers block) come between the design and the task."""
         messages, context = self.file_prefix(answers)
-        return [*messages, {"role": "user", "content": f"{context}\n\n{task}"}]
+        replies = answers.get(registry.ANSWERS, "")
+        body = f"{context}\n\n{replies}\n\n{task}" if replies else f"{context}\n\n{task}"
+        return [*messages, {"role": "user", "content": body}]
 
     def analysis(self, answers: dict[str, str], path: str, role: str, depends_on: list[str]) -> Messages:
         task = render("analysis", path=path, role=role, depends_on=", ".join(depends_on) or "no other file")
@@ -167,7 +172,7 @@ def interface_of(path: str, code: str) -> str:
     if not path.endswith(".py"):
         return code
     try:
-        tree = ast.parse(code)
+        tree = pysource.parse(code, path)
     except SyntaxError:
         return code
     lines: list[str] = []

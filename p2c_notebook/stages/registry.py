@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 #: The paper as the model sees it: an artifact every stage is made from, but not a model stage.
 PAPER = "paper"
 PAPER_PATH = "paper/paper.md"
+#: The user's answers to the planning's open questions (`p2c questions`): an input of the stages that declare it,
+#: recorded only once there are answers, so a run without any records (and asks) what it always did.
+ANSWERS = "answers"
+ANSWERS_PATH = "planning/answers.yaml"
+OPTIONAL_INPUTS = frozenset({ANSWERS})
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Stage:
     schema: type[BaseModel] | None = None  # the JSON schema its reply must follow
     typical_output: int = 1000  # the estimate's stand-in reply size, in tokens
     kind: str = "markdown"  # how views render it: markdown | json | yaml | code
+    on_request: bool = False  # made only when asked for (`--until NAME`, `p2c exec`), never by a default run
 
     @property
     def family(self) -> str:
@@ -134,7 +140,7 @@ _BUILT_IN = (
         "analysis/{file}.md",
         "p2c_notebook.analysis:analyze_file",
         per_file=True,
-        inputs=(PAPER, *_PLANNING),
+        inputs=(PAPER, *_PLANNING, ANSWERS),
         verb="analyze",
         aliases=("analyze",),
         typical_output=800,
@@ -145,12 +151,24 @@ _BUILT_IN = (
         "repo/{file}",
         "p2c_notebook.coding:code_file",
         per_file=True,
-        inputs=(PAPER, *_PLANNING, "analysis/{file}", "code/{deps}"),
+        inputs=(PAPER, *_PLANNING, ANSWERS, "analysis/{file}", "code/{deps}"),
         group="coding",
         verb="code",
         aliases=("coding", "repo"),
         typical_output=1500,
         kind="code",
+    ),
+    # How to run the repository (`bash reproduce.sh --smoke`): on request only, so that a default run (and the
+    # cassettes recorded before it existed) asks for what it always did.
+    Stage(
+        "reproduce",
+        "reproduce.sh",
+        "repo/reproduce.sh",
+        "p2c_notebook.execute.reproduce:make_reproduce",
+        inputs=(PAPER, *_PLANNING, "code/*"),
+        typical_output=400,
+        kind="text",
+        on_request=True,
     ),
 )
 _stages: list[Stage] = list(_BUILT_IN)
@@ -159,7 +177,7 @@ _stages: list[Stage] = list(_BUILT_IN)
 # --- changing the registry ------------------------------------------------------------------------------
 def register(stage: Stage, after: str | None = None) -> Stage:
     """Add a stage (a plug-in, or a test's toy stage) after `after` (default: last); a name taken is refused."""
-    taken = {n for s in _stages for n in (s.name, *s.aliases)} | {PAPER}
+    taken = {n for s in _stages for n in (s.name, *s.aliases)} | {PAPER, ANSWERS}
     clash = [n for n in (stage.name, *stage.aliases) if n in taken]
     if clash:
         raise ConfigError(f"A stage named {clash[0]!r} is already registered: choose another name.")
@@ -242,7 +260,7 @@ def file_stages() -> tuple[Stage, ...]:
 
 
 def finishing() -> tuple[Stage, ...]:
-    """The stages made once per run after the per-file ones (none built in): they run once every file is made."""
+    """The stages made once per run after the per-file ones: they run once every file is made."""
     return tuple(s for s in _stages if not s.per_file and s not in planning())
 
 
@@ -270,6 +288,8 @@ def artifact_file(artifact: str) -> str:
     """Where an artifact lives inside the run folder (relative path)."""
     if artifact == PAPER:
         return PAPER_PATH
+    if artifact == ANSWERS:
+        return ANSWERS_PATH
     name, slash, file = artifact.partition("/")
     stage = next((s for s in _stages if s.name == name and s.per_file == bool(slash)), None)
     if stage is None:

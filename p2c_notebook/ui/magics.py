@@ -46,8 +46,11 @@ HELP = """\
                                          choose the model server (the key is never shown)
 %p2c eval [--reference DIR] [--judge MODEL] [-n N]
                                          judge the generated code against the paper (score 1-5, critiques)
+%p2c exec [--smoke | --full] [--python PATH] [--no-sandbox] [--yes]
+                                         run the generated code in a sandbox: shows what it will run; --yes runs it
+%p2c questions [--answer ID TEXT | --judgement ID]
+                                         the planning's open questions; answer one (analysis and code go stale)
 %p2c walkthrough | cancel | help         show the widget / stop a background run / this text"""
-
 
 
 def run_verbs() -> dict[str, str | None]:
@@ -104,6 +107,17 @@ def _parser() -> _Parser:
     judge.add_argument("--reference")
     judge.add_argument("--judge")
     judge.add_argument("-n", type=int, default=8)
+    execute = sub.add_parser("exec")
+    mode = execute.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    execute.add_argument("--python")
+    execute.add_argument("--no-sandbox", action="store_true")
+    execute.add_argument("--yes", action="store_true")
+    questions = sub.add_parser("questions")
+    reply = questions.add_mutually_exclusive_group()
+    reply.add_argument("--answer", nargs=2, metavar=("ID", "TEXT"))
+    reply.add_argument("--judgement", metavar="ID")
     for name in ("walkthrough", "cancel", "help"):
         sub.add_parser(name)
     return parser
@@ -308,6 +322,23 @@ class P2CMagics(Magics):
         if self.walkthrough is not None and not busy:
             self.walkthrough.refresh()
 
+    def _cmd_questions(self, args: argparse.Namespace, cell: str | None) -> None:
+        """List the open questions (ids, states); --answer / --judgement saves one, as `p2c questions` does."""
+        from p2c_notebook import questions
+
+        pipeline = self.require()
+        if args.answer or args.judgement:
+            self._idle()
+            qid = args.answer[0] if args.answer else args.judgement
+            stale = questions.answer(pipeline, qid, args.answer[1] if args.answer else None, bool(args.judgement))
+            print(f"Saved the answer to {qid}." + (f" Now stale: {len(stale)} artifact(s)." if stale else ""))
+            if self.walkthrough is not None:
+                self.walkthrough.refresh()
+            return
+        queue = questions.questions(pipeline.store)
+        lines = [q.describe() for q in queue] or ["No open questions: the plan and designs ask none (yet)."]
+        print(escape_controls("\n".join(lines)))
+
     def _cmd_show(self, args: argparse.Namespace, cell: str | None) -> None:
         pipeline = self.require()
         for artifact in pipeline.resolve(args.artifact):
@@ -357,6 +388,27 @@ class P2CMagics(Magics):
         sinks = () if self.use_widgets() else (TerminalRenderer(),)
         summary = judge(pipeline.store.root, settings, args.n, args.reference, sinks=sinks)
         print(escape_controls("\n".join(report_lines(summary))))
+
+    def _cmd_exec(self, args: argparse.Namespace, cell: str | None) -> None:
+        """Without --yes it only shows what would be installed and run: the second line, with --yes, is the ask."""
+        from p2c_notebook.execute import runner
+        from p2c_notebook.execute.sandbox import ExecOutput
+
+        pipeline = self.require()
+        self._idle()
+        exec_plan = runner.plan(pipeline.store.root, args.mode or "smoke", args.python, args.no_sandbox)
+        print(escape_controls("\n".join(exec_plan.describe())))
+        if not args.yes:
+            print("Nothing was run. Add --yes to the same line to run it.")
+            return
+
+        def sink(event: object) -> None:
+            if isinstance(event, ExecOutput):
+                sys.stdout.write(escape_controls(event.text))
+
+        outcome = runner.execute(exec_plan, sink)
+        pipeline.store.reload()
+        print(outcome.describe())
 
     def _cmd_walkthrough(self, args: argparse.Namespace, cell: str | None) -> None:
         if not self.use_widgets():

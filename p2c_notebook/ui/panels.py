@@ -25,6 +25,7 @@ from p2c_notebook.diagrams import (
     sequence_diagram_plantuml,
 )
 from p2c_notebook.errors import EditedArtifactError, P2CError
+from p2c_notebook.history import CURRENT, Version
 from p2c_notebook.pipeline import Row
 from p2c_notebook.store import atomic_write
 from p2c_notebook.ui import render
@@ -50,7 +51,11 @@ class PanelOwner(Protocol):
 
     def regenerate(
         self, artifact: str, feedback: str | None = None, overwrite_edited: bool = False, block: bool = False
-    ) -> None: ...
+    ) -> str | None: ...
+
+    def versions(self, artifact: str) -> list[Version]: ...
+
+    def diff_html(self, artifact: str, older: int, newer: int = CURRENT) -> str: ...
 
 
 def load_uml() -> ModuleType | None:
@@ -107,13 +112,27 @@ class ArtifactPanel:
         self.message = html("", "p2c-message")
         self.content = widgets.VBox()
         self.content.add_class("p2c-content")
-        self.widget = widgets.VBox([self.head, self.content, self.message])
+        self.checks = html("", "p2c-checks-box")  # a code file's static checks (filled by the walkthrough)
+        self.widget = widgets.VBox([self.head, self.checks, self.content, self.message])
         for name in ("p2c-panel", f"p2c-panel-{render.slug(artifact)}", f"p2c-stage-{self.stage}"):
             self.widget.add_class(name)
         self.has_controls = False
         self.editor_box: Any = None
+        self.compare_box: Any = None
         self._busy = False
         self._set_status("missing")
+
+    def _arrange(self) -> None:
+        """The panel's parts in order; the controls, editor and compare view exist only once needed."""
+        parts = [self.head, self.checks, self.content]
+        if self.compare_box is not None:
+            parts.append(self.compare_box)
+        if self.editor_box is not None:
+            parts.append(self.editor_box)
+        parts.append(self.message)
+        if self.has_controls:
+            parts += [self.feedback, self.actions]
+        self.widget.children = parts
 
     def _draw_head(self) -> None:
         status = render.esc(self.status)
@@ -152,7 +171,7 @@ class ArtifactPanel:
         self.edit_button.on_click(lambda _: self._guard(self._open_editor))
         self.regenerate_button.on_click(lambda _: self._guard(lambda: self._regenerate(False)))
         self.confirm_button.on_click(lambda _: self._guard(lambda: self._regenerate(True)))
-        self.widget.children = [self.head, self.content, self.message, self.feedback, self.actions]
+        self._arrange()
 
     def ensure_editor(self) -> None:
         """The editor, built on the first Edit: most artifacts are never edited by hand."""
@@ -167,7 +186,7 @@ class ArtifactPanel:
         self.cancel_button.on_click(lambda _: self._close_editor())
         self.editor_box = widgets.VBox([self.editor, widgets.HBox([self.save_button, self.cancel_button])])
         self.editor_box.add_class("p2c-editor-box")
-        self.widget.children = [self.head, self.content, self.editor_box, self.message, self.feedback, self.actions]
+        self._arrange()
         self.set_busy(self._busy)
 
     # --- state from the run folder -------------------------------------------------------------------
@@ -228,6 +247,45 @@ class ArtifactPanel:
                 self.content.children = self._views(text)
         for child in old:
             close_tree(child)
+        self._draw_compare()
+
+    # --- compare with earlier versions ---------------------------------------------------------------
+    def _draw_compare(self) -> None:
+        """A "Compare with" list of the earlier versions the run folder keeps (none: no compare view)."""
+        try:
+            earlier = [v for v in self.owner.versions(self.artifact) if v.number != CURRENT]
+        except P2CError:
+            earlier = []
+        if not earlier:
+            if self.compare_box is not None:
+                show(self.compare_box, False)
+            return
+        if self.compare_box is None:
+            self.compare = widgets.Dropdown(description="Compare with", options=[("—", -1)], value=-1)
+            self.compare.add_class("p2c-compare-choice")
+            self.compare.style.description_width = "initial"
+            self.diff = html("", "p2c-diff-box")
+            self.compare.observe(lambda _: self._draw_diff(), names="value")
+            self.compare_box = widgets.VBox([self.compare, self.diff])
+            self.compare_box.add_class("p2c-compare")
+            self._arrange()
+        show(self.compare_box, True)
+        options = [("— an earlier version —", -1)] + [(v.label, v.number) for v in reversed(earlier)]
+        chosen = self.compare.value if self.compare.value in {n for _, n in options} else -1
+        self.compare.options = options
+        self.compare.value = chosen
+        self._draw_diff()
+
+    def _draw_diff(self) -> None:
+        """The diff of the chosen earlier version against the current one (added lines +, removed -)."""
+        number = self.compare.value
+        if number is None or number < 0:
+            self.diff.value = ""
+            return
+        try:
+            self.diff.value = self.owner.diff_html(self.artifact, int(number))
+        except P2CError as exc:
+            self.diff.value = f"<p class='p2c-error'>{render.esc(render.one_line(str(exc)))}</p>"
 
     def _fill_missing(self) -> None:
         hint = "Not generated yet: click <b>Run next stage</b>."
@@ -291,7 +349,7 @@ class ArtifactPanel:
                 self.show_note(note)
 
     def show_error(self, text: str) -> None:
-        self.message.value = f"<span class='p2c-error'>{render.esc(render.one_line(text))}</span>"
+        self.message.value = f"<span class='p2c-error'>{render.esc(render.one_line(text, 1200))}</span>"
 
     def show_note(self, text: str) -> None:
         self.message.value = f"<span class='p2c-note'>{render.esc(render.one_line(text))}</span>"
@@ -321,6 +379,9 @@ class ArtifactPanel:
         self.clear_message()
 
     def _save(self) -> str:
+        if self.editor.value == self.owner.read(self.artifact):
+            show(self.editor_box, False)
+            return "Nothing to save: this is the text already saved."
         stale = self.owner.edit(self.artifact, self.editor.value)
         show(self.editor_box, False)
         return "Saved your edit." + (f" Now stale: {len(stale)} artifact(s) that depend on it." if stale else "")
@@ -332,8 +393,7 @@ class ArtifactPanel:
         show(self.confirm_button, False)
         feedback = self.feedback.value.strip() or None
         self.show_note(f"Regenerating {self.artifact}…")  # before the job starts: it may finish at once
-        self.owner.regenerate(self.artifact, feedback, overwrite_edited=confirmed)
-        return None
+        return self.owner.regenerate(self.artifact, feedback, overwrite_edited=confirmed)
 
 
 def dependency_graph(logic: LogicDesign, save_to: Path, inline: bool = False) -> str:
@@ -478,7 +538,10 @@ class RepoPanel:
         self.download_button.on_click(lambda _: self.download())
         head = widgets.HBox([html("<span>Repository</span>", "p2c-title"), self.badge])
         head.add_class("p2c-panel-head")
-        self.widget = widgets.VBox([head, self.tree, widgets.HBox([self.download_button]), self.link, self.message])
+        self.checks = html("", "p2c-repo-checks")  # the static checks' summary (filled by the walkthrough)
+        self.widget = widgets.VBox(
+            [head, self.tree, self.checks, widgets.HBox([self.download_button]), self.link, self.message]
+        )
         for name in ("p2c-panel", "p2c-panel-repo"):
             self.widget.add_class(name)
         self._files: list[str] | None = None

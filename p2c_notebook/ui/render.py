@@ -358,15 +358,16 @@ def stepper_html(steps: list[tuple[str, str, str, str]], current: str | None) ->
     return f"<ol class='p2c-stepper' aria-label='Stages'>{''.join(items)}</ol>"
 
 
-def static_panel_html(artifact: str, status: str, usage: str, body: str, collapsed: bool) -> str:
+def static_panel_html(artifact: str, status: str, usage: str, body: str, collapsed: bool, badges: str = "") -> str:
     """One panel of the static snapshot: the widget panel's head and content, without its controls.
 
     Per-file panels are <details> (closed): a repository of many files stays a short page, and opens on a click.
+    `badges` (markup, already escaped: a code file's static checks) go in the head, seen while it is closed.
     """
     title = esc(title_of(artifact))
     head = (
         f"<span class='p2c-title'>{title}</span><span class='p2c-badge p2c-badge-{esc(status)}'>{esc(status)}</span>"
-        f"<span class='p2c-usage'>{esc(usage)}</span>"
+        f"{badges}<span class='p2c-usage'>{esc(usage)}</span>"
     )
     stage = esc(artifact.partition("/")[0])
     classes = f"p2c-panel p2c-panel-{slug(artifact)} p2c-stage-{stage} p2c-status-{esc(status)}"

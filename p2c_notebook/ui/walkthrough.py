@@ -16,7 +16,10 @@ from typing import Any
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
+from p2c_notebook import history, questions
+from p2c_notebook.backends.replay import ReplayMissError
 from p2c_notebook.errors import Cancelled, EditedArtifactError, P2CError, RunError
+from p2c_notebook.evaluate import DEFAULT_SAMPLES
 from p2c_notebook.events import (
     ArtifactSaved,
     AwaitingApproval,
@@ -29,13 +32,19 @@ from p2c_notebook.events import (
     TokenDelta,
     UsageReported,
 )
+from p2c_notebook.history import Version
 from p2c_notebook.pipeline import Pipeline, Row, RunResult
+from p2c_notebook.questions import Question
 from p2c_notebook.session import RunOptions, open_run
 from p2c_notebook.settings import load_settings
 from p2c_notebook.stages import registry
 from p2c_notebook.stages.registry import stage_of
+from p2c_notebook.store import sha256
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, reserve, show, static_body
+from p2c_notebook.ui.paperview import PaperPanel, static_paper_html
+from p2c_notebook.ui.quality import Quality
+from p2c_notebook.ui.questions import QuestionsPanel
 from p2c_notebook.ui.repo import tree_html
 from p2c_notebook.usage import Usage
 
@@ -108,6 +117,11 @@ class Walkthrough:
         self.panel_box.add_class("p2c-panels")
         self.pending = {s.name: html("", "p2c-pending", f"p2c-pending-{s.name}") for s in registry.file_stages()}
         self.repo_panel = RepoPanel(self.run_dir)
+        self.questions_panel = QuestionsPanel(self)  # the open questions, between the planning and the files
+        self._questions: list[Question] = []
+        self._questions_key: tuple[str | None, ...] = ()
+        self.paper_panel = PaperPanel(self.run_dir, self.choose_sections)  # before the plan: sections, figures
+        self.quality = Quality(self.run_dir, lambda n, ref: self.evaluate(n, ref), self.cancel)  # checks, Evaluate
         self.widget = widgets.VBox(
             [
                 self.style,
@@ -115,8 +129,10 @@ class Walkthrough:
                 self.stepper,
                 self.next_label,
                 self.progress_box,
+                self.paper_panel.widget,
                 self.panel_box,
                 self.repo_panel.widget,
+                self.quality.eval_panel.widget,
             ]
         )
         self.widget.add_class("p2c-walkthrough")
@@ -175,6 +191,7 @@ class Walkthrough:
             f"<div class='p2c-header'>{self._header()}</div>",
             self.stepper.value,
             f"<div class='p2c-next p2c-next-line'>{self.next_label.value}</div>",
+            static_paper_html(self.run_dir, self.pipeline.store.meta),
         ]
         for stage in registry.stages():
             for row in (r for r in rows if stage_of(r.artifact) == stage.name):
@@ -188,7 +205,11 @@ class Walkthrough:
                     except P2CError as exc:
                         body = f"<p class='p2c-error'>{render.esc(render.one_line(str(exc)))}</p>"
                 usage = render.usage_line(row.usage)
-                parts.append(render.static_panel_html(row.artifact, row.status, usage, body, stage.per_file))
+                badges = ""
+                if stage.name == "code" and row.status != "missing":  # the static checks: badge in the head
+                    badges, listed = self.quality.static_code(row.artifact)
+                    body = listed + body
+                parts.append(render.static_panel_html(row.artifact, row.status, usage, body, stage.per_file, badges))
             if stage.name in self.pending:
                 parts.append(self.pending[stage.name].value)
         code = [r for r in rows if stage_of(r.artifact) == "code"]
@@ -197,8 +218,9 @@ class Walkthrough:
         parts.append(
             "<div class='p2c-panel p2c-panel-repo'><div class='p2c-panel-head'><span class='p2c-title'>Repository"
             f"</span><span class='p2c-badge p2c-badge-{state}'>{done}/{len(code)} files</span></div>"
-            f"{tree_html(self.run_dir / 'repo')}</div>"
+            f"{tree_html(self.run_dir / 'repo')}{self.quality.static_repository()}</div>"
         )
+        parts.append(self.quality.static_eval())
         parts.append(
             "<p class='p2c-hint'>A static snapshot of the walkthrough, taken when this output was made. Run the "
             "cell in Jupyter with a kernel for the interactive one.</p>"
@@ -262,6 +284,9 @@ class Walkthrough:
             self._draw_meter(self.pipeline.store.spent())
             code = [r for r in rows if stage_of(r.artifact) == "code"]
             self.repo_panel.update(sum(r.status != "missing" for r in code), len(code))
+            self._draw_questions(busy)
+            self.paper_panel.update(self.pipeline.store.meta, busy)
+            self.quality.update(self.panels, self.repo_panel.checks, any(r.status != "missing" for r in code), busy)
 
     def stage_states(self, rows: list[Row] | None = None) -> dict[str, str]:
         """Each stage's state for the stepper: done, waiting (for the user's approval), stale, running or todo.
@@ -331,6 +356,8 @@ class Walkthrough:
             children += [p.widget for a, p in self.panels.items() if stage_of(a) == stage]
             if stage in self.pending:
                 children.append(self.pending[stage])
+            if stage == registry.planning_names()[-1]:
+                children.append(self.questions_panel.widget)
         self.panel_box.children = children
         for gone in old.values():
             close_tree(gone.widget)
@@ -352,8 +379,13 @@ class Walkthrough:
         return approved
 
     def edit(self, artifact: str, text: str) -> list[str]:
-        """Save the user's version (validated by the pipeline); returns the artifacts it made stale."""
+        """Save the user's version (validated by the pipeline); returns the artifacts it made stale.
+
+        The text already saved (the same edit made in the widget, then in a cell) changes nothing and says so."""
         self._require_idle()
+        if self.pipeline.store.entry(artifact) is not None and self.read(artifact) == text:
+            self._already(f"{artifact} already holds this text: nothing to save.")
+            return []
         before = {r.artifact for r in self.pipeline.rows() if r.status == "stale"}
         self.pipeline.edit(artifact, text)
         rows = self.pipeline.rows()
@@ -362,13 +394,23 @@ class Walkthrough:
 
     def regenerate(
         self, artifact: str, feedback: str | None = None, overwrite_edited: bool = False, block: bool = False
-    ) -> None:
-        """Generate one artifact again on the background thread; `feedback` goes to the model."""
+    ) -> str | None:
+        """Generate one artifact again on the background thread; `feedback` goes to the model.
+
+        Feedback this artifact's current version was already made with (in the widget, then again in a cell) is
+        not sent again: the notice saying so is returned (None when a job started)."""
+        self._settle(block)
         panel = self.panels.get(artifact)
+        if feedback and self._applied(artifact, feedback):
+            return self._already(
+                f"{artifact} was already regenerated with this feedback (its current version); change the feedback "
+                "to ask for something else."
+            )
 
         def work() -> str:
             before = {r.artifact for r in self.pipeline.rows() if r.status == "stale"}
-            self.pipeline.regenerate(artifact, feedback, overwrite_edited)
+            saved = self.pipeline.regenerate(artifact, feedback, overwrite_edited)
+            self._remember_feedback(artifact, feedback, saved.sha256)
             self._approve_passed()
             if panel is not None:
                 if panel.has_controls:
@@ -380,6 +422,77 @@ class Walkthrough:
             return f"Regenerated {artifact}; {len(stale)} artifact(s) that depend on it are now stale: Re-run stale."
 
         self._start(f"Regenerating {artifact}", work, panel, block)
+        return None
+
+    def _applied(self, artifact: str, feedback: str) -> bool:
+        """Whether the artifact's current, up-to-date version was made with this feedback."""
+        self.pipeline.store.reload()
+        record = (self.pipeline.store.meta.get("feedback") or {}).get(artifact)
+        entry = self.pipeline.store.entry(artifact)
+        return (
+            isinstance(record, dict)
+            and entry is not None
+            and entry.status != "stale"
+            and record.get("sha256") == entry.sha256
+            and record.get("feedback") == sha256(feedback.strip())
+        )
+
+    def _remember_feedback(self, artifact: str, feedback: str | None, digest: str) -> None:
+        store = self.pipeline.store
+        with store.locked():
+            given = dict(store.meta.get("feedback") or {})
+            if feedback:
+                given[artifact] = {"feedback": sha256(feedback.strip()), "sha256": digest}
+            else:
+                given.pop(artifact, None)
+            store.set_meta(feedback=given)
+
+    def _settle(self, block: bool) -> None:
+        """A blocking call from a cell waits for the job a click started, then sees what it did."""
+        if block and self.busy:
+            self.wait()
+
+    def _already(self, message: str) -> str:
+        """What an action reports when what it asks is already done: a notice, never an error."""
+        self.last_error = None
+        self.last_result = RunResult("done", message)
+        self._status(message, "note")
+        return message
+
+    # --- the open questions ---------------------------------------------------------------------------
+    def questions(self) -> list[Question]:
+        """The planning's open questions with their states (see `p2c_notebook.questions`)."""
+        return questions.questions(self.pipeline.store)
+
+    def answer(self, question_id: str, text: str | None = None, judgement: bool = False) -> list[str]:
+        """Save an answer (or "use your judgement"); returns what became stale (the analysis and code made without
+        it). The same answer again changes nothing."""
+        self._require_idle()
+        stale = questions.answer(self.pipeline, question_id, text, judgement)
+        self.refresh()
+        return stale
+
+    def _draw_questions(self, busy: bool) -> None:
+        """Re-read the queue only when what it is made from changed (this runs on every saved file)."""
+        key = tuple(self.pipeline.store.hash_of(a) for a in (*questions.SOURCES, registry.ANSWERS))
+        if key == self._questions_key:
+            self.questions_panel.update(self._questions, busy)
+            return
+        try:
+            queue = self.questions()
+        except P2CError as exc:  # answers.yaml damaged by hand: said in the panel, the rest still draws
+            self.questions_panel.message.value = f"<span class='p2c-error'>{render.esc(str(exc))}</span>"
+            return
+        self._questions_key, self._questions = key, queue
+        self.questions_panel.update(queue, busy)
+
+    # --- earlier versions (the compare view) -----------------------------------------------------------
+    def versions(self, artifact: str) -> list[Version]:
+        """The artifact's earlier versions kept in the run folder, then its current one."""
+        return history.versions(self.pipeline.store, artifact)
+
+    def diff_html(self, artifact: str, older: int, newer: int = history.CURRENT) -> str:
+        return history.diff_html(self.pipeline.store, artifact, older, newer)
 
     def run(
         self,
@@ -388,9 +501,16 @@ class Walkthrough:
         require_approval: bool | None = None,
         overwrite_edited: bool = False,
         block: bool = False,
-    ) -> None:
-        """`Pipeline.run` on the background thread; approval is required unless Auto-approve is ticked."""
+    ) -> str | None:
+        """`Pipeline.run` on the background thread; approval is required unless Auto-approve is ticked.
+
+        When every artifact up to `until` is already generated and up to date (the steps were done in the widget
+        before the cell ran), nothing runs: the notice saying so is returned (None when a job started)."""
+        self._settle(block)
         require = not self.auto_approve.value if require_approval is None else require_approval
+        done = self._done_until(until) if from_stage is None else None
+        if done is not None:
+            return self._already(done)
 
         def work() -> str:
             result = self.pipeline.run(from_stage, until, require, overwrite_edited)
@@ -407,6 +527,22 @@ class Walkthrough:
         last = registry.find(until) if until else registry.stages()[-1]
         label = f"Running until {last.label if last else until}"
         self._start(label, work, None, block)
+        return None
+
+    def _done_until(self, until: str | None) -> str | None:
+        """ "Already done" when nothing up to `until` is missing or stale, else None (there is work)."""
+        last = registry.index(until) if until else len(registry.stages()) - 1
+        rows = [r for r in self.pipeline.rows() if r.artifact != "paper"]
+        wanted = [r for r in rows if registry.index(stage_of(r.artifact)) <= last]
+        known = {stage_of(r.artifact) for r in rows}
+        if any(s.name not in known for s in registry.stages()[: last + 1]):
+            return None  # a stage without any artifact yet (the files are unknown before the logic design)
+        if any(r.status in ("missing", "stale") for r in wanted):
+            return None
+        if until is None or last == len(registry.stages()) - 1:
+            repo = self.run_dir / "repo"
+            return f"Already done: every artifact is generated and up to date; the repository is in {repo}."
+        return f"Already done: everything up to the {registry.stages()[last].label} is generated and up to date."
 
     def _approve_passed(self) -> None:
         """With Auto-approve ticked, what a run generated is approved as it passes (so the badges say so).
@@ -421,19 +557,39 @@ class Walkthrough:
             if "generated" in statuses and not {"missing", "stale"} & set(statuses):
                 self.pipeline.approve(stage)
 
-    def run_stage(self, stage: str | None = None, block: bool = False) -> None:
+    def run_stage(self, stage: str | None = None, block: bool = False) -> str | None:
         """Run one stage (default: the next one) — what the "Run next stage" button does."""
+        self._settle(block)
         stage = stage or self.next_stage()
         if stage is None:
-            raise RunError(f"Nothing left to do: the repository is in {self.run_dir / 'repo'}.")
-        self.run(until=stage, block=block)
+            return self._already(f"Nothing left to do: the repository is in {self.run_dir / 'repo'}.")
+        return self.run(until=stage, block=block)
 
-    def rerun_stale(self, block: bool = False) -> None:
+    def rerun_stale(self, block: bool = False) -> str | None:
+        """Regenerate every stale artifact; with none stale (already re-run in the widget), say so and return."""
+        self._settle(block)
         stale = [r.artifact for r in self.pipeline.rows() if r.status == "stale"]
         if not stale:
-            raise RunError("Nothing is stale.")
+            return self._already("Nothing is stale: every artifact is up to date (already re-run).")
         last = max((stage_of(a) for a in stale), key=registry.index)
-        self.run(until=last, block=block)
+        return self.run(until=last, block=block)
+
+    def choose_sections(self, exclude: list[str]) -> list[str]:
+        """Leave out the paper's sections `exclude` names (globs on titles or numbers; [] brings all back): part of
+        the run's inputs, so what was generated from the paper goes stale. Returns the artifacts now stale."""
+        self._require_idle()
+        self.pipeline.choose_sections(exclude)
+        rows = self.pipeline.rows()
+        self._apply(rows)
+        return [r.artifact for r in rows if r.status == "stale"]
+
+    def evaluate(self, n: int = DEFAULT_SAMPLES, reference: str | None = None, block: bool = False) -> None:
+        """Judge the repository against the paper (`p2c eval`) on the background thread, with this run's model:
+        what the Evaluate button does. Never automatic: it costs n calls."""
+        self._settle(block)
+        self._require_idle()
+        work = self.quality.eval_panel.job(self.pipeline, n, reference, self._on_event)
+        self._start(f"Evaluating the repository ({n} sample(s))", work, None, block)
 
     def cancel(self) -> None:
         """Ask the running job to stop after the calls in flight; what is saved stays saved."""
@@ -441,6 +597,7 @@ class Walkthrough:
             return
         self._cancel_requested = True
         self.pipeline.cancel()
+        self.quality.cancel_event.set()  # an evaluation in flight
         self._status("Cancelling after the calls in flight…", "hint")
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
@@ -491,6 +648,8 @@ class Walkthrough:
             if panel is not None:
                 panel.ask_confirmation()  # says it in the panel, with the Confirm button
                 panel = None
+        except ReplayMissError as exc:  # a student's own words: a paragraph saying what to do, not a code
+            message, level = exc.explanation, "error"
         except P2CError as exc:
             message, level = str(exc), "error"
         except Exception as exc:  # noqa: BLE001 - the thread's edge: one line in the page, never a traceback
@@ -515,6 +674,8 @@ class Walkthrough:
         self.cancel_button.disabled = not busy
         for panel in self.panels.values():
             panel.set_busy(busy)
+        self.quality.eval_panel.set_busy(busy)
+        self.paper_panel.apply_button.disabled = busy
 
     def _click(self, action: Callable[[], object]) -> None:
         """The edge for toolbar buttons."""
@@ -537,7 +698,7 @@ class Walkthrough:
     def _status(self, text: str, level: str) -> None:
         if self._closed:
             return
-        self.status_line.value = f"<span class='p2c-{level}'>{render.esc(render.one_line(text, 600))}</span>"
+        self.status_line.value = f"<span class='p2c-{level}'>{render.esc(render.one_line(text, 1200))}</span>"
 
     # --- live views from pipeline events ---------------------------------------------------------------
     def _on_event(self, event: Event) -> None:

@@ -1,0 +1,158 @@
+"""`p2c exec`: say exactly what will be installed and run, then run it in the sandbox and record whether it ran.
+
+Nothing here runs on its own: `plan()` only looks, and the caller (CLI prompt, `%p2c exec --yes`) decides to
+call `execute()`. The outcome goes into the run's manifest meta (`exec`), which `p2c status` reports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2c_notebook.errors import ConfigError, RunError
+from p2c_notebook.events import Event
+from p2c_notebook.execute import sandbox
+from p2c_notebook.execute.sandbox import ExecOutput, Limits, Outcome
+from p2c_notebook.store import RunStore
+
+#: Where a run's own virtual environment lives when no `--python` is given.
+VENV = "exec/venv"
+
+
+@dataclass(frozen=True)
+class ExecPlan:
+    """What `execute` will do, in full, for the user to read before saying yes."""
+
+    run_dir: Path
+    mode: str  # "smoke" | "full"
+    command: list[str]
+    python: Path  # the interpreter `python` means inside the sandbox
+    install: list[str]  # requirements to install into the run's venv first ([] with --python)
+    kind: str  # "bwrap" | "unshare" | "none"
+    limits: Limits
+    derived: bool  # the command comes from the entry point (no reproduce.sh)
+
+    def describe(self) -> list[str]:
+        lines = [f"Run folder: {self.run_dir} (the code runs on a scratch copy of repo/, which is thrown away)"]
+        if self.python == self.run_dir / VENV / "bin" / "python":
+            wanted = ", ".join(self.install) or "nothing (requirements.txt lists no package)"
+            lines.append(
+                f"Install into {self.run_dir / VENV} (this run's virtual environment, with network, before the "
+                f"sandbox starts): {wanted}"
+            )
+        else:
+            lines.append(f"Interpreter: {self.python} (nothing is installed)")
+        how = " (from the entry point: the repository has no reproduce.sh)" if self.derived else ""
+        lines.append(f"Run: {' '.join(self.command)}{how}")
+        lines.append(f"Sandbox: {sandbox.describe_isolation(self.kind)}")
+        limits = self.limits
+        lines.append(
+            f"Limits: {limits.wall_s:g} s wall, {limits.cpu_s} s CPU, {limits.memory_mb} MiB memory, "
+            f"{limits.processes} processes, {limits.file_mb} MiB per file; no API keys in its environment"
+        )
+        return lines
+
+
+def plan(
+    run_dir: Path | str,
+    mode: str = "smoke",
+    python: Path | str | None = None,
+    no_sandbox: bool = False,
+    limits: Limits | None = None,
+) -> ExecPlan:
+    """Work out what would be installed and run; runs nothing (it only asks the interpreter where it lives)."""
+    root = Path(run_dir)
+    repo = root / "repo"
+    if not RunStore.is_run(root) or not repo.is_dir():
+        raise RunError(f"{root} has no generated repository (repo/); run `p2c run {root}` first.")
+    kind = sandbox.isolation(no_sandbox)
+    flag = ["--smoke"] if mode == "smoke" else []
+    if (repo / "reproduce.sh").is_file():
+        command, derived = ["bash", "reproduce.sh", *flag], False
+    elif (repo / "main.py").is_file():
+        command, derived = ["python", "main.py", *flag], True
+    else:
+        raise RunError(f"{repo} has neither reproduce.sh nor main.py: nothing says how to run it.")
+    install: list[str] = []
+    if python is not None:
+        interpreter = sandbox.interpreter(Path(python))  # refuses a path that is not an interpreter, now
+    else:
+        interpreter = root / VENV / "bin" / "python"
+        install = _requirements(repo)
+    return ExecPlan(root, mode, command, interpreter, install, kind, limits or Limits(), derived)
+
+
+def _requirements(repo: Path) -> list[str]:
+    path = repo / "requirements.txt"
+    if not path.is_file():
+        return []
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text(errors="replace").splitlines()]
+    bad = [line for line in lines if line.startswith("-") or "://" in line or line.startswith((".", "/"))]
+    if bad:
+        raise ConfigError(
+            f"requirements.txt asks for more than packages by name ({bad[0]!r}); remove that line, or install "
+            "yourself and pass --python PATH."
+        )
+    return [line for line in lines if line]
+
+
+def execute(exec_plan: ExecPlan, sink: Callable[[Event], None] | None = None) -> Outcome:
+    """Install (venv mode), run in the sandbox, record the outcome in the manifest; return it."""
+    if not exec_plan.python.exists() or exec_plan.install:
+        _install(exec_plan, sink)
+    outcome = sandbox.run(
+        exec_plan.run_dir,
+        exec_plan.command,
+        exec_plan.python,
+        limits=exec_plan.limits,
+        kind=exec_plan.kind,
+        sink=sink,
+    )
+    store = RunStore(exec_plan.run_dir)
+    with store.locked():
+        store.reload()
+        store.set_meta(exec={**outcome.to_dict(), "mode": exec_plan.mode, "python": str(exec_plan.python)})
+    return outcome
+
+
+def _install(exec_plan: ExecPlan, sink: Callable[[Event], None] | None) -> None:
+    """A per-run venv with the requirements, and `pip freeze` of it in exec/installed.txt. This step has the
+    network (the sandboxed run does not); its environment holds no API keys either."""
+    venv = exec_plan.run_dir / VENV
+    env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(venv), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    log = exec_plan.run_dir / "exec" / "install.log"
+    log.parent.mkdir(exist_ok=True)
+    steps = [[sys.executable, "-m", "venv", str(venv)]] if not (venv / "bin" / "python").exists() else []
+    if exec_plan.install:
+        steps.append([str(venv / "bin" / "python"), "-m", "pip", "install", *exec_plan.install])
+    with log.open("a", encoding="utf-8") as out:
+        for step in steps:
+            done = subprocess.run(step, env=env, capture_output=True, text=True, check=False, timeout=3600)
+            out.write(f"$ {' '.join(step)}\n{done.stdout}{done.stderr}")
+            if sink is not None:
+                sink(ExecOutput(text=done.stdout + done.stderr))
+            if done.returncode != 0:
+                raise RunError(
+                    f"Installing the requirements failed (see {log}); fix requirements.txt or pass --python PATH."
+                )
+    frozen = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "freeze"], env=env, capture_output=True, text=True, check=False
+    )
+    (exec_plan.run_dir / "exec" / "installed.txt").write_text(frozen.stdout)
+
+
+def describe_status(meta: dict[str, Any]) -> str | None:
+    """The line `p2c status` prints about the last run of the repository (None: it never ran)."""
+    last = meta.get("exec")
+    if not isinstance(last, dict):
+        return None
+    verdict = "ran" if last.get("passed") else "did not run"
+    return (
+        f"Repository {verdict} ({last.get('mode', 'smoke')} run, attempt {last.get('attempt')}): "
+        f"{last.get('reason')}; output in {last.get('log')}"
+    )

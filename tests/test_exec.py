@@ -1,0 +1,127 @@
+"""`p2c exec`: it says what it will run, runs nothing without a yes, and records whether the repository ran."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2c_notebook.cli import main
+from p2c_notebook.errors import ConfigError, RunError
+from p2c_notebook.execute import runner, sandbox
+from p2c_notebook.store import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run folder whose repo/ is the hand-written reference implementation."""
+    root = tmp_path / "run"
+    shutil.copytree(ROOT / "examples" / "mixup" / "reference", root / "repo")
+    RunStore(root).set_meta(title="mixup")
+    return root
+
+
+def _sandboxed() -> None:
+    try:
+        sandbox.isolation()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+
+def test_without_a_yes_nothing_runs_and_the_plan_is_shown(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sandboxed()
+    monkeypatch.setattr(sys, "stdin", open("/dev/null"))  # noqa: SIM115 - not a terminal: no one to ask
+    assert main(["exec", str(run_dir), "--python", sys.executable]) == ConfigError.exit_code
+    out, err = capsys.readouterr()
+    assert "Run: python main.py --smoke (from the entry point" in out and "Sandbox:" in out and "Limits:" in out
+    assert "pass --yes" in err and not (run_dir / "exec").exists() and "exec" not in RunStore(run_dir).meta
+
+
+def test_a_declined_prompt_runs_nothing(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sandboxed()
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["exec", str(run_dir), "--python", sys.executable]) == 0
+    assert "Not run." in capsys.readouterr().out and not (run_dir / "exec").exists()
+
+
+def test_the_plan_prefers_reproduce_sh_and_lists_the_requirements(run_dir: Path) -> None:
+    _sandboxed()
+    (run_dir / "repo" / "reproduce.sh").write_text('python main.py "$@"\n')
+    (run_dir / "repo" / "requirements.txt").write_text("numpy==1.26.4  # arrays\npyyaml\n")
+    full = runner.plan(run_dir, "full")
+    assert full.command == ["bash", "reproduce.sh"] and full.install == ["numpy==1.26.4", "pyyaml"]
+    assert any("numpy==1.26.4, pyyaml" in line and "venv" in line for line in full.describe())
+    assert runner.plan(run_dir).command == ["bash", "reproduce.sh", "--smoke"]
+    (run_dir / "repo" / "requirements.txt").write_text("--index-url https://evil.example/simple\nnumpy\n")
+    with pytest.raises(ConfigError, match="more than packages by name"):
+        runner.plan(run_dir)
+
+
+def test_a_folder_without_generated_code_is_refused(tmp_path: Path) -> None:
+    RunStore(tmp_path).set_meta(title="empty")
+    with pytest.raises(RunError, match="no generated repository"):
+        runner.plan(tmp_path, python=sys.executable)
+
+
+@pytest.mark.slow
+def test_exec_runs_the_smoke_run_and_status_says_the_repository_ran(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sandboxed()
+    assert main(["exec", str(run_dir), "--python", sys.executable, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "ECE" in out and "Attempt 1 ran: passed" in out  # the output streamed, then the verdict
+    recorded = RunStore(run_dir).meta["exec"]
+    assert recorded["passed"] and recorded["mode"] == "smoke" and recorded["log"] == "exec/attempt-1.log"
+    assert json.loads((run_dir / "exec" / "attempt-1.json").read_text())["exit_code"] == 0
+    main(["status", str(run_dir)])
+    assert "Repository ran (smoke run, attempt 1): passed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_broken_repository_fails_with_its_error_and_status_says_so(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sandboxed()
+    model = run_dir / "repo" / "model.py"
+    model.write_text(model.read_text() + "\nraise ValueError('shapes (64,2) and (3,64) not aligned')\n")
+    assert main(["exec", str(run_dir), "--python", sys.executable, "--yes"]) == 1
+    out = capsys.readouterr().out
+    assert "not aligned" in out and "Attempt 1 failed: exit status 1" in out
+    main(["status", str(run_dir)])
+    assert "Repository did not run (smoke run, attempt 1): exit status 1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_magic_shows_the_plan_and_runs_only_with_yes(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    _sandboxed()
+    monkeypatch.setenv("P2C_CONFIG", str(tmp_path / "no-config.yaml"))
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "p2c_notebook.ui.magics")
+    try:
+        shell.run_line_magic("p2c", f"load {run_dir}")
+        capsys.readouterr()
+        shell.run_line_magic("p2c", f"exec --python {sys.executable}")
+        shown = capsys.readouterr()
+        assert "Run: python main.py --smoke" in shown.out and "Add --yes" in shown.out
+        assert not (run_dir / "exec").exists()
+        shell.run_line_magic("p2c", f"exec --python {sys.executable} --yes")
+    finally:
+        shell.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
+    ran = capsys.readouterr()
+    assert "p2c: error" not in ran.err, ran.err
+    assert "ECE" in ran.out and "Attempt 1 ran: passed" in ran.out and RunStore(run_dir).meta["exec"]["passed"]
