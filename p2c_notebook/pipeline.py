@@ -316,7 +316,7 @@ class Pipeline:
     ) -> RunResult:
         """Generate every missing or stale artifact from `from_stage` to `until` (inclusive)."""
         first = registry.index(from_stage) if from_stage else 0
-        last = registry.index(until) if until else len(registry.stages()) - 1
+        last = registry.index(until) if until else registry.last_by_default()
         if first > last:
             raise ConfigError(f"--from {from_stage} comes after --until {until}.")
         self._cancel.clear()
@@ -343,7 +343,7 @@ class Pipeline:
 
     def estimate(self, until: str | None = None) -> Estimate:
         """Calls, tokens and cost of what `run(until=until)` would generate now (nothing is sent)."""
-        return self._estimate(0, registry.index(until) if until else len(registry.stages()) - 1)
+        return self._estimate(0, registry.index(until) if until else registry.last_by_default())
 
     def _estimate(self, first: int, last: int) -> Estimate:
         planning = self._planning_todo(first, last)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.errors import PlanError, RunError
 from p2c_notebook.prompts.builder import render
 from p2c_notebook.stages import registry
@@ -25,7 +24,6 @@ from p2c_notebook.store import RunStore
 if TYPE_CHECKING:
     from p2c_notebook.pipeline import Pipeline
 
-SOURCES = ("plan", "design", "logic")
 JUDGEMENT = "Use your judgement: choose what the paper most likely intends, and say in a comment what you chose."
 MAX_ANSWER = 4000  # characters: an answer is a sentence or a paragraph, not a document
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
@@ -51,6 +49,16 @@ class Question:
         return line
 
 
+def sources() -> tuple[str, ...]:
+    """The planning stages that ask open questions: the plan (its "Unclear points" section) and every planning stage
+    whose schema has `open_questions` (the architecture and logic designs)."""
+    return tuple(
+        s.name
+        for s in registry.planning()
+        if s.name == "plan" or (s.schema is not None and "open_questions" in s.schema.model_fields)
+    )
+
+
 def plan_questions(plan: str) -> list[str]:
     """The items under the plan's "Unclear points" (or "Open questions") heading, up to the next heading."""
     found: list[str] = []
@@ -72,7 +80,7 @@ def plan_questions(plan: str) -> list[str]:
 def asked(store: RunStore) -> list[tuple[str, str]]:
     """(source, question) for every open question the saved planning asks, in planning order."""
     found: list[tuple[str, str]] = []
-    for source in SOURCES:
+    for source in sources():
         if store.entry(source) is None:
             continue
         try:
@@ -82,10 +90,9 @@ def asked(store: RunStore) -> list[tuple[str, str]]:
         try:
             if source == "plan":
                 items = plan_questions(text)
-            elif source == "design":
-                items = ArchitectureDesign.model_validate_json(text).open_questions
             else:
-                items = LogicDesign.model_validate_json(text).open_questions
+                schema = registry.get(source).schema
+                items = list(getattr(schema.model_validate_json(text), "open_questions", [])) if schema else []
         except ValidationError:
             continue  # an invalid design is reported by its panel and by the run
         found += [(source, q.strip()) for q in items if q.strip()]

@@ -177,3 +177,28 @@ def _buttons(widget: Any) -> list[Any]:
     for child in getattr(widget, "children", ()):
         found += _buttons(child)
     return found
+
+
+def test_the_magic_lists_and_answers_the_questions(
+    serve: Any, paper_md: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    server = serve(scenario())
+    run = finished_run(server, paper_md, tmp_path / "run")
+    monkeypatch.setenv("P2C_CONFIG", str(tmp_path / "no-config.yaml"))
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "p2c_notebook.ui.magics")
+    try:
+        ip.run_line_magic("p2c", f"use --base-url {server.base_url} --api-key sk-test-0123456789 --model m")
+        ip.run_line_magic("p2c", f"load {run}")
+        capsys.readouterr()
+        ip.run_line_magic("p2c", "questions")
+        assert "design-1   open" in capsys.readouterr().out
+        ip.run_line_magic("p2c", 'questions --answer design-1 "Seed 0, as in the appendix."')
+        captured = capsys.readouterr()
+        assert "Saved the answer to design-1. Now stale: 7 artifact(s)." in captured.out, captured.err
+        ip.run_line_magic("p2c", "questions")
+        assert "design-1   answered" in capsys.readouterr().out
+    finally:
+        ip.run_line_magic("unload_ext", "p2c_notebook.ui.magics")

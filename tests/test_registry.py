@@ -178,7 +178,8 @@ def test_a_registered_stage_gets_its_magic_verb_and_its_name_in_the_cli_help(
 def test_the_built_in_stages_record_the_inputs_they_always_did() -> None:
     logic = LogicDesign.model_validate(LOGIC)
     planning = ["plan", "design", "logic", "config"]
-    assert [s.name for s in registry.stages()] == [*planning, "analysis", "code"]
+    assert [s.name for s in registry.stages()] == [*planning, "analysis", "code", "reproduce"]
+    assert [s.name for s in registry.stages() if s.on_request] == ["reproduce"]  # never made by a default run
     assert inputs_for("plan") == ["paper"] and inputs_for("config") == ["paper", "plan"]
     assert inputs_for("logic") == ["paper", "plan", "design"]
     # "answers" (to the open questions) is recorded only once there are answers: see test_questions.py
@@ -203,7 +204,7 @@ def test_a_stage_name_taken_or_unknown_is_refused_with_the_known_names() -> None
         registry.register(Stage("repo", "again", "x.md", make_summary))  # an alias of code
     with pytest.raises(ConfigError, match="per-file"):
         registry.register(Stage("notes", "notes", "notes.md", make_summary, per_file=True))
-    with pytest.raises(ConfigError, match=r"use one of plan, design, logic, config, analysis, code \(or planning"):
+    with pytest.raises(ConfigError, match=r"use one of plan, design, logic, config, analysis, code, reproduce \(or"):
         registry.get("nonsense")
     with pytest.raises(ConfigError, match="built-in"):
         registry.unregister("code")

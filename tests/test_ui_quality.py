@@ -332,14 +332,14 @@ def test_sections_left_out_in_the_panel_are_shown_dimmed_with_the_reason(tmp_pat
     left = re.findall(r"<tr class='[^']*p2c-section-left-out[^']*'><td class='p2c-section-title'>(.*?)</td>", body)
     assert left == ["2 Method"] and "excluded by your choice" in body and "<code>2*</code>" in body
     assert "Sections the model will see (2 of 3)" in body and "left out" in panel.message.value
-    meta = json.loads((tmp_path / "run" / "manifest.json").read_text())["meta"]["paper"]
+    meta = json.loads((tmp_path / "run" / "manifest.json").read_text())["paper"]
     assert meta["exclude"] == ["2*"]  # part of the run's inputs
     assert "Method" not in (tmp_path / "run" / "paper" / "paper.md").read_text()
 
     panel.exclude.value = "Discussion"  # names no section: refused, nothing changes
     panel.apply_button.click()
     assert "names no section" in panel.message.value and "p2c-error" in panel.message.value
-    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["meta"]["paper"]["exclude"] == ["2*"]
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["paper"]["exclude"] == ["2*"]
 
     panel.exclude.value = ""
     panel.apply_button.click()

@@ -264,6 +264,11 @@ def finishing() -> tuple[Stage, ...]:
     return tuple(s for s in _stages if not s.per_file and s not in planning())
 
 
+def last_by_default() -> int:
+    """The index of the last stage a run without `--until` makes: a stage made on request only is not one."""
+    return max((i for i, s in enumerate(_stages) if not s.on_request), default=len(_stages) - 1)
+
+
 def verbs() -> dict[str, str]:
     """Each `%p2c` verb and the last stage it runs until ("plan" -> "config", "analyze" -> "analysis", ...)."""
     until: dict[str, str] = {}

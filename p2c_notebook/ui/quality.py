@@ -53,12 +53,9 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
-def checks_badge(violations: list[Violation] | None, anchor: str = "") -> str:
-    """A file's badge: clean, N problems (errors) and/or M warnings; "not checked" for files the checks skip."""
+def checks_badge(violations: list[Violation], anchor: str = "") -> str:
+    """A file's badge: clean, or N problems (errors) and/or M warnings."""
     ident = f" id='{render.esc(anchor)}'" if anchor else ""
-    if violations is None:
-        title = "Only Python files are checked"
-        return f"<span class='p2c-badge p2c-badge-unchecked'{ident} title='{title}'>not checked</span>"
     errors, warnings = _count(violations)
     if not violations:
         return f"<span class='p2c-badge p2c-badge-clean'{ident} title='Static checks: no problems'>clean</span>"
@@ -134,9 +131,9 @@ def repository_checks_html(run_dir: Path, result: ChecksResult) -> str:
     data = result.data
     errors, warnings = int(data.get("errors", 0)), int(data.get("warnings", 0))
     state = "problems" if errors else "warnings" if warnings else "clean"
+    line = render.esc(runchecks.describe(data))
     parts = [
-        f"<div class='p2c-checks-summary p2c-checks-{state}'><b>Static checks</b> "
-        f"<span class='p2c-checks-describe'>{render.esc(runchecks.describe(data))}</span></div>"
+        f"<div class='p2c-checks-summary p2c-checks-{state}'><span class='p2c-checks-describe'>{line}</span></div>"
     ]
     own = result.found.get("", [])
     if own:
@@ -172,8 +169,9 @@ def static_file_checks(run_dir: Path, path: str, result: ChecksResult) -> tuple[
     if result.error:
         return f"<span id='{anchor}'></span>", file_checks_html(run_dir, path, None, result.error)
     violations = result.of(path)
-    listed = violations_html(violations) if violations else ""
-    return checks_badge(violations, anchor), listed
+    if violations is None:  # not Python, or no checks yet: only the anchor
+        return f"<span id='{anchor}'></span>", ""
+    return checks_badge(violations, anchor), violations_html(violations)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

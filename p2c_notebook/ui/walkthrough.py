@@ -297,7 +297,8 @@ class Walkthrough:
         rows = [r for r in (rows if rows is not None else self.pipeline.rows()) if r.artifact != "paper"]
         auto = bool(self.auto_approve.value)
         states: dict[str, str] = {}
-        steps = registry.names()
+        made = {stage_of(r.artifact) for r in rows}
+        steps = tuple(s.name for s in registry.stages() if not s.on_request or s.name in made)  # reproduce: if asked
         for stage in steps:
             statuses = [r.status for r in rows if stage_of(r.artifact) == stage]
             if self.busy and stage in self._running_stages:
@@ -312,7 +313,10 @@ class Walkthrough:
                 states[stage] = "generated"
         for index, stage in enumerate(steps):
             if states[stage] == "generated":
-                later = any(states[s] in ("todo", "stale", "running") for s in steps[index + 1 :])
+                later = any(
+                    states[s] in ("todo", "stale", "running") and not registry.get(s).on_request  # made when asked
+                    for s in steps[index + 1 :]
+                )
                 states[stage] = "waiting" if later else "done"
         return states
 
@@ -325,7 +329,12 @@ class Walkthrough:
         running = next((s for s in states if states[s] == "running"), None)
         current = waiting or running or nxt
         self.stepper.value = render.stepper_html(
-            [(s.name, s.label, states[s.name], STEP_LABELS[states[s.name]]) for s in registry.stages()], current
+            [
+                (s.name, s.label, states[s.name], STEP_LABELS[states[s.name]])
+                for s in registry.stages()
+                if s.name in states
+            ],
+            current,
         )
         stale = sum(r.status == "stale" for r in rows)
         if self.busy:
@@ -474,7 +483,7 @@ class Walkthrough:
 
     def _draw_questions(self, busy: bool) -> None:
         """Re-read the queue only when what it is made from changed (this runs on every saved file)."""
-        key = tuple(self.pipeline.store.hash_of(a) for a in (*questions.SOURCES, registry.ANSWERS))
+        key = tuple(self.pipeline.store.hash_of(a) for a in (*questions.sources(), registry.ANSWERS))
         if key == self._questions_key:
             self.questions_panel.update(self._questions, busy)
             return
@@ -524,14 +533,14 @@ class Walkthrough:
                 )
             return result.message
 
-        last = registry.find(until) if until else registry.stages()[-1]
+        last = registry.find(until) if until else registry.stages()[registry.last_by_default()]
         label = f"Running until {last.label if last else until}"
         self._start(label, work, None, block)
         return None
 
     def _done_until(self, until: str | None) -> str | None:
-        """ "Already done" when nothing up to `until` is missing or stale, else None (there is work)."""
-        last = registry.index(until) if until else len(registry.stages()) - 1
+        """The "already done" notice when nothing up to `until` is missing or stale, else None (there is work)."""
+        last = registry.index(until) if until else registry.last_by_default()
         rows = [r for r in self.pipeline.rows() if r.artifact != "paper"]
         wanted = [r for r in rows if registry.index(stage_of(r.artifact)) <= last]
         known = {stage_of(r.artifact) for r in rows}
@@ -539,7 +548,7 @@ class Walkthrough:
             return None  # a stage without any artifact yet (the files are unknown before the logic design)
         if any(r.status in ("missing", "stale") for r in wanted):
             return None
-        if until is None or last == len(registry.stages()) - 1:
+        if until is None or last == registry.last_by_default():
             repo = self.run_dir / "repo"
             return f"Already done: every artifact is generated and up to date; the repository is in {repo}."
         return f"Already done: everything up to the {registry.stages()[last].label} is generated and up to date."
