@@ -345,13 +345,15 @@ class Pipeline:
         """Calls, tokens and cost of what `run(until=until)` would generate now (nothing is sent)."""
         return self._estimate(0, registry.index(until) if until else registry.last_by_default())
 
-    def _estimate(self, first: int, last: int) -> Estimate:
+    def _estimate(self, first: int, last: int, file_todo: dict[str, list[str]] | None = None) -> Estimate:
+        """`file_todo`: the file steps as they stood when the run decided them (the refined estimate is made a
+        moment later, and must not depend on how many of them have come back by then)."""
         planning = self._planning_todo(first, last)
         files: dict[str, list[str]] = {}
         logic = None if "logic" in planning else self._saved_logic()
         if logic is not None:
             files = {f.path: list(f.depends_on) for f in logic.files}
-            todo_files = self._file_todo(first, last, list(files))
+            todo_files = file_todo if file_todo is not None else self._file_todo(first, last, list(files))
             analysis, code = todo_files["analysis"], todo_files["code"]
         elif last >= registry.index("analysis"):
             files = typical_files()
@@ -517,8 +519,10 @@ class Pipeline:
         refine: Callable[[], None] | None = None
         if estimate is not None and estimate.files_assumed and any(todo.values()):
 
+            decided = {stage: list(paths) for stage, paths in todo.items()}
+
             def refine() -> None:
-                refined = self._estimate(first, last)  # the real file list and dependencies are known now
+                refined = self._estimate(first, last, decided)  # the real file list and dependencies are known now
                 self.estimates.append(refined)
                 self.bus.info(refined.describe().replace("Estimate:", "Estimate for the rest of the run:", 1))
 

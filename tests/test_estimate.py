@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import EXAMPLE, settings_for, small_scenario
 
+import p2c_notebook.pipeline as pipeline_module
 from p2c_notebook.errors import PaperError
 from p2c_notebook.estimate import TYPICAL_FILES, filler, known_context_window
 from p2c_notebook.events import ArtifactSaved, Event, Notice, RunStarted, StageStarted
@@ -108,3 +109,17 @@ def test_p2c_paper_prints_what_a_run_would_cost_before_any_run(capsys: pytest.Ca
     assert main(["paper", str(EXAMPLE / "paper.pdf"), "--model", "gpt-4.1"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("Estimate for a run: 20 calls for 8 files") and "$" in last and "gpt-4.1" in last
+
+
+def test_the_refined_estimate_counts_the_file_steps_as_decided_however_late_it_is_made(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine every file call may come back before the refinement runs: it must still count them all
+    (it estimates the file steps the run decided on, not what is left when it happens to run)."""
+    monkeypatch.setattr(pipeline_module, "_SENDING_S", 3600.0)  # the refinement runs only after every step is back
+    synth = synthetic.build(4)
+    server = serve(synth.scenario())
+    with Pipeline.start(EXAMPLE / "paper.pdf", tmp_path / "run", settings=settings_for(server)) as pipeline:
+        assert pipeline.run().state == "done"
+        refined = pipeline.estimates[1]
+    assert len(refined.calls) == 2 * 4 and not refined.files_assumed
