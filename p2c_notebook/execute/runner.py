@@ -47,7 +47,12 @@ class ExecPlan:
             )
         else:
             lines.append(f"Interpreter: {self.python} (nothing is installed)")
-        how = " (from the entry point: the repository has no reproduce.sh)" if self.derived else ""
+        how = (
+            f" (from the entry point: the repository has no reproduce.sh; `p2c run {self.run_dir} --until reproduce`"
+            " writes one)"
+            if self.derived
+            else ""
+        )
         lines.append(f"Run: {' '.join(self.command)}{how}")
         lines.append(f"Sandbox: {sandbox.describe_isolation(self.kind)}")
         limits = self.limits

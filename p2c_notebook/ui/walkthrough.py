@@ -170,7 +170,7 @@ class Walkthrough:
     def summary(self) -> str:
         """Plain text: the run, each stage's state and what to do next."""
         states = self.stage_states(self._rows)
-        stages = " · ".join(f"{s.name} {STEP_LABELS[states[s.name]]}" for s in registry.stages())
+        stages = " · ".join(f"{s.name} {STEP_LABELS[states[s.name]]}" for s in registry.stages() if s.name in states)
         return "\n".join(
             [
                 f"p2c walkthrough: run folder {self.run_dir}",
@@ -448,7 +448,7 @@ class Walkthrough:
 
     def _remember_feedback(self, artifact: str, feedback: str | None, digest: str) -> None:
         store = self.pipeline.store
-        with store.locked():
+        with contextlib.suppress(RunError), store.locked():  # a memory for "already done": never worth a failure
             given = dict(store.meta.get("feedback") or {})
             if feedback:
                 given[artifact] = {"feedback": sha256(feedback.strip()), "sha256": digest}
