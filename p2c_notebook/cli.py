@@ -98,12 +98,29 @@ def _parser() -> argparse.ArgumentParser:
     execute.add_argument("--no-sandbox", action="store_true", help="run unconfined where no sandbox is available")
     execute.add_argument("--yes", action="store_true", help="run without asking")
 
+    repair = sub.add_parser("fix", help="smoke-run the repository and repair failures with the model (asks per diff)")
+    repair.add_argument("run")
+    repair.add_argument("--rounds", type=int, default=3, help="at most this many repair rounds (default 3)")
+    repair.add_argument("--python", metavar="PATH", help="an existing interpreter (default: a venv for this run)")
+    repair.add_argument("--no-sandbox", action="store_true", help="run unconfined where no sandbox is available")
+    repair.add_argument("--yes", action="store_true", help="run, and apply each proposed diff, without asking")
+    repair.add_argument("--overwrite-edited", action="store_true", help="with --yes: also change files you edited")
+    add_settings_arguments(repair)
+
     diff = sub.add_parser("diff", help="what changed in an artifact: an earlier version against the current one")
     diff.add_argument("run")
     diff.add_argument("artifact", help=f"one artifact ({artifacts}) or a repository path")
     diff.add_argument(
         "--against", type=int, metavar="N", help="the earlier version to compare (default: the latest; 0 lists them)"
     )
+
+    batch = sub.add_parser("batch", help="run many papers (a folder, or a .yaml/.csv list) with one shared limit")
+    batch.add_argument("spec", help="a folder of papers, or a .yaml/.csv list: paper, reference, settings per paper")
+    batch.add_argument("--out", metavar="DIR", help="the batch folder (default: runs/batch/<spec name>)")
+    batch.add_argument("--eval", action="store_true", help="also judge each finished paper (as `p2c eval`)")
+    batch.add_argument("-n", type=int, default=8, help="with --eval: judging samples per paper (default 8)")
+    batch.add_argument("--judge", metavar="MODEL", help="with --eval: the judge model (default: the paper's model)")
+    add_settings_arguments(batch, helps={"concurrency": "model calls at once across the whole batch (default 4)"})
 
     questions = sub.add_parser("questions", help="the open questions of the planning: list, answer them")
     questions.add_argument("run")
@@ -266,6 +283,50 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if outcome.passed else 1
 
 
+def cmd_fix(args: argparse.Namespace) -> int:
+    """Run the smoke run; each failure's proposed diff is shown and applied only when approved; 0 once it passes."""
+    from p2c_notebook.execute import repair, runner
+    from p2c_notebook.execute.sandbox import ExecOutput
+
+    settings = load_settings(settings_from(args))
+    pipeline = open_run(Path(args.run), RunOptions(settings=settings, sinks=(TerminalRenderer(),)))
+    exec_plan = runner.plan(args.run, "smoke", args.python, args.no_sandbox)
+    for line in exec_plan.describe():
+        print(line)
+    print(
+        f"Then, while it fails: at most {args.rounds} round(s) of model-proposed edits, each shown before it applies."
+    )
+    if not args.yes and not _ask_yes("Run it?"):
+        return 0
+
+    def sink(event: object) -> None:
+        if isinstance(event, ExecOutput):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
+    def approve(proposal: repair.Proposal) -> bool:
+        print(f"Round {proposal.round}: proposed fix ({proposal.lines_changed()} line(s) changed)")
+        print(proposal.diff())
+        if proposal.edited:
+            print(f"It changes file(s) you edited: {', '.join(proposal.edited)}.")
+            if args.yes and args.overwrite_edited:
+                return True
+            return sys.stdin.isatty() and _ask_yes("Overwrite your edits with this fix?")
+        return bool(args.yes) or _ask_yes("Apply this fix?")
+
+    with pipeline:
+        result = repair.fix(pipeline, exec_plan, approve, args.rounds, sink)
+    print(result.outcome.describe())
+    print(result.message)
+    return 0 if result.passed else 1
+
+
+def _ask_yes(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise ConfigError("Not going ahead without a yes: pass --yes (nothing more was run or changed).")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from p2c_notebook.evaluate import compare_table
 
@@ -312,6 +373,33 @@ def cmd_questions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run every paper; a line per paper as it ends, then the summary table; 0 when every paper is done."""
+    from p2c_notebook.batch import BatchFinished, BatchOptions, BatchStarted, PaperFinished, run_batch, summary_markdown
+
+    settings = load_settings(settings_from(args))
+
+    def progress(event: object) -> None:
+        if isinstance(event, BatchStarted):
+            kept = f"; {event.finished} finished earlier, kept" if event.finished else ""
+            print(f"Batch of {event.papers} papers into {event.out}, {event.concurrency} calls at once{kept}")
+        elif isinstance(event, PaperFinished) and event.result is not None:
+            row = event.result
+            what = row.error.splitlines()[0] if row.error else f"{row.calls} calls, {row.seconds:.1f} s"
+            kept = " (kept)" if row.skipped else ""
+            print(f"[{event.done}/{event.total}] {row.name}: {row.state}{kept}: {what}", flush=True)
+        elif isinstance(event, BatchFinished) and event.result is not None:
+            print(summary_markdown(event.result), end="")
+
+    options = BatchOptions(out=args.out, settings=settings, evaluate=args.eval, samples=args.n, judge=args.judge)
+    result = run_batch(args.spec, options, sinks=(progress,))
+    print(f"Summary: {result.out / 'summary.md'} and summary.csv")
+    if result.interrupted:
+        print("Interrupted; everything finished is kept. Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 1 if result.failed else 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
@@ -322,15 +410,23 @@ COMMANDS = {
     "eval": cmd_eval,
     "compare": cmd_compare,
     "exec": cmd_exec,
+    "fix": cmd_fix,
     "diff": cmd_diff,
     "questions": cmd_questions,
+    "batch": cmd_batch,
 }
 
 
 def _scrubber(args: argparse.Namespace) -> Scrubber:
     """Every credential this command's settings send, so that nothing it prints (errors too) shows one."""
     try:
-        given = settings_from(args) if args.command == "run" else _eval_settings(args) if args.command == "eval" else {}
+        given = (
+            settings_from(args)
+            if args.command in ("run", "fix", "batch")
+            else _eval_settings(args)
+            if args.command == "eval"
+            else {}
+        )
         return Scrubber.for_settings(load_settings(given))
     except P2CError:
         return Scrubber()  # the command itself reports the bad settings

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2c_notebook.backends import Backend
 from p2c_notebook.events import Sink
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.settings import Settings
@@ -23,12 +24,14 @@ from p2c_notebook.store import RunStore
 class RunOptions:
     """How to open a run: where a new one goes, the settings, who listens, and the sections left out.
 
-    `exclude_sections`: None keeps the run's earlier choice; [] brings every section back."""
+    `exclude_sections`: None keeps the run's earlier choice; [] brings every section back. `backend`: calls go
+    through this one (the caller closes it; a batch passes one that shares its concurrency limit)."""
 
     out: Path | str | None = None
     settings: Settings | None = None
     sinks: tuple[Sink, ...] = ()
     exclude_sections: list[str] | None = None
+    backend: Backend | None = None
 
 
 def open_run(source: Path | str, options: RunOptions | None = None) -> Pipeline:
@@ -41,8 +44,9 @@ def open_run(source: Path | str, options: RunOptions | None = None) -> Pipeline:
             settings=options.settings,
             sinks=options.sinks,
             exclude_sections=options.exclude_sections,
+            backend=options.backend,
         )
-    pipeline = Pipeline.open(source, settings=options.settings, sinks=options.sinks)
+    pipeline = Pipeline.open(source, settings=options.settings, sinks=options.sinks, backend=options.backend)
     if options.exclude_sections is not None:
         try:
             pipeline.choose_sections(options.exclude_sections)

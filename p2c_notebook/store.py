@@ -503,15 +503,16 @@ class RunStore:
         return text
 
     # --- derived files ---------------------------------------------------------------------------
-    def save_derived(self, rel: str, content: str, source: str) -> bool:
+    def save_derived(self, rel: str, content: str | bytes, source: str, source_sha256: str | None = None) -> bool:
         """Write a file made from an artifact (a diagram's SVG, the dependency graph) and record in the manifest
         the hash of the version of `source` it was made from, so views judge it current by that hash (file times
         lie after a copy, a checkout or an edit made within the same second).
 
         Recorded while this process holds the run folder (a run of its own in progress) or can take it now; when
         another process holds it, the file is written all the same and views make it again later. Returns whether
-        it was recorded."""
-        digest = self.hash_of(source)
+        it was recorded. `source_sha256` names the version for a source that is not one artifact (the repository
+        folder a zip is made from)."""
+        digest = source_sha256 or self.hash_of(source)
         if digest is None:
             raise RunError(f"{source} does not exist yet: generate it before the files made from it.")
         target = self._inside(rel)

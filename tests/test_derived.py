@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from conftest import LOGIC, settings_for, small_scenario
+from conftest import CODE, LOGIC, settings_for, small_scenario
 
-from p2c_notebook import derived
+from p2c_notebook import archive, derived
 from p2c_notebook.artifacts import LogicDesign
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import RunStore
+from p2c_notebook.store import RunStore, sha256
 
 
 def planned_run(serve: Any, paper: Path, run: Path) -> Pipeline:
@@ -100,3 +101,44 @@ def test_while_another_writer_holds_the_run_folder_the_file_is_written_but_not_r
         with pipeline.store.locked():  # a run of this process holds it: recorded under that lock
             assert pipeline.store.save_derived(derived.DEPENDENCY_GRAPH, "<svg/>", "logic")
         assert pipeline.store.derived(derived.DEPENDENCY_GRAPH) == "<svg/>"
+
+
+def test_a_touched_design_keeps_its_diagram_current_and_an_edited_one_makes_it_stale(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    with planned_run(serve, paper_md, tmp_path / "run") as pipeline:
+        render = Renderer()
+        svg = derived.render_diagram(pipeline.store, "sequence_diagram", "@startuml\nA -> B\n@enduml", render.uml)
+        design_file = tmp_path / "run" / "planning" / "design.json"
+        later = design_file.stat().st_mtime + 3600
+        os.utime(design_file, (later, later))  # newer than the SVG, same bytes: still current
+        assert derived.saved_diagram(RunStore(tmp_path / "run"), "sequence_diagram") == svg
+        design = json.loads(pipeline.store.read("design"))
+        design_file.write_text(json.dumps({**design, "open_questions": ["which optimiser?"]}), encoding="utf-8")
+        os.utime(design_file, (1, 1))  # edited, yet older than the SVG: stale all the same
+        edited = RunStore(tmp_path / "run")
+        edited.refresh(["plan", "design", "logic", "config"])
+        assert derived.saved_diagram(edited, "sequence_diagram") is None
+
+
+def test_the_repository_zip_is_made_by_the_library_deterministically_and_recorded_as_derived(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    with Pipeline.start(paper_md, run, settings=settings_for(serve(small_scenario()))) as pipeline:
+        pipeline.run()
+        first = archive.repository_zip(pipeline.store).read_bytes()
+        for file in (run / "repo").rglob("*"):
+            os.utime(file, (1_000_000, 1_000_000))  # other file times: the same bytes
+        again = archive.repository_zip(pipeline.store)
+        assert again.read_bytes() == first
+        with zipfile.ZipFile(again) as handle:
+            names = handle.namelist()
+            assert names == sorted(names) and {i.date_time for i in handle.infolist()} == {archive.FIXED_TIME}
+            assert handle.read("run/models/net.py").decode() == CODE["models/net.py"]
+        record = json.loads((run / "manifest.json").read_text())["derived"][archive.archive_path(pipeline.store)]
+        assert record["source"] == "repo" and record["sha256"] == sha256(first)
+        (run / "repo" / "models" / "net.py").write_text("changed = True\n", encoding="utf-8")
+        archive.repository_zip(pipeline.store)
+        changed = json.loads((run / "manifest.json").read_text())["derived"][archive.archive_path(pipeline.store)]
+        assert changed["source_sha256"] != record["source_sha256"] and changed["sha256"] != record["sha256"]

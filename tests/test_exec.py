@@ -125,3 +125,20 @@ def test_the_magic_shows_the_plan_and_runs_only_with_yes(
     ran = capsys.readouterr()
     assert "p2c: error" not in ran.err, ran.err
     assert "ECE" in ran.out and "Attempt 1 ran: passed" in ran.out and RunStore(run_dir).meta["exec"]["passed"]
+
+
+@pytest.mark.slow
+def test_without_python_the_run_gets_its_own_venv_and_what_it_holds_is_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sandboxed()
+    root = tmp_path / "run"
+    (root / "repo").mkdir(parents=True)
+    (root / "repo" / "main.py").write_text("import sys\nprint('prefix', sys.prefix, sys.argv[1:])\n")
+    RunStore(root).set_meta(title="venv")
+    assert main(["exec", str(root), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "Install into" in out and "requirements.txt lists no package" in out
+    assert f"prefix {root / 'exec' / 'venv'} ['--smoke']" in out  # the venv's interpreter, inside the sandbox
+    assert (root / "exec" / "installed.txt").is_file() and (root / "exec" / "install.log").is_file()
+    assert RunStore(root).meta["exec"]["python"] == str(root / "exec" / "venv" / "bin" / "python")

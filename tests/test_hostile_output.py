@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from conftest import CODE, DESIGN, LOGIC, settings_for, small_scenario
 
+from p2c_notebook.archive import repo_files, repository_zip
 from p2c_notebook.errors import ReplyError, RunError
 from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.ui.repo import build_zip, repo_files
+from p2c_notebook.store import RunStore
+from p2c_notebook.ui import render
 
 
 def start(paper: Path, run: Path, server: Any) -> Pipeline:
@@ -124,8 +126,27 @@ def test_the_repository_download_leaves_linked_files_out(serve: Any, paper_md: P
     (run / "repo/secret.txt").symlink_to(secret)
     (run / "repo/elsewhere").symlink_to(tmp_path, target_is_directory=True)
     assert "secret.txt" not in repo_files(run / "repo") and not any("elsewhere" in f for f in repo_files(run / "repo"))
-    archive = build_zip(run / "repo", tmp_path / "repo.zip")
+    archive = repository_zip(RunStore(run))
     assert b"TOP-SECRET-CONTENT" not in archive.read_bytes()
+
+
+def test_a_plan_with_a_script_and_script_links_renders_them_as_text(serve: Any, paper_md: Path, tmp_path: Path) -> None:
+    plan = (
+        "# Plan\n\n<script>alert(1)</script>\n\nSee [the code](javascript:alert(2)), [this](JaVaScRiPt:alert(3)), "
+        "<javascript:alert(4)>, [data](data:text/html;base64,PHNjcmlwdD4=) and [the paper](https://arxiv.org/abs/1).\n\n"
+        '| a | b |\n|---|---|\n| <img src=x onerror=alert(5)> | <a href="javascript:alert(6)">x</a> |\n'
+    )
+    scenario = small_scenario()
+    scenario["responses"][0] = {"stage": "plan", "content": plan}
+    server = serve(scenario)
+    with start(paper_md, tmp_path / "run", server) as pipeline:
+        assert pipeline.run(until="plan").state == "stopped"
+        shown = render.artifact_html("plan", pipeline.store.read("plan"))
+    assert "<script" not in shown and "<img" not in shown and "&lt;script&gt;alert(1)&lt;/script&gt;" in shown
+    assert not any(f'href="{scheme}' in shown.lower() for scheme in ("javascript", "data"))
+    assert shown.count("<a ") == 1  # only the https link became a link; the others stay visible text
+    assert '<a href="https://arxiv.org/abs/1" target="_blank" rel="noopener noreferrer">the paper</a>' in shown
+    assert "<table>" in shown  # the table rule is on, its cells escaped like the rest
 
 
 # --- YAML and code that would act ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ against the run folder; the magics run in a real IPython shell. Models answer ov
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -24,7 +25,7 @@ import p2c_notebook
 from p2c_notebook.events import Event, StageStarted
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.settings import Settings
-from p2c_notebook.store import artifact_file
+from p2c_notebook.store import RunStore, artifact_file
 from p2c_notebook.ui import Walkthrough, walkthrough
 from p2c_notebook.ui.magics import P2CMagics
 from p2c_notebook.ui.panels import DiagramView, load_uml
@@ -454,7 +455,8 @@ def test_download_zip_holds_the_repository(finished: tuple[Any, Path]) -> None:
 
 def test_an_invalid_diagram_shows_its_error_next_to_the_editable_source(finished: tuple[Any, Path]) -> None:
     server, run = finished
-    view = DiagramView("Class diagram", "class_diagram", "classDiagram\n", "@startuml\nclass A {\n@enduml\n", run)
+    source = "@startuml\nclass A {\n@enduml\n"
+    view = DiagramView("Class diagram", "class_diagram", "classDiagram\n", source, RunStore(run))
     view.render_button.click()
     if load_uml() is None:
         assert "p2c_notebook.uml" in view.result.value
@@ -483,6 +485,40 @@ def test_render_svg_saves_the_diagram_into_the_run_folder(finished: tuple[Any, P
     view.children[4].click()  # Render SVG
     assert "<svg" in (run / "planning/class_diagram.svg").read_text()
     assert "data:image/svg+xml;base64," in view.children[5].value
+
+
+def test_the_panels_diagrams_are_recorded_as_derived_and_judged_current_by_the_designs_hash(
+    finished: tuple[Any, Path],
+) -> None:
+    uml = load_uml()
+    if uml is None:
+        pytest.skip("p2c_notebook.uml is not available")
+    try:
+        uml.find_java()
+        uml.find_jar()
+    except Exception as exc:  # noqa: BLE001 - no Java / PlantUML here
+        pytest.skip(str(exc))
+    if uml.find_dot() is None:
+        pytest.skip("Graphviz (dot) is not installed")
+    server, run = finished
+    wt = open_walkthrough(server, run)  # its design and logic panels draw the diagrams and the graph
+    made = json.loads((run / "manifest.json").read_text())["derived"]
+    design_hash = wt.pipeline.store.hash_of("design")
+    for name in ("class_diagram", "sequence_diagram"):
+        assert made[f"planning/{name}.svg"]["source_sha256"] == design_hash
+    assert made["planning/dependencies.svg"]["source_sha256"] == wt.pipeline.store.hash_of("logic")
+    svg = run / "planning/class_diagram.svg"
+    os.utime(svg, (5, 5))  # far older than the design: by file times it would be drawn again
+    now = time.time() + 60
+    os.utime(run / "planning/design.json", (now, now))  # touched, not changed
+    again = open_walkthrough(server, run)
+    assert svg.stat().st_mtime == 5, "a touched design kept its diagram: not drawn again"
+    design = json.loads(again.read("design"))
+    again.edit("design", json.dumps({**design, "open_questions": ["which optimiser?"]}, indent=2))
+    third = open_walkthrough(server, run)
+    record = json.loads((run / "manifest.json").read_text())["derived"]["planning/class_diagram.svg"]
+    assert record["source_sha256"] == third.pipeline.store.hash_of("design") != design_hash
+    assert svg.stat().st_mtime != 5
 
 
 def test_walkthrough_function_starts_then_reopens_a_run(serve: Any, paper_md: Path, tmp_path: Path) -> None:

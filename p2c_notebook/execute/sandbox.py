@@ -98,11 +98,15 @@ def isolation(no_sandbox: bool = False) -> str:
     """The best isolation this machine offers: "bwrap", "unshare", or "none" (only when asked for explicitly)."""
     if no_sandbox:
         return "none"
-    if _works(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--dev", "/dev", "true"]):
+    if bwrap_works():
         return "bwrap"
     if unshare_works():
         return "unshare"
     raise ConfigError(f"This machine offers no sandbox for the generated code. {INSTALL_HINT}")
+
+
+def bwrap_works() -> bool:
+    return _works(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--dev", "/dev", "true"])
 
 
 def unshare_works() -> bool:

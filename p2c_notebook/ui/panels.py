@@ -6,7 +6,6 @@ Every message shown comes from a P2CError (written for people) or is one line; m
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import time
 from collections.abc import Callable
@@ -17,6 +16,8 @@ from typing import Any, Protocol
 import ipywidgets as widgets  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
+from p2c_notebook import derived
+from p2c_notebook.archive import repository_zip
 from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.diagrams import (
     class_diagram_mermaid,
@@ -27,9 +28,9 @@ from p2c_notebook.diagrams import (
 from p2c_notebook.errors import EditedArtifactError, P2CError
 from p2c_notebook.history import CURRENT, Version
 from p2c_notebook.pipeline import Row
-from p2c_notebook.store import atomic_write
+from p2c_notebook.store import RunStore
 from p2c_notebook.ui import render
-from p2c_notebook.ui.repo import build_zip, download_html, repo_files, tree_html
+from p2c_notebook.ui.repo import download_html, repo_files, tree_html
 
 NO_UML = "Static SVG diagrams need p2c_notebook.uml, which this installation does not have."
 
@@ -39,6 +40,9 @@ class PanelOwner(Protocol):
 
     @property
     def run_dir(self) -> Path: ...
+
+    @property
+    def store(self) -> RunStore: ...
 
     @property
     def busy(self) -> bool: ...
@@ -303,7 +307,7 @@ class ArtifactPanel:
             design = ArchitectureDesign.model_validate_json(text)
         except ValidationError as exc:
             return self._invalid(text, exc)
-        run = self.owner.run_dir
+        store = self.owner.store
         views = [html(render.design_html(design), "p2c-rendered")]
         diagrams = (
             ("Class diagram", "class_diagram", class_diagram_mermaid, class_diagram_plantuml),
@@ -312,10 +316,10 @@ class ArtifactPanel:
         for title, name, to_mermaid, to_plantuml in diagrams:
             mermaid, plantuml = to_mermaid(design), to_plantuml(design)
             try:
-                svg: str | None = diagram_svg(run, name, plantuml)
+                svg: str | None = diagram_svg(store, name, plantuml)
             except (P2CError, OSError):
                 svg = None  # the Mermaid source still shows; "Render SVG" says what is wrong
-            views.append(DiagramView(title, name, mermaid, plantuml, run, svg).widget)
+            views.append(DiagramView(title, name, mermaid, plantuml, store, svg).widget)
         return views
 
     def _logic_views(self, text: str) -> list[Any]:
@@ -323,7 +327,7 @@ class ArtifactPanel:
             logic = LogicDesign.model_validate_json(text)
         except ValidationError as exc:
             return self._invalid(text, exc)
-        graph = dependency_graph(logic, self.owner.run_dir / "planning" / "dependencies.svg")
+        graph = dependency_graph(self.owner.store, logic)
         return [html(render.logic_html(logic), "p2c-rendered"), html(graph, "p2c-graph")]
 
     def _invalid(self, text: str, exc: ValidationError) -> list[Any]:
@@ -396,18 +400,18 @@ class ArtifactPanel:
         return self.owner.regenerate(self.artifact, feedback, overwrite_edited=confirmed)
 
 
-def dependency_graph(logic: LogicDesign, save_to: Path, inline: bool = False) -> str:
-    """The file dependency graph as an image (also saved into the run folder), or why there is none.
+def dependency_graph(store: RunStore, logic: LogicDesign, inline: bool = False) -> str:
+    """The file dependency graph as an image (made and recorded by the library, reused while the logic design is
+    unchanged), or why there is none. `inline` gives an <svg> element for the static snapshot instead of an <img>.
 
-    `inline` gives an <svg> element for the static snapshot instead of an <img>.
+    `logic` is the design shown; the graph is drawn from the saved one, which is the same text.
     """
     uml = load_uml()
     if uml is None:
         return f"<p class='p2c-hint'>{render.esc(NO_UML)}</p>"
     try:
-        svg = str(uml.dependency_graph_svg(logic))
-        atomic_write(save_to, svg)
-    except Exception as exc:  # noqa: BLE001 - DiagramError (missing Graphviz...) or OSError: one line
+        svg = derived.dependency_graph(store, uml.dependency_graph_svg)
+    except Exception as exc:  # noqa: BLE001 - DiagramError (missing Graphviz...) or RunError: one line
         message = render.one_line(str(exc) or repr(exc))
         return f"<p class='p2c-error'>No dependency graph: {render.esc(message)}</p>"
     if inline:
@@ -415,32 +419,22 @@ def dependency_graph(logic: LogicDesign, save_to: Path, inline: bool = False) ->
     return render.svg_img(svg, "File dependency graph")
 
 
-def cached_svg(svg_path: Path, run_dir: Path) -> str | None:
-    """The diagram's SVG in the run folder when it was rendered since the design last changed, else None."""
-    with contextlib.suppress(OSError):
-        if svg_path.stat().st_mtime >= (run_dir / "planning" / "design.json").stat().st_mtime:
-            return svg_path.read_text(encoding="utf-8")
-    return None
+def diagram_svg(store: RunStore, name: str, plantuml: str) -> str:
+    """A design diagram as SVG: the one recorded for the design as it is now, else rendered offline by PlantUML
+    (saved and recorded by the library).
 
-
-def diagram_svg(run_dir: Path, name: str, plantuml: str) -> str:
-    """A design diagram as SVG, rendered offline by PlantUML (and saved beside the design) unless still current.
-
-    Raises P2CError (a DiagramError) or OSError; NO_UML as a P2CError without the renderer.
+    Raises P2CError (a DiagramError, a RunError) or OSError; NO_UML as a P2CError without the renderer.
     """
-    svg_path = run_dir / "planning" / f"{name}.svg"
-    cached = cached_svg(svg_path, run_dir)
-    if cached is not None:
-        return cached
+    saved = derived.saved_diagram(store, name)
+    if saved is not None:
+        return saved
     uml = load_uml()
     if uml is None:
         raise P2CError(NO_UML)
-    svg = str(uml.render_plantuml(plantuml))
-    atomic_write(svg_path, svg)
-    return svg
+    return derived.render_diagram(store, name, plantuml, uml.render_plantuml)
 
 
-def static_body(artifact: str, text: str, run_dir: Path) -> str:
+def static_body(artifact: str, text: str, store: RunStore) -> str:
     """The content of a panel for the static snapshot: what the widget shows, with the diagrams as inline SVG."""
     stage = artifact.partition("/")[0]
     try:
@@ -452,7 +446,7 @@ def static_body(artifact: str, text: str, run_dir: Path) -> str:
                 ("Sequence diagram", "sequence_diagram", sequence_diagram_plantuml(design)),
             ):
                 try:
-                    image = render.inline_svg(diagram_svg(run_dir, name, source), f"p2c-{name}", title)
+                    image = render.inline_svg(diagram_svg(store, name, source), f"p2c-{name}", title)
                 except (P2CError, OSError) as exc:
                     image = f"<p class='p2c-error'>{render.esc(render.one_line(str(exc) or repr(exc)))}</p>"
                 css = f"p2c-diagram p2c-diagram-{name.replace('_', '-')}"
@@ -460,7 +454,7 @@ def static_body(artifact: str, text: str, run_dir: Path) -> str:
             return "".join(parts)
         if stage == "logic":
             logic = LogicDesign.model_validate_json(text)
-            graph = dependency_graph(logic, run_dir / "planning" / "dependencies.svg", inline=True)
+            graph = dependency_graph(store, logic, inline=True)
             return render.logic_html(logic) + f"<div class='p2c-graph'>{graph}</div>"
     except ValidationError:
         pass  # shown as the file's text, as the widget does
@@ -476,10 +470,11 @@ class DiagramView:
     """
 
     def __init__(
-        self, title: str, name: str, mermaid: str, plantuml: str, run_dir: Path, svg: str | None = None
+        self, title: str, name: str, mermaid: str, plantuml: str, store: RunStore, svg: str | None = None
     ) -> None:
         self.name = name
-        self.svg_path = run_dir / "planning" / f"{name}.svg"
+        self.store = store
+        self.svg_path = store.root / derived.diagram_path(name)
         self.mermaid = widgets.Output()
         self.mermaid.add_class("p2c-mermaid")
         # JupyterLab 4 renders text/vnd.mermaid itself (offline); others draw the SVG, or show the source.
@@ -515,8 +510,7 @@ class DiagramView:
             self.result.value = f"<p class='p2c-hint'>{render.esc(NO_UML)}</p>"
             return
         try:
-            svg = str(uml.render_plantuml(self.source.value))
-            atomic_write(self.svg_path, svg)
+            svg = derived.render_diagram(self.store, self.name, self.source.value, uml.render_plantuml)
         except Exception as exc:  # noqa: BLE001 - DiagramError or an OSError: shown next to the source
             message = render.one_line(str(exc) or repr(exc))
             self.result.value = f"<p class='p2c-error'>This diagram does not render: {render.esc(message)}</p>"
@@ -527,9 +521,9 @@ class DiagramView:
 class RepoPanel:
     """The generated repository: its file tree and a "Download zip" button."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.repo = run_dir / "repo"
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.repo = store.root / "repo"
         self.tree = html("", "p2c-repo-tree")
         self.badge = html("", "p2c-badge", "p2c-badge-missing")
         self.download_button = button("Download zip", "Zip the repository into the run folder", "p2c-download")
@@ -560,7 +554,7 @@ class RepoPanel:
 
     def download(self) -> None:
         try:
-            archive = build_zip(self.repo, self.run_dir / f"{self.run_dir.name}-repo.zip")
+            archive = repository_zip(self.store)
             self.link.value = download_html(archive)
             self.message.value = ""
         except P2CError as exc:

@@ -133,112 +133,50 @@ def stylesheet() -> str:
     return css
 
 
-# --- Markdown: a small, escaping subset (headings, lists, quotes, fences, tables, emphasis, links) ---
-_FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+.-]*)")
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_BULLET = re.compile(r"^\s*[-*+]\s+(.*)$")
-_NUMBERED = re.compile(r"^\s*\d+[.)]\s+(.*)$")
-_RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$")
-_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
-_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|__(?=\S)(.+?)(?<=\S)__")
-_ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*]+?)(?<=\S)\*(?![\w*])|(?<![\w_])_(?=\S)([^_]+?)(?<=\S)_(?![\w_])")
-_LINK = re.compile(r"\[([^\]]+)\]\((https?://[^\s)]+)\)")
+# --- Markdown: CommonMark by markdown-it-py, raw HTML escaped (model text is untrusted) ---------------
+_SAFE_SCHEMES = ("http", "https")
 
 
-def _inline(text: str) -> str:
-    parts = re.split(r"(`[^`]+`)", text)
-    out = []
-    for part in parts:
-        if len(part) > 1 and part.startswith("`") and part.endswith("`"):
-            out.append(f"<code>{esc(part[1:-1])}</code>")
-            continue
-        chunk = esc(part)  # after this there is no < > " ' left to abuse; the tags below are ours
-        chunk = _LINK.sub(r'<a href="\2" target="_blank" rel="noopener noreferrer">\1</a>', chunk)
-        chunk = _BOLD.sub(lambda m: f"<strong>{m.group(1) or m.group(2)}</strong>", chunk)
-        chunk = _ITALIC.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", chunk)
-        out.append(chunk)
-    return "".join(out)
+def _safe_link(url: str) -> bool:
+    """Only web links stay links: javascript:, data:, file: and relative paths render as text."""
+    return urlsplit(url.strip()).scheme.lower() in _SAFE_SCHEMES
 
 
-def _cells(row: str) -> list[str]:
-    return [c.strip() for c in row.strip().strip("|").split("|")]
+def _fence(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    token = tokens[idx]
+    language = token.info.strip().split(maxsplit=1)[0] if token.info.strip() else ""
+    if language:
+        return highlight(token.content, language=language)
+    return f'<pre class="p2c-code">{esc(token.content)}</pre>'
+
+
+def _code_block(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    return f'<pre class="p2c-code">{esc(tokens[idx].content)}</pre>'
+
+
+def _link_open(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    tokens[idx].attrSet("target", "_blank")
+    tokens[idx].attrSet("rel", "noopener noreferrer")
+    return str(renderer.renderToken(tokens, idx, options, env))
+
+
+@functools.lru_cache(maxsize=1)
+def _markdown() -> Any:
+    """CommonMark with tables; `html: False` turns every tag in the text into visible text, images stay text (no
+    request to an address a model wrote), and links open in a new tab without access to this page."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table").disable("image")
+    md.validateLink = _safe_link  # type: ignore[method-assign]  # markdown-it-py's documented hook
+    md.add_render_rule("fence", _fence)
+    md.add_render_rule("code_block", _code_block)
+    md.add_render_rule("link_open", _link_open)
+    return md
 
 
 def markdown_html(text: str) -> str:
     """Markdown to HTML where no input text can become a tag, attribute or script."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    out: list[str] = []
-    para: list[str] = []
-    items: list[str] = []
-    list_tag = ""
-
-    def flush() -> None:
-        nonlocal list_tag
-        if para:
-            out.append(f"<p>{_inline(' '.join(para))}</p>")
-            para.clear()
-        if items:
-            out.append(f"<{list_tag}>" + "".join(f"<li>{i}</li>" for i in items) + f"</{list_tag}>")
-            items.clear()
-            list_tag = ""
-
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        fence = _FENCE.match(line)
-        if fence:
-            flush()
-            marker, language = fence.group(1), fence.group(2)
-            body: list[str] = []
-            i += 1
-            while i < len(lines) and not lines[i].strip().startswith(marker):
-                body.append(lines[i])
-                i += 1
-            out.append(highlight("\n".join(body) + "\n", language=language) if language else _pre(body))
-            i += 1
-            continue
-        if "|" in line and i + 1 < len(lines) and _TABLE_SEP.match(lines[i + 1]):
-            flush()
-            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(line))
-            rows = []
-            i += 2
-            while i < len(lines) and "|" in lines[i] and lines[i].strip():
-                rows.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(lines[i])) + "</tr>")
-                i += 1
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-            continue
-        heading, bullet, numbered = _HEADING.match(line), _BULLET.match(line), _NUMBERED.match(line)
-        if not line.strip():
-            flush()
-        elif heading:
-            flush()
-            level = len(heading.group(1))
-            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif _RULE.match(line):
-            flush()
-            out.append("<hr>")
-        elif bullet or numbered:
-            tag = "ul" if bullet else "ol"
-            if para or (items and list_tag != tag):
-                flush()
-            list_tag = tag
-            items.append(_inline((bullet or numbered).group(1)))  # type: ignore[union-attr]
-        elif line.lstrip().startswith(">"):
-            flush()
-            out.append(f"<blockquote>{_inline(line.lstrip()[1:].strip())}</blockquote>")
-        elif items and line.startswith((" ", "\t")):
-            items[-1] += " " + _inline(line.strip())
-        else:
-            if items:
-                flush()
-            para.append(line.strip())
-        i += 1
-    flush()
-    return '<div class="p2c-markdown">' + "\n".join(out) + "</div>"
-
-
-def _pre(lines: list[str]) -> str:
-    return f'<pre class="p2c-code">{esc(chr(10).join(lines))}</pre>'
+    return '<div class="p2c-markdown">' + str(_markdown().render(text)) + "</div>"
 
 
 # --- planning artifacts ------------------------------------------------------------------------------

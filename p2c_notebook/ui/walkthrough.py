@@ -39,7 +39,7 @@ from p2c_notebook.session import RunOptions, open_run
 from p2c_notebook.settings import load_settings
 from p2c_notebook.stages import registry
 from p2c_notebook.stages.registry import stage_of
-from p2c_notebook.store import sha256
+from p2c_notebook.store import RunStore, sha256
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, reserve, show, static_body
 from p2c_notebook.ui.paperview import PaperPanel, static_paper_html
@@ -116,7 +116,7 @@ class Walkthrough:
         self.panel_box = widgets.VBox()
         self.panel_box.add_class("p2c-panels")
         self.pending = {s.name: html("", "p2c-pending", f"p2c-pending-{s.name}") for s in registry.file_stages()}
-        self.repo_panel = RepoPanel(self.run_dir)
+        self.repo_panel = RepoPanel(self.pipeline.store)
         self.questions_panel = QuestionsPanel(self)  # the open questions, between the planning and the files
         self._questions: list[Question] = []
         self._questions_key: tuple[str | None, ...] = ()
@@ -201,7 +201,7 @@ class Walkthrough:
                     body = "<p class='p2c-hint'>Not generated yet.</p>"
                 else:
                     try:
-                        body = static_body(row.artifact, self.read(row.artifact), self.run_dir)
+                        body = static_body(row.artifact, self.read(row.artifact), self.store)
                     except P2CError as exc:
                         body = f"<p class='p2c-error'>{render.esc(render.one_line(str(exc)))}</p>"
                 usage = render.usage_line(row.usage)
@@ -237,6 +237,11 @@ class Walkthrough:
     @property
     def run_dir(self) -> Path:
         return self.pipeline.store.root
+
+    @property
+    def store(self) -> RunStore:
+        """The run folder's store: panels ask the library for the files made from artifacts through it."""
+        return self.pipeline.store
 
     @property
     def busy(self) -> bool:

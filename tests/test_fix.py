@@ -1,0 +1,166 @@
+"""`p2c fix`: a failing smoke run goes to the model (over HTTP), whose search/replace edits are validated, shown,
+and applied only when approved; bounded rounds; the user's own edits are protected."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import API_KEY, small_scenario
+
+from p2c_notebook.cli import main
+from p2c_notebook.errors import ConfigError, PlanError, ReplyError, UnsafePathError
+from p2c_notebook.execute import sandbox
+from p2c_notebook.execute.repair import Edit, apply_edits, named_files, parse_edits, trim_traceback
+from p2c_notebook.store import RunStore
+
+BUG = "print(Net().forward(load())[5])\n"
+BROKEN_MAIN = "from data import load\nfrom models.net import Net\n\n" + BUG
+
+
+def block(path: str, search: str, replace: str) -> str:
+    return f"{path}\n<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE\n"
+
+
+FIX = block("main.py", BUG, "print(Net().forward(load()))\n")
+
+
+def scenario(*fixes: str) -> dict[str, Any]:
+    plan = small_scenario()
+    for response in plan["responses"]:
+        if response["stage"] == "code" and response.get("file") == "main.py":
+            response["content"] = f"```python\n{BROKEN_MAIN}```"
+    plan["responses"] += [{"stage": "fix", "content": text} for text in fixes]
+    return plan
+
+
+@pytest.fixture
+def generated(monkeypatch: pytest.MonkeyPatch, serve: Any, paper_md: Path, tmp_path: Path) -> Any:
+    """A run whose generated main.py fails at run time (an IndexError no static check sees)."""
+    try:
+        sandbox.isolation()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+    def make(*fixes: str) -> tuple[Any, Path]:
+        server = serve(scenario(*fixes))
+        for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
+            monkeypatch.delenv(key)
+        for key, value in {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.base_url, "P2C_CONFIG": "/x"}.items():
+            monkeypatch.setenv(key, value)
+        run = tmp_path / "run"
+        assert main(["run", str(paper_md), "--out", str(run)]) == 0
+        return server, run
+
+    return make
+
+
+def fix_requests(server: Any) -> list[Any]:
+    return [r for r in server.requests if r["stage"] == "fix"]
+
+
+@pytest.mark.slow
+def test_a_failing_smoke_run_is_repaired_in_one_round_with_an_approved_diff(
+    generated: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, run = generated(FIX)
+    capsys.readouterr()
+    assert main(["fix", str(run), "--python", sys.executable, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "IndexError" in out and "-print(Net().forward(load())[5])" in out and "+print(Net().forward(load()))" in out
+    assert "[2.0, 4.0, 6.0]" in out and "passes after 1 round(s)" in out
+    asked = fix_requests(server)
+    assert len(asked) == 1
+    prompt = asked[0]["messages"][-1]["content"]
+    assert "IndexError" in prompt and BUG.strip() in prompt and "Analysis of main.py" in prompt
+    assert 'File "main.py"' in prompt and "/sandbox/" not in prompt  # trimmed to the repository's frames
+    assert (run / "repo" / "main.py").read_text().endswith("print(Net().forward(load()))\n")
+    store = RunStore(run)
+    assert store.meta["fixes"][0]["round"] == 1 and store.meta["fixes"][0]["files"] == ["main.py"]
+    assert store.meta["exec"]["passed"] and store.entry("code/main.py") is not None
+    assert json.loads((run / "exec" / "attempt-1.json").read_text())["passed"] is False
+
+
+@pytest.mark.slow
+def test_a_rejected_diff_leaves_the_code_untouched(
+    generated: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, run = generated(FIX)
+    answers = iter(["y", "n"])  # run it: yes; apply the fix: no
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    assert main(["fix", str(run), "--python", sys.executable]) == 1
+    assert "Fix rejected: the code is unchanged." in capsys.readouterr().out
+    assert (run / "repo" / "main.py").read_text() == BROKEN_MAIN and "fixes" not in RunStore(run).meta
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "reply",
+    [block("../outside.py", "x\n", "y\n"), block("main.py", "no such line\n", "y\n"), "Just rename the index."],
+    ids=["escapes-the-repository", "does-not-apply", "no-block"],
+)
+def test_a_diff_that_does_not_apply_or_escapes_the_repository_is_refused(
+    generated: Any, capsys: pytest.CaptureFixture[str], reply: str
+) -> None:
+    server, run = generated(reply)
+    assert main(["fix", str(run), "--python", sys.executable, "--yes"]) == ReplyError.exit_code
+    assert len(fix_requests(server)) == 2  # asked once more with the problem, then refused
+    assert (run / "repo" / "main.py").read_text() == BROKEN_MAIN and not (run / "outside.py").exists()
+    assert "fixes" not in RunStore(run).meta
+
+
+@pytest.mark.slow
+def test_the_round_limit_stops_a_repair_that_does_not_help(generated: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server, run = generated(block("main.py", BUG, BUG + "# tried\n"))
+    assert main(["fix", str(run), "--python", sys.executable, "--yes", "--rounds", "2"]) == 1
+    assert "Still failing after 2 round(s)" in capsys.readouterr().out
+    assert len(fix_requests(server)) == 2 and [f["round"] for f in RunStore(run).meta["fixes"]] == [1, 2]
+    assert (run / "repo" / "main.py").read_text().count("# tried") == 2
+
+
+@pytest.mark.slow
+def test_a_file_the_user_edited_is_not_overwritten_without_its_own_yes(
+    generated: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, run = generated(FIX.replace(BUG, "# mine\n" + BUG))
+    mine = BROKEN_MAIN.replace(BUG, "# mine\n" + BUG)
+    (run / "repo" / "main.py").write_text(mine)
+    assert main(["fix", str(run), "--python", sys.executable, "--yes"]) == 1
+    out = capsys.readouterr().out
+    assert "changes file(s) you edited: main.py" in out and "Fix rejected" in out
+    assert (run / "repo" / "main.py").read_text() == mine
+    assert main(["fix", str(run), "--python", sys.executable, "--yes", "--overwrite-edited"]) == 0
+    assert (run / "repo" / "main.py").read_text().endswith("print(Net().forward(load()))\n")
+
+
+def test_the_traceback_keeps_the_repository_frames_and_names_the_files() -> None:
+    log = (
+        "epoch 1\nTraceback (most recent call last):\n"
+        '  File "/sandbox/repo/main.py", line 4, in <module>\n    train()\n'
+        '  File "/usr/lib/python3/site-packages/numpy/core.py", line 9, in dot\n    return x\n'
+        '  File "/usr/lib/python3/site-packages/numpy/core.py", line 12, in inner\n    raise\n'
+        '  File "/sandbox/repo/models/net.py", line 7, in forward\n    return w @ x\n'
+        "ValueError: shapes (2,) and (3,) not aligned\n"
+    )
+    trimmed = trim_traceback(log, {"main.py", "models/net.py"})
+    assert "numpy" not in trimmed and trimmed.count("  ...") == 1 and "/sandbox" not in trimmed
+    assert trimmed.endswith("ValueError: shapes (2,) and (3,) not aligned")
+    assert named_files(trimmed, {"main.py", "models/net.py"}) == ["models/net.py", "main.py"]
+
+
+def test_edits_apply_exactly_once_inside_the_repository() -> None:
+    current = {"main.py": "a = 1\nb = 2\na = 1\n", "data.py": "x = 1\n"}
+    edits = parse_edits("`data.py`\n<<<<<<< SEARCH\nx = 1\n=======\nx = 2\n>>>>>>> REPLACE\n")
+    assert edits == [Edit("data.py", "x = 1\n", "x = 2\n")]
+    assert apply_edits(current, edits) == {"data.py": ("x = 1\n", "x = 2\n")}
+    with pytest.raises(PlanError, match="2 times"):
+        apply_edits(current, [Edit("main.py", "a = 1\n", "a = 3\n")])
+    with pytest.raises(UnsafePathError):
+        apply_edits(current, [Edit("/etc/passwd", "root", "x")])
+    with pytest.raises(PlanError, match="not a generated file"):
+        apply_edits(current, [Edit("new.py", "", "x")])
