@@ -51,16 +51,19 @@ def repository_zip(store: RunStore) -> Path:
     files = repo_files(repo)
     if not files:
         raise RunError(f"{repo} holds no files yet; run the coding stage before downloading the repository.")
+    too_large = RunError(
+        f"{repo} holds more than {MAX_ARCHIVE_BYTES / 2**20:g} MiB; remove large files (data, checkpoints) from it "
+        "before downloading the repository."
+    )
+    if sum((repo / file).lstat().st_size for file in files) > MAX_ARCHIVE_BYTES:
+        raise too_large
     buffer, total, listing = io.BytesIO(), 0, []
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for file in files:
             data = read_regular(store.root, f"{REPO}/{file}", limit=MAX_ARCHIVE_BYTES)  # no link followed
             total += len(data)
-            if total > MAX_ARCHIVE_BYTES:
-                raise RunError(
-                    f"{repo} holds more than {MAX_ARCHIVE_BYTES // 2**20} MiB; remove large files (data, checkpoints) "
-                    "from it before downloading the repository."
-                )
+            if total > MAX_ARCHIVE_BYTES:  # grew while being read
+                raise too_large
             entry = zipfile.ZipInfo(f"{store.root.name}/{file}", date_time=FIXED_TIME)
             entry.external_attr = 0o644 << 16
             entry.compress_type = zipfile.ZIP_DEFLATED

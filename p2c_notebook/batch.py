@@ -30,7 +30,7 @@ from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.errors import Cancelled, ConfigError, P2CError
 from p2c_notebook.events import Event, EventBus, Sink
 from p2c_notebook.session import RunOptions, open_run
-from p2c_notebook.settings import Settings
+from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.store import atomic_write
 
 STATE_FILE = "batch.json"
@@ -325,8 +325,6 @@ class Batch:
     """One batch run; `cancel()` (from any thread) stops it after the calls in flight, as Ctrl-C does."""
 
     def __init__(self, spec: Path | str, options: BatchOptions | None = None, sinks: tuple[Sink, ...] = ()) -> None:
-        from p2c_notebook.settings import load_settings
-
         self.options = options or BatchOptions()
         self.papers = read_spec(spec)
         self.out = Path(self.options.out) if self.options.out else default_out(spec)
@@ -366,20 +364,25 @@ class Batch:
             if paper.name in results:
                 self._finish(results[paper.name], len(results), total)
         interrupted = False
-        with ThreadPoolExecutor(max_workers=max(1, min(len(todo), self.limiter.limit))) as pool:
-            futures: dict[Future[PaperResult], BatchPaper] = {pool.submit(self._one, p): p for p in todo}
-            pending = set(futures)
-            while pending:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(len(todo), self.limiter.limit)))
+        try:
+            futures = [pool.submit(self._one, p) for p in todo]
+            handled: set[Future[PaperResult]] = set()
+            while len(handled) < len(futures):
+                # Ctrl-C may land anywhere in this thread: stop every run after its calls in flight, keep waiting
+                # for them, and record each paper once (`handled` is marked before its row is written).
                 try:
-                    finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    wait([f for f in futures if f not in handled], timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in [f for f in futures if f.done() and f not in handled]:
+                        handled.add(future)
+                        result = future.result()
+                        results[result.name] = result
+                        self._finish(result, len(results), total)
                 except KeyboardInterrupt:
                     interrupted = True
                     self.cancel()
-                    continue
-                for future in finished:
-                    result = future.result()
-                    results[result.name] = result
-                    self._finish(result, len(results), total)
+        finally:
+            pool.shutdown(wait=True)
         interrupted = interrupted or self._cancel.is_set()
         ordered = [results.get(p.name) or self._not_run(p) for p in self.papers]
         batch = BatchResult(self.out, ordered, interrupted, self.limiter.peak, self.limiter.pauses)

@@ -1,5 +1,5 @@
-"""Files made from artifacts (diagram SVGs, the dependency graph) are made by the library, recorded in the
-manifest with the hash of the artifact they come from, and judged current by that hash, not by file times."""
+"""Files made from artifacts (diagram SVGs, the dependency graph, the repository zip) are made by the library,
+recorded in the manifest with the hash of what they come from, and judged current by that hash, not by file times."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import CODE, LOGIC, settings_for, small_scenario
 
 from p2c_notebook import archive, derived
 from p2c_notebook.artifacts import LogicDesign
+from p2c_notebook.errors import RunError
 from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.store import RunStore, sha256
 
@@ -142,3 +144,16 @@ def test_the_repository_zip_is_made_by_the_library_deterministically_and_recorde
         archive.repository_zip(pipeline.store)
         changed = json.loads((run / "manifest.json").read_text())["derived"][archive.archive_path(pipeline.store)]
         assert changed["source_sha256"] != record["source_sha256"] and changed["sha256"] != record["sha256"]
+
+
+def test_a_repository_larger_than_the_bound_is_refused_with_what_to_remove(
+    serve: Any, paper_md: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    with Pipeline.start(paper_md, run, settings=settings_for(serve(small_scenario()))) as pipeline:
+        pipeline.run()
+        (run / "repo" / "checkpoint.bin").write_bytes(b"\0" * 4096)
+        monkeypatch.setattr(archive, "MAX_ARCHIVE_BYTES", 2048)
+        with pytest.raises(RunError, match="remove large files"):
+            archive.repository_zip(pipeline.store)
+        assert not (run / archive.archive_path(pipeline.store)).exists()

@@ -6,6 +6,7 @@ against the run folder; the magics run in a real IPython shell. Models answer ov
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -451,6 +452,8 @@ def test_download_zip_holds_the_repository(finished: tuple[Any, Path]) -> None:
         assert sorted(handle.namelist()) == sorted(f"run/{p}" for p in [*CODE, "config.yaml"])
         assert handle.read("run/models/net.py").decode() == CODE["models/net.py"]
     assert 'href="data:application/zip;base64,' in wt.repo_panel.link.value
+    record = json.loads((run / "manifest.json").read_text())["derived"]["run-repo.zip"]  # made by the library
+    assert record["source"] == "repo" and record["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
 def test_an_invalid_diagram_shows_its_error_next_to_the_editable_source(finished: tuple[Any, Path]) -> None:

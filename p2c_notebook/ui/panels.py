@@ -327,7 +327,7 @@ class ArtifactPanel:
             logic = LogicDesign.model_validate_json(text)
         except ValidationError as exc:
             return self._invalid(text, exc)
-        graph = dependency_graph(self.owner.store, logic)
+        graph = dependency_graph(self.owner.store)
         return [html(render.logic_html(logic), "p2c-rendered"), html(graph, "p2c-graph")]
 
     def _invalid(self, text: str, exc: ValidationError) -> list[Any]:
@@ -400,12 +400,10 @@ class ArtifactPanel:
         return self.owner.regenerate(self.artifact, feedback, overwrite_edited=confirmed)
 
 
-def dependency_graph(store: RunStore, logic: LogicDesign, inline: bool = False) -> str:
-    """The file dependency graph as an image (made and recorded by the library, reused while the logic design is
-    unchanged), or why there is none. `inline` gives an <svg> element for the static snapshot instead of an <img>.
-
-    `logic` is the design shown; the graph is drawn from the saved one, which is the same text.
-    """
+def dependency_graph(store: RunStore, inline: bool = False) -> str:
+    """The saved logic design's file dependency graph as an image (made and recorded by the library, reused while
+    the logic design is unchanged), or why there is none. `inline` gives an <svg> element for the static snapshot
+    instead of an <img>."""
     uml = load_uml()
     if uml is None:
         return f"<p class='p2c-hint'>{render.esc(NO_UML)}</p>"
@@ -454,7 +452,7 @@ def static_body(artifact: str, text: str, store: RunStore) -> str:
             return "".join(parts)
         if stage == "logic":
             logic = LogicDesign.model_validate_json(text)
-            graph = dependency_graph(store, logic, inline=True)
+            graph = dependency_graph(store, inline=True)
             return render.logic_html(logic) + f"<div class='p2c-graph'>{graph}</div>"
     except ValidationError:
         pass  # shown as the file's text, as the widget does
