@@ -7,7 +7,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "p2c_notebook"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "p2c_notebook"
 #: `%load_ext p2c_notebook` must reach the magics: the package's IPython hooks are the one way into the UI.
 UI_ENTRY_POINTS = {("p2c_notebook", "load_ipython_extension"), ("p2c_notebook", "unload_ipython_extension")}
 #: The stage tables the registry replaced; no module may define them again.
@@ -193,3 +194,16 @@ def test_the_stages_are_declared_only_in_the_registry() -> None:
                     listings.append(f"{name}:{node.lineno} {sorted(named)}")
     assert not tables, f"old stage tables: {tables}"
     assert not listings, f"stage names listed outside the registry: {listings}"
+
+
+def test_every_package_folder_is_shipped() -> None:
+    """A non-editable install carries only the packages pyproject.toml lists: a new folder must be listed there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "p2c_notebook").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
