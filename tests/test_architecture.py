@@ -7,6 +7,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "p2c_notebook"
 #: `%load_ext p2c_notebook` must reach the magics: the package's IPython hooks are the one way into the UI.
@@ -198,7 +200,7 @@ def test_the_stages_are_declared_only_in_the_registry() -> None:
 
 def test_every_package_folder_is_shipped() -> None:
     """A non-editable install carries only the packages pyproject.toml lists: a new folder must be listed there."""
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
     found = {
