@@ -142,7 +142,7 @@ class ArtifactPanel:
         status = render.esc(self.status)
         self.head.value = (
             f"<div class='p2c-panel-head'><span class='p2c-title'>{render.esc(render.title_of(self.artifact))}"
-            f"</span><span class='p2c-badge p2c-badge-{status}'>{status}</span>"
+            f"</span><span class='p2c-badge p2c-status p2c-badge-{status}'>{status}</span>"
             f"<span class='p2c-usage'>{render.esc(self._usage)}</span></div>"
         )
 
