@@ -13,9 +13,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from p2c_notebook import uml
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
-from p2c_notebook.diagrams import class_diagram_plantuml, sequence_diagram_plantuml
+from p2c_notebook.diagrams import plantuml as uml
+from p2c_notebook.diagrams.sources import class_diagram_plantuml, sequence_diagram_plantuml
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign
 
 FILES = [
     "config.py",

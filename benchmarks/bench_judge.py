@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from p2c_notebook.evaluate import EvalSummary, judge
-from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.render import TerminalRenderer
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import load_settings
+from p2c_notebook.stages.evaluate import EvalSummary, judge
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mixup"

@@ -43,18 +43,18 @@ from process import ServerProcess  # benchmarks/process.py (a benchmark helper, 
 from pydantic import SecretStr
 from synthetic import Synthetic, build, depth, paper_path, reference_paper_text
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.backends import ChatRequest, OpenAIBackend
-from p2c_notebook.estimate import TYPICAL_FILES
-from p2c_notebook.events import ArtifactSaved, Event
 from p2c_notebook.paper import read_paper
-from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.prompts.builder import PromptBuilder, language_for, render
+from p2c_notebook.run.estimate import TYPICAL_FILES
+from p2c_notebook.run.events import ArtifactSaved, Event
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.usage import Usage, cost_of
 from p2c_notebook.settings import Settings
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.stages.registry import planning_names, stage_of
 from p2c_notebook.testing import ScriptedServer
 from p2c_notebook.tokens import estimate_tokens
-from p2c_notebook.usage import Usage, cost_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 API_KEY = "sk-bench"
@@ -372,7 +372,7 @@ def pdf_read(path: Path, repeat: int = 5) -> dict[str, Any]:
 def _instrumented_run(synth: Synthetic, paper: Path, serve: Serve) -> tuple[float, float, int, float, list[Any]]:
     """Our pipeline one call at a time on a zero-latency server: wall, time inside the backend's complete(),
     atomic writes (count, seconds) and the requests the server received."""
-    from p2c_notebook import store
+    from p2c_notebook.run import store
 
     atomic_write = store.atomic_write
     inside, writes, written = 0.0, 0, 0.0
@@ -464,8 +464,8 @@ def idle_overhead(synth: Synthetic, paper: Path, serve: Serve = ServerProcess, r
 
 def diagram_renders(synth: Synthetic, repeat: int = 5) -> dict[str, Any]:
     """PlantUML: a fresh renderer's first diagram (cold, Java start included), then warm renders."""
-    from p2c_notebook import uml
-    from p2c_notebook.diagrams import class_diagram_plantuml, sequence_diagram_plantuml
+    from p2c_notebook.diagrams import plantuml as uml
+    from p2c_notebook.diagrams.sources import class_diagram_plantuml, sequence_diagram_plantuml
 
     try:
         uml.find_java()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.tokens import estimate_tokens
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 from typing import Any
 
 from p2c_notebook.errors import P2CError
-from p2c_notebook.pipeline import Pipeline, RunResult
+from p2c_notebook.run.pipeline import Pipeline, RunResult
 from p2c_notebook.settings import Settings, load_settings
 
 __all__ = ["P2CError", "Pipeline", "RunResult", "Settings", "load_settings"]

@@ -10,19 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from p2c_notebook import runchecks
 from p2c_notebook.errors import ConfigError, P2CError, PlanError, RunError
-from p2c_notebook.estimate import estimate_paper
 from p2c_notebook.execute.runner import describe_status as describe_exec
 from p2c_notebook.paper import read_paper
 from p2c_notebook.paper.model import describe_sections, exclude_sections, parse_patterns
-from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.render import TerminalRenderer, TerminalStream
-from p2c_notebook.runlog import last_failure
+from p2c_notebook.run.estimate import estimate_paper
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.runlog import last_failure
+from p2c_notebook.run.session import RunOptions, add_settings_arguments, open_run, settings_from
 from p2c_notebook.secrets import Scrubber
-from p2c_notebook.session import RunOptions, add_settings_arguments, open_run, settings_from
 from p2c_notebook.settings import load_settings
-from p2c_notebook.stages import registry
+from p2c_notebook.stages import registry, runchecks
 
 EXIT_PAUSED = 10
 EXIT_INTERRUPTED = 130
@@ -248,7 +247,7 @@ def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from p2c_notebook.evaluate import judge, report_lines
+    from p2c_notebook.stages.evaluate import judge, report_lines
 
     settings = load_settings(_eval_settings(args))
     summary = judge(args.run, settings, args.n, args.reference, sinks=(TerminalRenderer(),))
@@ -328,7 +327,7 @@ def _ask_yes(question: str) -> bool:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from p2c_notebook.evaluate import compare_table
+    from p2c_notebook.stages.evaluate import compare_table
 
     print(compare_table(args.runs))
     return 0
@@ -336,7 +335,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """A unified diff of the artifact's chosen earlier version against the current one (--against 0: the list)."""
-    from p2c_notebook import history
+    from p2c_notebook.run import history
 
     pipeline = Pipeline.open(args.run)
     pipeline.rows()  # the run folder as it is on disk (edits included)
@@ -352,7 +351,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_questions(args: argparse.Namespace) -> int:
     """The queue of open questions with ids and states; --answer / --judgement saves one (and says what is stale)."""
-    from p2c_notebook import questions
+    from p2c_notebook.run import questions
 
     pipeline = Pipeline.open(args.run)
     if args.answer or args.judgement:
@@ -375,7 +374,14 @@ def cmd_questions(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run every paper; a line per paper as it ends, then the summary table; 0 when every paper is done."""
-    from p2c_notebook.batch import BatchFinished, BatchOptions, BatchStarted, PaperFinished, run_batch, summary_markdown
+    from p2c_notebook.run.batch import (
+        BatchFinished,
+        BatchOptions,
+        BatchStarted,
+        PaperFinished,
+        run_batch,
+        summary_markdown,
+    )
 
     settings = load_settings(settings_from(args))
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-from p2c_notebook.events import (
+from p2c_notebook.run.events import (
     ArtifactSaved,
     AwaitingApproval,
     Event,
@@ -25,7 +25,7 @@ from p2c_notebook.events import (
     TokenDelta,
     UsageReported,
 )
-from p2c_notebook.usage import Usage
+from p2c_notebook.run.usage import Usage
 
 # C0 controls but tab and newline, DEL, and C1 controls (U+0080-U+009F: `\x9b` is a CSI on many terminals)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

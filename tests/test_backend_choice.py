@@ -13,8 +13,8 @@ import p2c_notebook.backends
 from p2c_notebook.backends import OpenAIBackend, choose_backend, make_backend
 from p2c_notebook.backends.replay import RecordingBackend, ReplayBackend
 from p2c_notebook.errors import ConfigError
-from p2c_notebook.events import Event, Notice
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.events import Event, Notice
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings, load_settings
 
 

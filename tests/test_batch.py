@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from p2c_notebook import cli
-from p2c_notebook.batch import Batch, BatchOptions, PaperFinished, read_spec, run_batch
-from p2c_notebook.events import Event
+from p2c_notebook.run.batch import Batch, BatchOptions, PaperFinished, read_spec, run_batch
+from p2c_notebook.run.events import Event
 from p2c_notebook.testing import ScriptedServer
 from tests.conftest import CODE, settings_for, small_scenario, subprocess_env
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backends import OpenAIBackend
 from p2c_notebook.settings import Settings
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.testing import ScriptedServer, load_scenario
 from p2c_notebook.tokens import estimate_tokens
 

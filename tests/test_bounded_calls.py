@@ -17,8 +17,8 @@ from conftest import settings_for, small_scenario, subprocess_env
 
 from p2c_notebook.backends import ChatRequest, OpenAIBackend
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import sha256
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import sha256
 from p2c_notebook.testing import ScriptedServer
 
 DEADLINE = 1.0

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
-from p2c_notebook.checks import (
+from p2c_notebook.errors import PlanError, RunError
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign
+from p2c_notebook.stages.checks import (
     Violation,
     check_file,
     check_repository,
@@ -22,8 +23,7 @@ from p2c_notebook.checks import (
     measure_fidelity,
     repair_request,
 )
-from p2c_notebook.errors import PlanError, RunError
-from p2c_notebook.logiccheck import check_logic_design, fix_logic_design
+from p2c_notebook.stages.logiccheck import check_logic_design, fix_logic_design
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mixup"
 

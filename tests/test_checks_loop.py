@@ -13,12 +13,12 @@ from typing import Any, cast
 import pytest
 from conftest import API_KEY, CODE, EXAMPLE, LOGIC, settings_for, small_scenario
 
-from p2c_notebook import runchecks
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ReplyError
-from p2c_notebook.events import Event, Notice
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import sha256
+from p2c_notebook.run.events import Event, Notice
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import sha256
+from p2c_notebook.stages import runchecks
 
 LOGIC_FILES = cast(list[dict[str, Any]], LOGIC["files"])
 #: main.py without its import of Net: `Net` is undefined at line 3.

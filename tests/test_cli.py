@@ -17,7 +17,7 @@ import pytest
 from conftest import API_KEY, small_scenario
 
 from p2c_notebook.cli import EXIT_PAUSED, main
-from p2c_notebook.store import sha256
+from p2c_notebook.run.store import sha256
 
 
 def cli_env(server: Any) -> dict[str, str]:

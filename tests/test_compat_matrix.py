@@ -15,7 +15,7 @@ from conftest import CODE, settings_for, small_scenario
 from p2c_notebook.backends import ChatRequest, OpenAIBackend
 from p2c_notebook.backends.openai import learned_capabilities
 from p2c_notebook.errors import BackendError
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.testing import ScriptedServer
 
 MODEL = "o4-mini"  # a reasoning model: its token limit goes as max_completion_tokens, which some servers refuse

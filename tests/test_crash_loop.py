@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import CODE, small_scenario, subprocess_env
 
-from p2c_notebook.store import sha256
+from p2c_notebook.run.store import sha256
 
 KILLS = 20
 SEED = int(os.environ.get("P2C_CRASH_SEED", "6061"))

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from conftest import CODE, LOGIC, settings_for, small_scenario
 
-from p2c_notebook import archive, derived
-from p2c_notebook.artifacts import LogicDesign
 from p2c_notebook.errors import RunError
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import RunStore, sha256
+from p2c_notebook.run import archive, derived
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import RunStore, sha256
+from p2c_notebook.stages.artifacts import LogicDesign
 
 
 def planned_run(serve: Any, paper: Path, run: Path) -> Pipeline:

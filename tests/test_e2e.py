@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, TRANSFORMER
 
-from p2c_notebook.artifacts import LogicDesign
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
+from p2c_notebook.stages.artifacts import LogicDesign
 
 SCENARIO = EXAMPLE / "scenario.yaml"
 

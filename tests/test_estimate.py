@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from conftest import EXAMPLE, settings_for, small_scenario
 
-import p2c_notebook.pipeline as pipeline_module
+import p2c_notebook.run.pipeline as pipeline_module
 from p2c_notebook.errors import PaperError
-from p2c_notebook.estimate import TYPICAL_FILES, filler, known_context_window
-from p2c_notebook.events import ArtifactSaved, Event, Notice, RunStarted, StageStarted
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.estimate import TYPICAL_FILES, filler, known_context_window
+from p2c_notebook.run.events import ArtifactSaved, Event, Notice, RunStarted, StageStarted
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.tokens import estimate_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -23,7 +23,10 @@ from conftest import API_KEY, EXAMPLE, settings_for, small_scenario
 from p2c_notebook.backends import OpenAIBackend
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, ReplyError
-from p2c_notebook.evaluate import (
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import RunStore
+from p2c_notebook.run.usage import Usage
+from p2c_notebook.stages.evaluate import (
     JUDGE_STAGE,
     NARROW_STAGE,
     EvalSummary,
@@ -32,9 +35,6 @@ from p2c_notebook.evaluate import (
     evaluate_run,
     read_reference,
 )
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import RunStore
-from p2c_notebook.usage import Usage
 
 REFERENCE = EXAMPLE / "reference"
 

@@ -22,7 +22,7 @@ import pymupdf
 import pytest
 import yaml
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import pytest
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, RunError
 from p2c_notebook.execute import runner, sandbox
-from p2c_notebook.store import RunStore
+from p2c_notebook.run.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

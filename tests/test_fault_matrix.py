@@ -22,9 +22,9 @@ import yaml
 from conftest import API_KEY, FAULT_MATRIX, settings_for, small_scenario
 
 from p2c_notebook.errors import BackendError, P2CError, ReplyError
-from p2c_notebook.events import Event, Notice, TokenDelta
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import sha256
+from p2c_notebook.run.events import Event, Notice, TokenDelta
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import sha256
 from p2c_notebook.testing import ScriptedServer
 
 FILE = "models/net.py"  # analysis and coding faults hit this file: it has a dependency and a dependent

@@ -16,7 +16,7 @@ from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, PlanError, ReplyError, UnsafePathError
 from p2c_notebook.execute import sandbox
 from p2c_notebook.execute.repair import Edit, apply_edits, named_files, parse_edits, trim_traceback
-from p2c_notebook.store import RunStore
+from p2c_notebook.run.store import RunStore
 
 BUG = "print(Net().forward(load())[5])\n"
 BROKEN_MAIN = "from data import load\nfrom models.net import Net\n\n" + BUG

@@ -18,10 +18,10 @@ from typing import Any, cast
 import pytest
 from conftest import DESIGN, LOGIC, settings_for, small_scenario, subprocess_env
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, check_file_list
 from p2c_notebook.errors import P2CError, PlanError, ReplyError, UnsafePathError
 from p2c_notebook.paths import ALLOWED_DOT_FILES, safe_relative_path
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, check_file_list
 
 SLOW = pytest.mark.slow  # the cases `via` "cli" start the `p2c` command in a subprocess
 

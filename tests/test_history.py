@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from conftest import settings_for, small_scenario
 
-from p2c_notebook import history
 from p2c_notebook.cli import main
 from p2c_notebook.errors import RunError
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import KEEP_VERSIONS
+from p2c_notebook.run import history
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import KEEP_VERSIONS
 from p2c_notebook.ui import Walkthrough
 
 CONFIG_REPLIES = [f"```yaml\nlr: 0.{n}\nepochs: 3\n```" for n in range(1, 20)]

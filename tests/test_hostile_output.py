@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from conftest import CODE, DESIGN, LOGIC, settings_for, small_scenario
 
-from p2c_notebook.archive import repo_files, repository_zip
 from p2c_notebook.errors import ReplyError, RunError
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import RunStore
+from p2c_notebook.run.archive import repo_files, repository_zip
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import RunStore
 from p2c_notebook.ui import render
 
 

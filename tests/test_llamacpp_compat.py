@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backends.local import DEFAULT_LOCAL_MODEL, LocalModelError, engine_installed, resolve
 from p2c_notebook.backends.local.server import default_threads, free_port
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from conftest import EXAMPLE, settings_for, small_scenario
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backends import ChatRequest, OpenAIBackend
 from p2c_notebook.backends.local import (
     DEFAULT_LOCAL_MODEL,
@@ -43,9 +42,10 @@ from p2c_notebook.backends.local import (
     tuned_settings,
 )
 from p2c_notebook.backends.local.backend import constrain_logic, grammar_safe, planned_files, strict_json
-from p2c_notebook.events import Event, Notice, StageStarted, TokenDelta
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.events import Event, Notice, StageStarted, TokenDelta
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
 
 # --- weights from fake chunk packages (fast, always run) -------------------------------------------------
 

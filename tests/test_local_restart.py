@@ -29,8 +29,8 @@ from p2c_notebook.backends.local import server as local_server
 from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.cli import main
 from p2c_notebook.errors import BackendError
-from p2c_notebook.events import Event, Notice, TokenDelta
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.events import Event, Notice, TokenDelta
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
 
 pytestmark = pytest.mark.slow

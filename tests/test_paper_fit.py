@@ -17,11 +17,11 @@ from conftest import settings_for, small_scenario
 from test_pdf_figures import BOLD, PROSE, Writer
 
 from p2c_notebook.errors import ConfigError, PaperError
-from p2c_notebook.estimate import larger_local_context
-from p2c_notebook.events import Event, Notice
 from p2c_notebook.paper import read_paper
 from p2c_notebook.paper.model import exclude_sections
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.estimate import larger_local_context
+from p2c_notebook.run.events import Event, Notice
+from p2c_notebook.run.pipeline import Pipeline
 
 
 def paper_pdf(path: Path, *, method: int, appendix: int) -> Path:

@@ -13,7 +13,7 @@ import pymupdf
 
 from p2c_notebook.paper import read_paper
 from p2c_notebook.paper.figures import MAX_PIXELS, figure_regions, render_figures
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
 
 FONT = pymupdf.Font("tiro")

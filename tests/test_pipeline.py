@@ -13,9 +13,9 @@ from conftest import API_KEY, CODE, DESIGN, settings_for, small_scenario
 
 from p2c_notebook.backends import OpenAIBackend
 from p2c_notebook.errors import EditedArtifactError, PlanError, ReplyError, RunError
-from p2c_notebook.events import ArtifactSaved, AwaitingApproval, Event, Notice, TokenDelta, UsageReported
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import sha256
+from p2c_notebook.run.events import ArtifactSaved, AwaitingApproval, Event, Notice, TokenDelta, UsageReported
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import sha256
 
 ALL = [
     "paper",

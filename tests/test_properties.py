@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from p2c_notebook.artifacts import ArchitectureDesign, Config, LogicDesign, check_file_list, parse_config
 from p2c_notebook.errors import PaperError, PlanError, UnsafePathError
 from p2c_notebook.paper import Paper, read_paper
-from p2c_notebook.parsing import ParseError, extract_code, extract_json, extract_markdown, extract_yaml
 from p2c_notebook.paths import safe_relative_path
-from p2c_notebook.store import RunStore, atomic_write
+from p2c_notebook.run.store import RunStore, atomic_write
+from p2c_notebook.stages.artifacts import ArchitectureDesign, Config, LogicDesign, check_file_list, parse_config
+from p2c_notebook.stages.parsing import ParseError, extract_code, extract_json, extract_markdown, extract_yaml
 
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=150, deadline=None)

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from conftest import DESIGN, settings_for, small_scenario
 
-from p2c_notebook import questions
 from p2c_notebook.cli import main
 from p2c_notebook.errors import PlanError
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run import questions
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.ui import Walkthrough
 
 PLAN = (

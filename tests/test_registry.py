@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from conftest import API_KEY, CODE, LOGIC, settings_for, small_scenario
 
-from p2c_notebook.artifacts import LogicDesign
 from p2c_notebook.cli import EXIT_PAUSED, main
-from p2c_notebook.context import StageContext, feedback_messages
 from p2c_notebook.errors import ConfigError
-from p2c_notebook.parsing import extract_markdown
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import Entry
 from p2c_notebook.stages import registry
+from p2c_notebook.stages.artifacts import LogicDesign
+from p2c_notebook.stages.context import StageContext, feedback_messages
+from p2c_notebook.stages.parsing import extract_markdown
 from p2c_notebook.stages.registry import Stage, inputs_for
-from p2c_notebook.store import Entry
 
 SUMMARY_TEXT = "# Summary\n\nThree files: the data, the model and the entry point."
 FILES = [f["path"] for f in LOGIC["files"]]

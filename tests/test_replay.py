@@ -15,7 +15,7 @@ from p2c_notebook.backends import ChatRequest
 from p2c_notebook.backends.replay import ReplayBackend, ReplayMissError, Scrubber, read_cassette, request_key
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, P2CError
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
 
 SCENARIO = EXAMPLE / "scenario.yaml"

@@ -14,8 +14,8 @@ from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError
 from p2c_notebook.execute import runner, sandbox
 from p2c_notebook.execute.reproduce import parse_script
-from p2c_notebook.parsing import ParseError
-from p2c_notebook.store import RunStore
+from p2c_notebook.run.store import RunStore
+from p2c_notebook.stages.parsing import ParseError
 
 SCRIPT = '#!/usr/bin/env bash\nset -euo pipefail\ncd "$(dirname "$0")"\necho "smoke=${1:-}"\npython main.py\n'
 

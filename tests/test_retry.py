@@ -21,7 +21,7 @@ from p2c_notebook.backends.local.backend import MAX_TOKENS, tuned_settings
 from p2c_notebook.backends.openai import sse_chunks
 from p2c_notebook.backends.retry import IncompleteReply, RetryNotice, RetryPolicy, classify, retry_after
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.testing import ScriptedServer
 

@@ -24,8 +24,8 @@ import pytest
 from conftest import CODE, DESIGN, settings_for, small_scenario, subprocess_env
 
 from p2c_notebook.cli import main
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import atomic_write, sha256
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import atomic_write, sha256
 
 LIMIT_S = 60  # far above what any case needs; only a hang reaches it
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from p2c_notebook.errors import ConfigError
-from p2c_notebook.events import Event
 from p2c_notebook.execute import sandbox
 from p2c_notebook.execute.sandbox import ExecOutput, Limits, Outcome, classify
+from p2c_notebook.run.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-DO-NOT-LEAK-4f9a8c"

@@ -23,7 +23,7 @@ import pytest
 from conftest import small_scenario, subprocess_env
 from IPython.core.interactiveshell import InteractiveShell
 
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.secrets import Scrubber, url_credentials
 from p2c_notebook.settings import Settings
 from p2c_notebook.ui import Walkthrough

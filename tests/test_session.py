@@ -10,7 +10,7 @@ from typing import Any
 from conftest import settings_for, small_scenario
 
 from p2c_notebook.cli import _parser
-from p2c_notebook.session import SETTINGS_OPTIONS, RunOptions, open_run, settings_from
+from p2c_notebook.run.session import SETTINGS_OPTIONS, RunOptions, open_run, settings_from
 from p2c_notebook.ui.magics import parse_line
 
 VALUES = {int: "7", float: "2.5"}

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from conftest import DESIGN, settings_for, small_scenario
 
-from p2c_notebook import uml
-from p2c_notebook.artifacts import ArchitectureDesign
 from p2c_notebook.cli import main
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.diagrams import plantuml as uml
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.stages.artifacts import ArchitectureDesign
 from p2c_notebook.ui import Walkthrough, walkthrough
 from p2c_notebook.ui.render import inline_svg
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from conftest import small_scenario, subprocess_env
 
-from p2c_notebook.events import ArtifactSaved, Notice, RunStarted, StageStarted, TokenDelta
 from p2c_notebook.render import TerminalRenderer, escape_controls
+from p2c_notebook.run.events import ArtifactSaved, Notice, RunStarted, StageStarted, TokenDelta
 
 pytestmark = pytest.mark.slow
 

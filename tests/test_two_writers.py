@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from conftest import CODE, settings_for, small_scenario, subprocess_env
 
-import p2c_notebook.store as store_module
+import p2c_notebook.run.store as store_module
 from p2c_notebook.errors import RunError
-from p2c_notebook.pipeline import Pipeline
-from p2c_notebook.store import RunStore, sha256
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import RunStore, sha256
 
 
 def wait_for(condition: Any, timeout: float = 30) -> None:

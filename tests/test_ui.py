@@ -23,10 +23,10 @@ from conftest import API_KEY, CODE, LOGIC, settings_for, small_scenario
 from IPython.core.interactiveshell import InteractiveShell
 
 import p2c_notebook
-from p2c_notebook.events import Event, StageStarted
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.events import Event, StageStarted
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import RunStore, artifact_file
 from p2c_notebook.settings import Settings
-from p2c_notebook.store import RunStore, artifact_file
 from p2c_notebook.ui import Walkthrough, walkthrough
 from p2c_notebook.ui.magics import P2CMagics
 from p2c_notebook.ui.panels import DiagramView, load_uml
@@ -462,7 +462,7 @@ def test_an_invalid_diagram_shows_its_error_next_to_the_editable_source(finished
     view = DiagramView("Class diagram", "class_diagram", "classDiagram\n", source, RunStore(run))
     view.render_button.click()
     if load_uml() is None:
-        assert "p2c_notebook.uml" in view.result.value
+        assert "p2c_notebook.diagrams.plantuml" in view.result.value
     else:  # a PlantUML syntax error, or no Java here: either way a readable message
         assert "p2c-error" in view.result.value and "does not render" in view.result.value
     assert view.source.value == "@startuml\nclass A {\n@enduml\n"
@@ -472,7 +472,7 @@ def test_an_invalid_diagram_shows_its_error_next_to_the_editable_source(finished
 def test_render_svg_saves_the_diagram_into_the_run_folder(finished: tuple[Any, Path]) -> None:
     uml = load_uml()
     if uml is None:
-        pytest.skip("p2c_notebook.uml is not available")
+        pytest.skip("p2c_notebook.diagrams.plantuml is not available")
     try:
         uml.find_java()
         uml.find_jar()
@@ -495,7 +495,7 @@ def test_the_panels_diagrams_are_recorded_as_derived_and_judged_current_by_the_d
 ) -> None:
     uml = load_uml()
     if uml is None:
-        pytest.skip("p2c_notebook.uml is not available")
+        pytest.skip("p2c_notebook.diagrams.plantuml is not available")
     try:
         uml.find_java()
         uml.find_jar()

@@ -18,7 +18,7 @@ import ipywidgets
 import pymupdf
 from conftest import CODE, settings_for, small_scenario
 
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
 from p2c_notebook.ui import Walkthrough
 from p2c_notebook.ui.quality import anchor_id

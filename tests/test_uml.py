@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from conftest import DESIGN, LOGIC
 
-from p2c_notebook import uml
-from p2c_notebook.artifacts import ArchitectureDesign, FileLogic, LogicDesign
-from p2c_notebook.diagrams import class_diagram_plantuml, diagram_files, sequence_diagram_plantuml
+from p2c_notebook.diagrams import plantuml as uml
+from p2c_notebook.diagrams.sources import class_diagram_plantuml, diagram_files, sequence_diagram_plantuml
 from p2c_notebook.errors import P2CError
+from p2c_notebook.stages.artifacts import ArchitectureDesign, FileLogic, LogicDesign
 
 HOME_CANARY = "/tmp/p2c-home-canary-7f3a9c"
 SECRET_CANARY = "sk-canary-0123456789abcdef"
@@ -347,7 +347,10 @@ def test_close_stops_java_and_a_later_render_restarts(plantuml_tools: None) -> N
 
 @pytest.mark.skipif(os.name == "nt", reason="checks a pid with signal 0")
 def test_java_stops_at_interpreter_exit(plantuml_tools: None) -> None:
-    code = "from p2c_notebook import uml; uml.render_plantuml('A -> B'); print(uml.default_renderer().pid)"
+    code = (
+        "from p2c_notebook.diagrams import plantuml as uml; "
+        "uml.render_plantuml('A -> B'); print(uml.default_renderer().pid)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1]
     )

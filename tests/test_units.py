@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from conftest import DESIGN, LOGIC
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config, topological_order
-from p2c_notebook.diagrams import class_diagram_plantuml, diagram_files, sequence_diagram_mermaid
+from p2c_notebook.diagrams.sources import class_diagram_plantuml, diagram_files, sequence_diagram_mermaid
 from p2c_notebook.errors import ConfigError, P2CError, PlanError, UnsafePathError
-from p2c_notebook.parsing import ParseError, extract_code, extract_json, extract_markdown, extract_yaml
 from p2c_notebook.paths import safe_relative_path
 from p2c_notebook.prompts.builder import PromptBuilder, interface_of, language_for
+from p2c_notebook.run.usage import Usage, cost_of, price_for
 from p2c_notebook.settings import load_settings
-from p2c_notebook.usage import Usage, cost_of, price_for
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config, topological_order
+from p2c_notebook.stages.parsing import ParseError, extract_code, extract_json, extract_markdown, extract_yaml
 
 
 def test_settings_precedence_is_file_then_env_then_flags(tmp_path: Path) -> None:

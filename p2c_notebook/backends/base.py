@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from p2c_notebook.backends.retry import RetryNotice
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import Settings
-from p2c_notebook.usage import Usage
 
 Messages = list[dict[str, str]]
 OnRetry = Callable[[RetryNotice], None]

@@ -30,10 +30,10 @@ from p2c_notebook.backends.retry import (
     retry_after,
 )
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
+from p2c_notebook.run.usage import Usage, cost_of
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings
 from p2c_notebook.tokens import estimate_tokens
-from p2c_notebook.usage import Usage, cost_of
 
 CONTINUE = (
     "Your reply was cut off at the output token limit. Continue exactly where you stopped, from the next "

@@ -20,9 +20,9 @@ from typing import Any
 
 from p2c_notebook.backends.base import Backend, ChatRequest, Completion, OnRetry
 from p2c_notebook.errors import BackendError, ConfigError
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings
-from p2c_notebook.usage import Usage
 
 FORMAT = 1
 _STREAM_PIECE = 64  # characters per replayed delta

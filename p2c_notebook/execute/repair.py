@@ -13,18 +13,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from p2c_notebook import runchecks
 from p2c_notebook.errors import PlanError
-from p2c_notebook.events import Event
 from p2c_notebook.execute import runner
 from p2c_notebook.execute.runner import ExecPlan
 from p2c_notebook.execute.sandbox import Outcome
-from p2c_notebook.parsing import ParseError
 from p2c_notebook.paths import safe_relative_path
-from p2c_notebook.pipeline import Pipeline
 from p2c_notebook.prompts.builder import render
-from p2c_notebook.store import now
-from p2c_notebook.usage import Usage
+from p2c_notebook.run.events import Event
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import now
+from p2c_notebook.run.usage import Usage
+from p2c_notebook.stages import runchecks
+from p2c_notebook.stages.parsing import ParseError
 
 TRACE_LINES = 60  # lines of the trimmed error the model sees
 FILE_LIMIT = 20000  # characters of each named file the model sees

@@ -6,11 +6,11 @@ not make it, so the runs recorded before it existed replay unchanged.
 
 from __future__ import annotations
 
-from p2c_notebook.context import StageContext, feedback_messages
-from p2c_notebook.parsing import ParseError, extract_code
 from p2c_notebook.prompts.builder import render
+from p2c_notebook.run.store import Entry
+from p2c_notebook.stages.context import StageContext, feedback_messages
+from p2c_notebook.stages.parsing import ParseError, extract_code
 from p2c_notebook.stages.registry import inputs_for
-from p2c_notebook.store import Entry
 
 ENTRY_LIMIT = 12000  # characters of the entry point the model sees
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from p2c_notebook.errors import ConfigError, RunError
-from p2c_notebook.events import Event
 from p2c_notebook.execute import sandbox
 from p2c_notebook.execute.sandbox import ExecOutput, Limits, Outcome
-from p2c_notebook.store import RunStore
+from p2c_notebook.run.events import Event
+from p2c_notebook.run.store import RunStore
 
 #: Where a run's own virtual environment lives when no `--python` is given.
 VENV = "exec/venv"

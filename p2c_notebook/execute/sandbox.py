@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from p2c_notebook.errors import ConfigError, RunError
-from p2c_notebook.events import Event
+from p2c_notebook.run.events import Event
 
 #: The user the sandboxed command runs as when p2c runs as root (RLIMIT_NPROC does not bind root).
 NOBODY = 65534

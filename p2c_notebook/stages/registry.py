@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.errors import ConfigError, RunError
 from p2c_notebook.paths import safe_relative_path
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign
 
 if TYPE_CHECKING:
-    from p2c_notebook.context import StageContext
-    from p2c_notebook.store import Entry
+    from p2c_notebook.run.store import Entry
+    from p2c_notebook.stages.context import StageContext
 
 #: The paper as the model sees it: an artifact every stage is made from, but not a model stage.
 PAPER = "paper"
@@ -87,7 +87,7 @@ _BUILT_IN = (
         "plan",
         "overall plan",
         "planning/plan.md",
-        "p2c_notebook.planning:make_plan",
+        "p2c_notebook.stages.planning:make_plan",
         inputs=(PAPER,),
         group="planning",
         verb="plan",
@@ -98,7 +98,7 @@ _BUILT_IN = (
         "design",
         "architecture design",
         "planning/design.json",
-        "p2c_notebook.planning:make_design",
+        "p2c_notebook.stages.planning:make_design",
         context=("plan",),
         inputs=(PAPER, "plan"),
         group="planning",
@@ -111,7 +111,7 @@ _BUILT_IN = (
         "logic",
         "logic design",
         "planning/logic.json",
-        "p2c_notebook.planning:make_logic",
+        "p2c_notebook.stages.planning:make_logic",
         context=("plan", "design"),
         inputs=(PAPER, "plan", "design"),
         group="planning",
@@ -126,7 +126,7 @@ _BUILT_IN = (
         "config",
         "config.yaml",
         "planning/config.yaml",
-        "p2c_notebook.planning:make_config",
+        "p2c_notebook.stages.planning:make_config",
         context=("plan",),
         inputs=(PAPER, "plan"),
         group="planning",
@@ -138,7 +138,7 @@ _BUILT_IN = (
         "analysis",
         "analysis",
         "analysis/{file}.md",
-        "p2c_notebook.analysis:analyze_file",
+        "p2c_notebook.stages.analysis:analyze_file",
         per_file=True,
         inputs=(PAPER, *_PLANNING, ANSWERS),
         verb="analyze",
@@ -149,7 +149,7 @@ _BUILT_IN = (
         "code",
         "code",
         "repo/{file}",
-        "p2c_notebook.coding:code_file",
+        "p2c_notebook.stages.coding:code_file",
         per_file=True,
         inputs=(PAPER, *_PLANNING, ANSWERS, "analysis/{file}", "code/{deps}"),
         group="coding",

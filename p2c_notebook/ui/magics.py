@@ -19,9 +19,9 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display as _display
 
 from p2c_notebook.errors import EditedArtifactError, P2CError, RunError
-from p2c_notebook.pipeline import Pipeline, RunResult
 from p2c_notebook.render import TerminalRenderer, escape_controls
-from p2c_notebook.session import RunOptions, add_settings_arguments, open_run, settings_from
+from p2c_notebook.run.pipeline import Pipeline, RunResult
+from p2c_notebook.run.session import RunOptions, add_settings_arguments, open_run, settings_from
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.stages import registry
 from p2c_notebook.stages.registry import stage_of
@@ -324,7 +324,7 @@ class P2CMagics(Magics):
 
     def _cmd_questions(self, args: argparse.Namespace, cell: str | None) -> None:
         """List the open questions (ids, states); --answer / --judgement saves one, as `p2c questions` does."""
-        from p2c_notebook import questions
+        from p2c_notebook.run import questions
 
         pipeline = self.require()
         if args.answer or args.judgement:
@@ -380,7 +380,7 @@ class P2CMagics(Magics):
         print(f"Regenerated {artifact} with your feedback." + (f" Now stale: {', '.join(stale)}." if stale else ""))
 
     def _cmd_eval(self, args: argparse.Namespace, cell: str | None) -> None:
-        from p2c_notebook.evaluate import judge, report_lines
+        from p2c_notebook.stages.evaluate import judge, report_lines
 
         pipeline = self.require()
         self._idle()

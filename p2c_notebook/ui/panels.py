@@ -16,23 +16,23 @@ from typing import Any, Protocol
 import ipywidgets as widgets  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
-from p2c_notebook import derived
-from p2c_notebook.archive import repository_zip
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
-from p2c_notebook.diagrams import (
+from p2c_notebook.diagrams.sources import (
     class_diagram_mermaid,
     class_diagram_plantuml,
     sequence_diagram_mermaid,
     sequence_diagram_plantuml,
 )
 from p2c_notebook.errors import EditedArtifactError, P2CError
-from p2c_notebook.history import CURRENT, Version
-from p2c_notebook.pipeline import Row
-from p2c_notebook.store import RunStore
+from p2c_notebook.run import derived
+from p2c_notebook.run.archive import repository_zip
+from p2c_notebook.run.history import CURRENT, Version
+from p2c_notebook.run.pipeline import Row
+from p2c_notebook.run.store import RunStore
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign
 from p2c_notebook.ui import render
 from p2c_notebook.ui.repo import download_html, repo_files, tree_html
 
-NO_UML = "Static SVG diagrams need p2c_notebook.uml, which this installation does not have."
+NO_UML = "Static SVG diagrams need p2c_notebook.diagrams.plantuml, which this installation does not have."
 
 
 class PanelOwner(Protocol):
@@ -63,9 +63,9 @@ class PanelOwner(Protocol):
 
 
 def load_uml() -> ModuleType | None:
-    """p2c_notebook.uml, imported on first use; None where it is not installed."""
+    """p2c_notebook.diagrams.plantuml, imported on first use; None where it is not installed."""
     try:
-        return importlib.import_module("p2c_notebook.uml")
+        return importlib.import_module("p2c_notebook.diagrams.plantuml")
     except ImportError:
         return None
 

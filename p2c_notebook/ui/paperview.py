@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from p2c_notebook.errors import P2CError
 from p2c_notebook.paper.model import Caption, Paper, Section, parse_patterns, section_label
-from p2c_notebook.store import read_regular
+from p2c_notebook.run.store import read_regular
 from p2c_notebook.tokens import estimate_tokens
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import button, html

@@ -17,16 +17,16 @@ from typing import Any
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
-from p2c_notebook import runchecks
-from p2c_notebook.checks import Violation
 from p2c_notebook.errors import P2CError, RunError
-from p2c_notebook.evaluate import DEFAULT_SAMPLES, SUMMARY, EvalView, eval_view, evaluate_run
-from p2c_notebook.events import Event, EventBus, Progress
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.events import Event, EventBus, Progress
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.usage import Usage
+from p2c_notebook.stages import runchecks
+from p2c_notebook.stages.checks import Violation
+from p2c_notebook.stages.evaluate import DEFAULT_SAMPLES, SUMMARY, EvalView, eval_view, evaluate_run
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import button, html, show
 from p2c_notebook.ui.repo import repo_files
-from p2c_notebook.usage import Usage
 
 MAX_LISTED = 200  # violations listed per file: a file past that is broken as a whole, the count says so
 

@@ -1,6 +1,6 @@
 """The open-questions queue in the walkthrough: each question with an answer box and "Use your judgement".
 
-A view over `p2c_notebook.questions`; what it does goes through its owner (the Walkthrough), which holds the
+A view over `p2c_notebook.run.questions`; what it does goes through its owner (the Walkthrough), which holds the
 pipeline. Answering makes the analysis and code stale, which the walkthrough's stepper then shows.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from p2c_notebook.errors import P2CError
-from p2c_notebook.questions import Question
+from p2c_notebook.run.questions import Question
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import button, close_tree, html, show
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import Settings
 from p2c_notebook.stages import registry
-from p2c_notebook.usage import Usage
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign
 
 _SLUG = re.compile(r"[^A-Za-z0-9_]+")
 

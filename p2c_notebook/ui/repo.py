@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from p2c_notebook.archive import repo_files
+from p2c_notebook.run.archive import repo_files
 from p2c_notebook.ui.render import esc
 
 __all__ = ["DATA_URL_LIMIT", "download_html", "repo_files", "tree_html", "tree_text"]

@@ -16,11 +16,10 @@ from typing import Any
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
-from p2c_notebook import history, questions
 from p2c_notebook.backends.replay import ReplayMissError
 from p2c_notebook.errors import Cancelled, EditedArtifactError, P2CError, RunError
-from p2c_notebook.evaluate import DEFAULT_SAMPLES
-from p2c_notebook.events import (
+from p2c_notebook.run import history, questions
+from p2c_notebook.run.events import (
     ArtifactSaved,
     AwaitingApproval,
     Event,
@@ -32,21 +31,22 @@ from p2c_notebook.events import (
     TokenDelta,
     UsageReported,
 )
-from p2c_notebook.history import Version
-from p2c_notebook.pipeline import Pipeline, Row, RunResult
-from p2c_notebook.questions import Question
-from p2c_notebook.session import RunOptions, open_run
+from p2c_notebook.run.history import Version
+from p2c_notebook.run.pipeline import Pipeline, Row, RunResult
+from p2c_notebook.run.questions import Question
+from p2c_notebook.run.session import RunOptions, open_run
+from p2c_notebook.run.store import RunStore, sha256
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import load_settings
 from p2c_notebook.stages import registry
+from p2c_notebook.stages.evaluate import DEFAULT_SAMPLES
 from p2c_notebook.stages.registry import stage_of
-from p2c_notebook.store import RunStore, sha256
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, reserve, show, static_body
 from p2c_notebook.ui.paperview import PaperPanel, static_paper_html
 from p2c_notebook.ui.quality import Quality
 from p2c_notebook.ui.questions import QuestionsPanel
 from p2c_notebook.ui.repo import tree_html
-from p2c_notebook.usage import Usage
 
 STEP_LABELS = {
     "done": "done",
@@ -475,7 +475,7 @@ class Walkthrough:
 
     # --- the open questions ---------------------------------------------------------------------------
     def questions(self) -> list[Question]:
-        """The planning's open questions with their states (see `p2c_notebook.questions`)."""
+        """The planning's open questions with their states (see `p2c_notebook.run.questions`)."""
         return questions.questions(self.pipeline.store)
 
     def answer(self, question_id: str, text: str | None = None, judgement: bool = False) -> list[str]:

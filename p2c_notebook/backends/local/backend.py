@@ -27,9 +27,9 @@ from p2c_notebook.backends.local.weights import DEFAULT_LOCAL_MODEL, MODELS, Wei
 from p2c_notebook.backends.openai import OpenAIBackend
 from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.errors import BackendError
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import Settings
 from p2c_notebook.tokens import estimate_tokens
-from p2c_notebook.usage import Usage
 
 TEMPERATURE = 0.2
 REPEAT_PENALTY = 1.1

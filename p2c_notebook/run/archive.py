@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from p2c_notebook.errors import RunError
-from p2c_notebook.store import RunStore, read_regular, sha256
+from p2c_notebook.run.store import RunStore, read_regular, sha256
 
 REPO = "repo"
 #: The time stamped on every entry (the earliest a zip can hold): the archive's bytes depend on the files only.

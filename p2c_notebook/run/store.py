@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from p2c_notebook.errors import RunError
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.stages.registry import artifact_file as artifact_file  # where an artifact lives
-from p2c_notebook.usage import Usage
 
 Status = Literal["generated", "approved", "edited", "stale"]
 MANIFEST = "manifest.json"

@@ -24,14 +24,14 @@ from typing import Any, Literal
 
 import yaml
 
-from p2c_notebook import runchecks
 from p2c_notebook.backends import Backend, ChatRequest, Completion, OnRetry, make_backend
 from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.errors import Cancelled, ConfigError, P2CError
-from p2c_notebook.events import Event, EventBus, Sink
-from p2c_notebook.session import RunOptions, open_run
+from p2c_notebook.run.events import Event, EventBus, Sink
+from p2c_notebook.run.session import RunOptions, open_run
+from p2c_notebook.run.store import atomic_write
 from p2c_notebook.settings import Settings, load_settings
-from p2c_notebook.store import atomic_write
+from p2c_notebook.stages import runchecks
 
 STATE_FILE = "batch.json"
 SUMMARY_MD = "summary.md"
@@ -480,7 +480,7 @@ class Batch:
         return result
 
     def _evaluate(self, paper: BatchPaper, settings: Settings, run_dir: Path) -> float | None:
-        from p2c_notebook.evaluate import evaluate_run
+        from p2c_notebook.stages.evaluate import evaluate_run
 
         judged = _merged(settings, {"model": self.options.judge} if self.options.judge else {}, paper.name)
         backend = LimitedBackend(make_backend(judged), self.limiter)

@@ -8,10 +8,10 @@ another, or whose dependencies contradict the class relations, goes back to the 
 
 from __future__ import annotations
 
-from p2c_notebook.artifacts import ArchitectureDesign, FileLogic, LogicDesign
-from p2c_notebook.checks import entry_file
 from p2c_notebook.errors import UnsafePathError
 from p2c_notebook.paths import safe_relative_path
+from p2c_notebook.stages.artifacts import ArchitectureDesign, FileLogic, LogicDesign
+from p2c_notebook.stages.checks import entry_file
 
 #: Relations that need the source class's file to import the target class's file.
 _IMPORTING_RELATIONS = ("inherits", "composes")

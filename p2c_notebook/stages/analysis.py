@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from p2c_notebook.context import StageContext, feedback_messages
-from p2c_notebook.parsing import extract_markdown
+from p2c_notebook.run.store import Entry
+from p2c_notebook.stages.context import StageContext, feedback_messages
+from p2c_notebook.stages.parsing import extract_markdown
 from p2c_notebook.stages.registry import inputs_for
-from p2c_notebook.store import Entry
 
 
 def analyze_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entry:

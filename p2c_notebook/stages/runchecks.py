@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign
-from p2c_notebook.checks import CheckReport, Violation, check_file, check_repository, repair_request
-from p2c_notebook.context import Review
 from p2c_notebook.errors import RunError
-from p2c_notebook.store import RunStore, artifact_file, atomic_write, sha256
+from p2c_notebook.run.store import RunStore, artifact_file, atomic_write, sha256
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign
+from p2c_notebook.stages.checks import CheckReport, Violation, check_file, check_repository, repair_request
+from p2c_notebook.stages.context import Review
 
 CHECKS_JSON = "checks.json"
 _WRITING = threading.Lock()  # code files are saved from several threads: one read-modify-write at a time

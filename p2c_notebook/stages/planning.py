@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 
-from p2c_notebook.artifacts import ArchitectureDesign, Config, LogicDesign
-from p2c_notebook.context import Review, StageContext, feedback_messages
-from p2c_notebook.diagrams import diagram_files
-from p2c_notebook.logiccheck import check_logic_design, fix_logic_design
-from p2c_notebook.parsing import extract_json, extract_markdown, extract_yaml
+from p2c_notebook.diagrams.sources import diagram_files
+from p2c_notebook.run.store import Entry
+from p2c_notebook.stages.artifacts import ArchitectureDesign, Config, LogicDesign
+from p2c_notebook.stages.context import Review, StageContext, feedback_messages
+from p2c_notebook.stages.logiccheck import check_logic_design, fix_logic_design
+from p2c_notebook.stages.parsing import extract_json, extract_markdown, extract_yaml
 from p2c_notebook.stages.registry import inputs_for
-from p2c_notebook.store import Entry
 
 
 def make_plan(ctx: StageContext, feedback: str | None = None) -> Entry:

@@ -17,11 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from p2c_notebook import runchecks
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backends import Backend, make_backend
-from p2c_notebook.context import StageContext, describe_validation
-from p2c_notebook.diagrams import diagram_files
+from p2c_notebook.diagrams.sources import diagram_files
 from p2c_notebook.errors import (
     Cancelled,
     ConfigError,
@@ -31,7 +28,11 @@ from p2c_notebook.errors import (
     PlanError,
     RunError,
 )
-from p2c_notebook.estimate import (
+from p2c_notebook.paper import Paper, read_paper
+from p2c_notebook.paper.figures import render_figures
+from p2c_notebook.paper.model import exclude_sections, section_label, without_appendices
+from p2c_notebook.prompts import PromptBuilder
+from p2c_notebook.run.estimate import (
     Estimate,
     Plan,
     available_memory,
@@ -42,7 +43,7 @@ from p2c_notebook.estimate import (
     needed_context,
     typical_files,
 )
-from p2c_notebook.events import (
+from p2c_notebook.run.events import (
     ArtifactSaved,
     AwaitingApproval,
     EventBus,
@@ -52,18 +53,16 @@ from p2c_notebook.events import (
     RunStarted,
     Sink,
 )
-from p2c_notebook.paper import Paper, read_paper
-from p2c_notebook.paper.figures import render_figures
-from p2c_notebook.paper.model import exclude_sections, section_label, without_appendices
-from p2c_notebook.prompts import PromptBuilder
-from p2c_notebook.runlog import RunLog
+from p2c_notebook.run.runlog import RunLog
+from p2c_notebook.run.store import Entry, RunStore, Status, atomic_write, sha256
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings, load_settings
-from p2c_notebook.stages import registry
+from p2c_notebook.stages import registry, runchecks
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
+from p2c_notebook.stages.context import StageContext, describe_validation
 from p2c_notebook.stages.registry import Stage, artifact_file, stage_of
-from p2c_notebook.store import Entry, RunStore, Status, atomic_write, sha256
 from p2c_notebook.tokens import estimate_tokens
-from p2c_notebook.usage import Usage
 
 _SENDING_S = 0.05  # how long the scheduler lets new calls go out before doing its own deferred work
 #: repo/config.yaml, a copy of planning/config.yaml tracked like any artifact (unless the plan codes its own).

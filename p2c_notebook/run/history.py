@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2c_notebook.errors import RunError
-from p2c_notebook.store import RunStore
+from p2c_notebook.run.store import RunStore
 
 CURRENT = 0
 MAX_DIFF_LINES = 4000  # a diff longer than this is cut (and says so): a panel is not a file viewer

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from p2c_notebook.usage import Usage
+from p2c_notebook.run.usage import Usage
 
 
 @dataclass(frozen=True)

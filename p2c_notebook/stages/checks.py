@@ -27,9 +27,9 @@ from pyflakes import checker as pyflakes_checker
 from pyflakes import messages as pyflakes_messages
 
 from p2c_notebook import pysource
-from p2c_notebook.artifacts import ArchitectureDesign, ClassSpec, LogicDesign, parse_config, topological_order
-from p2c_notebook.configreads import assigned_names, missing_config_reads
 from p2c_notebook.errors import PlanError, RunError
+from p2c_notebook.stages.artifacts import ArchitectureDesign, ClassSpec, LogicDesign, parse_config, topological_order
+from p2c_notebook.stages.configreads import assigned_names, missing_config_reads
 
 Severity = Literal["error", "warning"]
 

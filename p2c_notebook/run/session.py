@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from p2c_notebook.backends import Backend
-from p2c_notebook.events import Sink
-from p2c_notebook.pipeline import Pipeline
+from p2c_notebook.run.events import Sink
+from p2c_notebook.run.pipeline import Pipeline
+from p2c_notebook.run.store import RunStore
 from p2c_notebook.settings import Settings
-from p2c_notebook.store import RunStore
 
 
 @dataclass(frozen=True)

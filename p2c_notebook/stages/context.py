@@ -11,20 +11,20 @@ from typing import TypeVar, cast
 from pydantic import BaseModel, ValidationError
 
 from p2c_notebook import pysource
-from p2c_notebook.artifacts import ArchitectureDesign, LogicDesign, parse_config
 from p2c_notebook.backends import Backend, ChatRequest, Messages
 from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.errors import Cancelled, PlanError, ReplyError, RunError
-from p2c_notebook.events import EventBus, StageStarted, TokenDelta, UsageReported
-from p2c_notebook.parsing import ParseError
 from p2c_notebook.prompts import PromptBuilder
 from p2c_notebook.prompts.builder import json_schema, render
-from p2c_notebook.questions import prompt_block
+from p2c_notebook.run.events import EventBus, StageStarted, TokenDelta, UsageReported
+from p2c_notebook.run.questions import prompt_block
+from p2c_notebook.run.store import RunStore
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import Settings
 from p2c_notebook.stages import registry
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
+from p2c_notebook.stages.parsing import ParseError
 from p2c_notebook.stages.registry import artifact_file
-from p2c_notebook.store import RunStore
-from p2c_notebook.usage import Usage
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from p2c_notebook.errors import RunError
-from p2c_notebook.events import Event, TokenDelta, UsageReported
 from p2c_notebook.render import escape_controls
+from p2c_notebook.run.events import Event, TokenDelta, UsageReported
+from p2c_notebook.run.store import os_error_advice, read_regular
 from p2c_notebook.secrets import Scrubber
-from p2c_notebook.store import os_error_advice, read_regular
 
 _FINISHED = re.compile(r" RunFinished (?P<fields>.*)$")
 _TAIL_BYTES = 1 << 20  # the last run's end is near the end of the log: read no more than this

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from p2c_notebook.errors import PaperError
 from p2c_notebook.prompts.builder import Messages, PromptBuilder
+from p2c_notebook.run.usage import cost_of
 from p2c_notebook.stages import registry
 from p2c_notebook.tokens import common_prefix_len, estimate_tokens
-from p2c_notebook.usage import cost_of
 
 TYPICAL_FILES = 8
 TYPICAL_IMPORTS = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from p2c_notebook.artifacts import ArchitectureDesign
+from p2c_notebook.stages.artifacts import ArchitectureDesign
 
 # Mermaid and PlantUML happen to spell UML relations the same way.
 _ARROWS = {"inherits": "<|--", "composes": "*--", "aggregates": "o--", "uses": "<.."}

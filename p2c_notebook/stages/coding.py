@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from p2c_notebook import runchecks
-from p2c_notebook.artifacts import LogicDesign
-from p2c_notebook.checks import Violation
-from p2c_notebook.context import Review, StageContext, check_python, feedback_messages
-from p2c_notebook.parsing import extract_code
 from p2c_notebook.prompts.builder import interface_of, language_for
-from p2c_notebook.runchecks import check_reply
+from p2c_notebook.run.store import Entry
+from p2c_notebook.stages import runchecks
+from p2c_notebook.stages.artifacts import LogicDesign
+from p2c_notebook.stages.checks import Violation
+from p2c_notebook.stages.context import Review, StageContext, check_python, feedback_messages
+from p2c_notebook.stages.parsing import extract_code
 from p2c_notebook.stages.registry import inputs_for
-from p2c_notebook.store import Entry
+from p2c_notebook.stages.runchecks import check_reply
 
 
 def dependency_context(ctx: StageContext, logic: LogicDesign, path: str) -> tuple[dict[str, str], dict[str, str]]:

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 
 from p2c_notebook.errors import PlanError, RunError
 from p2c_notebook.prompts.builder import render
+from p2c_notebook.run.store import RunStore
 from p2c_notebook.stages import registry
-from p2c_notebook.store import RunStore
 
 if TYPE_CHECKING:
-    from p2c_notebook.pipeline import Pipeline
+    from p2c_notebook.run.pipeline import Pipeline
 
 JUDGEMENT = "Use your judgement: choose what the paper most likely intends, and say in a comment what you chose."
 MAX_ANSWER = 4000  # characters: an answer is a sentence or a paragraph, not a document

@@ -1,0 +1,1 @@
+"""Diagrams: UML as Mermaid / PlantUML text (sources), the sandboxed PlantUML renderer (plantuml)."""
