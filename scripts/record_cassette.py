@@ -44,8 +44,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="delete the cassette first")
     args = parser.parse_args()
-    if args.fresh and CASSETTE.exists():
-        CASSETTE.unlink()
+    if args.fresh:  # empty, not deleted: replaying a cassette that does not exist is an error
+        CASSETTE.write_text("", encoding="utf-8")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "P2C_"))}
     recording = {**clean, "P2C_REPLAY_FALLBACK": "local", "P2C_RECORD": str(CASSETTE)}
     for notebook in NOTEBOOKS:

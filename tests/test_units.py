@@ -186,3 +186,13 @@ def test_interfaces_keep_signatures_not_bodies() -> None:
 
 def test_errors_carry_exit_codes() -> None:
     assert issubclass(UnsafePathError, P2CError) and ConfigError("x").exit_code == 2
+
+
+def test_an_unfenced_file_with_a_lone_closing_fence_loses_the_fence() -> None:
+    """A small model asked to revise a file it was shown unfenced answers unfenced but closes a fence it never
+    opened: the fence line is not part of the file."""
+    from p2c_notebook.stages.parsing import extract_code
+
+    assert extract_code("import os\nprint(os.sep)\n```", "python") == "import os\nprint(os.sep)\n"
+    assert extract_code("```python\nx = 1\n", "python") == "x = 1\n"
+    assert extract_code("a = '```'\n", "python") == "a = '```'\n"  # a fence inside a line is code

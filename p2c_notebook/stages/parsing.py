@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)
+_LONE_FENCE_START = re.compile(r"\A[ \t]*(?:`{3,}|~{3,})[ \t]*[\w+.-]*[ \t]*\n")
+_LONE_FENCE_END = re.compile(r"\n[ \t]*(?:`{3,}|~{3,})[ \t]*\Z")
 _CONTENT = re.compile(r"\[CONTENT\](.*?)\[/CONTENT\]", re.S | re.I)
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 
@@ -62,14 +64,16 @@ def extract_yaml(text: str) -> str:
 
 
 def extract_code(text: str, language: str) -> str:
-    """The file's content: the fenced block in the wanted language, else the longest block, else the bare reply."""
+    """The file's content: the fenced block in the wanted language, else the longest block, else the bare reply
+    (without a fence line left unmatched at its start or end: a small model asked to revise a file it was shown
+    unfenced often answers unfenced but closes a fence it never opened)."""
     body = _strip_wrappers(text)
     blocks = fenced_blocks(body)
     if blocks:
         wanted = [b for lang, b in blocks if lang == language or (language == "python" and lang == "py")]
         code = wanted[0] if wanted else max((b for _, b in blocks), key=len)
     else:
-        code = body
+        code = _LONE_FENCE_END.sub("", _LONE_FENCE_START.sub("", body))
     if not code.strip():
         raise ParseError(f"the reply contained no code; the whole file was expected in one ```{language} block.")
     return code.rstrip() + "\n"
