@@ -20,18 +20,18 @@ SHIPPED = sorted(NOTEBOOKS.glob("*.ipynb"))
 SAVED = [*SHIPPED, *sorted((ROOT / "tests" / "browser").glob("*.ipynb"))]
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 EXPECTED = {  # lines the notebook prints when it did what it says (the replies are the recorded local model's)
-    "01-quickstart.ipynb": ["done\n", "evaluation.py\n", "models/\n    net.py", "config.yaml"],
+    "01-quickstart.ipynb": ["done\n", "evaluate.py\n", "models/\n    net.py", "config.yaml"],
     "02-workshop-exercise.ipynb": [
         "'5e-4' str",
-        "10 artifacts are stale:",
-        "+++ after/training.py",
-        "['approved', 'edited', 'generated']",
+        "11 artifacts are stale:",
+        "re-asked files:",
+        "+++ after/train.py",
     ],
     "03-magics-tour.ipynb": [
         "%p2c load PAPER",
         "approved config\n",
         "The repository is in",
-        "Regenerated code/evaluation.py with your feedback.",
+        "Regenerated code/train.py with your feedback.",
     ],
 }
 SECONDS = 60  # each takes 5-10 s here (the aim: under 30 s); the bound leaves room for a busy machine

@@ -175,9 +175,9 @@ def test_cassette_files_that_are_missing_or_damaged_say_what_to_do(tmp_path: Pat
 def test_the_shipped_local_model_cassette_replays_the_example_paper(tmp_path: Path) -> None:
     """examples/mixup/local.cassette.jsonl: a real qwen2.5-coder-1.5b run, replayed offline.
 
-    When this fails with "no recording for this request", a prompt or the paper reader changed: re-record with
-    `p2c run examples/mixup/paper.pdf --backend local --concurrency 1 --record examples/mixup/local.cassette.jsonl`
-    (about 10 minutes on 2 idle cores) after deleting the old cassette.
+    When this fails with "no recording for this request", a prompt, a check that re-asks or the paper reader
+    changed: re-record with `python scripts/record_cassette.py --fresh` (it also records what the workshop
+    notebooks ask; about 50 minutes on 2 busy cores).
     """
     cassette = EXAMPLE / "local.cassette.jsonl"
     replay = Settings(backend=f"replay:{cassette}")
@@ -189,6 +189,7 @@ def test_the_shipped_local_model_cassette_replays_the_example_paper(tmp_path: Pa
     for path in files:
         if path.endswith(".py"):
             ast.parse((tmp_path / "run" / "repo" / path).read_text(encoding="utf-8"))
+    assert (tmp_path / "run" / "checks.json").is_file()  # the in-loop static checks ran on the replayed replies
     assert "[secret]" not in cassette.read_text(encoding="utf-8")  # nothing needed scrubbing in a local run
 
 
