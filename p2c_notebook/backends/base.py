@@ -66,3 +66,30 @@ class Backend(Protocol):
     ) -> Completion: ...
 
     def close(self) -> None: ...
+
+
+class WrappedBackend:
+    """A backend around another (recording, a shared limit): what the inner one is passes through unchanged."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def settings(self) -> Settings:
+        """The wrapped backend's own settings (a local model's are tuned): wrapping changes nothing."""
+        return self.inner.settings
+
+    @property
+    def context_window(self) -> int | None:
+        return self.inner.context_window
+
+    def close(self) -> None:
+        self.inner.close()

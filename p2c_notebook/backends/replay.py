@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2c_notebook.backends.base import Backend, ChatRequest, Completion, OnRetry
+from p2c_notebook.backends.base import Backend, ChatRequest, Completion, OnRetry, WrappedBackend
 from p2c_notebook.errors import BackendError, ConfigError
 from p2c_notebook.run.usage import Usage
 from p2c_notebook.secrets import Scrubber
@@ -96,28 +96,15 @@ def _compact(request: ChatRequest) -> dict[str, Any]:
     }
 
 
-class RecordingBackend:
+class RecordingBackend(WrappedBackend):
     """Wraps any backend and appends one cassette line per completed call (failed calls are not recorded)."""
 
     def __init__(self, inner: Backend, path: Path | str, scrub: Scrubber | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.path = Path(path)
         self._scrub = scrub or Scrubber()
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def settings(self) -> Settings:
-        """The wrapped backend's own settings (a local model's are tuned): recording changes nothing."""
-        return self.inner.settings
-
-    @property
-    def context_window(self) -> int | None:
-        return self.inner.context_window
 
     @property
     def description(self) -> str:
@@ -154,9 +141,6 @@ class RecordingBackend:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def read_cassette(path: Path | str) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from p2c_notebook.backends import Backend, ChatRequest, Completion, OnRetry, make_backend
+from p2c_notebook.backends.base import WrappedBackend
 from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.errors import Cancelled, ConfigError, P2CError
 from p2c_notebook.run.events import Event, EventBus, Sink
@@ -83,29 +84,13 @@ class SharedLimiter:
             self._cond.notify_all()
 
 
-class LimitedBackend:
+class LimitedBackend(WrappedBackend):
     """A backend whose calls each hold a slot of a `SharedLimiter`; a rate-limit retry pauses the limiter for
     the wait the server asked for, so the other papers' calls wait too."""
 
     def __init__(self, inner: Backend, limiter: SharedLimiter) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.limiter = limiter
-
-    @property
-    def description(self) -> str:
-        return self.inner.description
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def settings(self) -> Settings:
-        return self.inner.settings
-
-    @property
-    def context_window(self) -> int | None:
-        return self.inner.context_window
 
     def complete(
         self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
@@ -118,9 +103,6 @@ class LimitedBackend:
 
         with self.limiter.slot():
             return self.inner.complete(request, on_delta, retrying)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # ------------------------------------------------------------------------------------------------ the spec
