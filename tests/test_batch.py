@@ -16,7 +16,7 @@ from p2c_notebook import cli
 from p2c_notebook.run.batch import Batch, BatchOptions, PaperFinished, read_spec, run_batch
 from p2c_notebook.run.events import Event
 from p2c_notebook.testing import ScriptedServer
-from tests.conftest import CODE, settings_for, small_scenario, subprocess_env
+from conftest import CODE, settings_for, small_scenario, subprocess_env
 
 ARTIFACTS = 4 + 2 * len(CODE)  # plan, design, logic, config; analysis and code per file
 LATENCY = 0.12
