@@ -115,6 +115,8 @@ def test_a_reply_that_stays_wrong_is_saved_recorded_and_shown(
     [violation] = errors(recorded["files"]["main.py"]["violations"])
     assert violation["check"] == "undefined-name" and violation["line"] == 3 and violation["severity"] == "error"
     assert recorded["files"]["main.py"]["sha256"] == sha256(UNDEFINED)
+    effect = runchecks.repair_effect(recorded)  # a re-ask that changed nothing still cost a call: it is counted
+    assert effect["files"]["re_asked"] == 1 and effect["before"]["undefined-name"] == 1
 
     assert main(["check", str(run)]) == 5
     listed = capsys.readouterr().out

@@ -8,18 +8,26 @@ last, so providers' prefix caches hit.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
+from pathlib import Path
 from string import Template
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from p2c_notebook import pysource
+from p2c_notebook.content import Content, image_part, text_part
+from p2c_notebook.errors import RunError
+from p2c_notebook.paper.model import Paper
+from p2c_notebook.run.store import read_regular
 from p2c_notebook.stages import registry
 
-Messages = list[dict[str, str]]
+#: Chat messages: {"role": ..., "content": Content}; content is text, or text and image parts (`--figures`).
+Messages = list[dict[str, Any]]
 
 
 @cache
@@ -44,12 +52,95 @@ def schema_text(model: type[BaseModel]) -> str:
     return json.dumps(json_schema(model), separators=(",", ":"), sort_keys=True)
 
 
+MAX_FIGURES_SENT = 8  # figure images a planning call carries at most (~1.1k tokens each at 1270 x 945)
+MAX_FIGURE_BYTES = 2 << 20  # per image: a larger PNG (a photograph) is left out
+MAX_FIGURES_BYTES = 8 << 20  # all images of a call together: request bodies past ~10 MB meet proxy limits
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A saved figure image and its caption, as a planning call carries it."""
+
+    name: str  # relative to paper/: "figures/fig1.png"
+    label: str  # "Figure 1"
+    caption: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The figures the planning calls carry, and a note of each figure left out (and why)."""
+
+    figures: tuple[Figure, ...] = ()
+    left_out: tuple[str, ...] = ()
+
+    def parts(self) -> list[dict[str, Any]]:
+        """Content parts: a line saying what follows, then each figure's caption and its image."""
+        intro = f"\n\nThe paper's figures follow, each after its caption ({len(self.figures)} images"
+        intro += f"; left out: {'; '.join(self.left_out)})." if self.left_out else ")."
+        parts = [text_part(intro)]
+        for figure in self.figures:
+            parts.append(text_part(f"\n\n{figure.label} ({figure.name}): {figure.caption}"))
+            parts.append(image_part(figure.data, f"paper/{figure.name}"))
+        return parts
+
+    def describe(self) -> str:
+        """One line for the run: what is sent (files and hashes) and what was left out."""
+        if not self.figures:
+            return "--figures: no figure images to send (only a PDF's captioned figures are saved, in paper/figures/)."
+        sent = ", ".join(f"{f.name} (sha256 {hashlib.sha256(f.data).hexdigest()[:12]})" for f in self.figures)
+        left = f"; left out: {'; '.join(self.left_out)}" if self.left_out else ""
+        return f"The planning calls carry {len(self.figures)} figure image(s): {sent}{left}."
+
+
+def load_figures(
+    paper_dir: Path, limit: int = MAX_FIGURES_SENT, max_bytes: int = MAX_FIGURE_BYTES, total: int = MAX_FIGURES_BYTES
+) -> Figures:
+    """The run's saved figures (paper/paper.json's captions with an image), in paper order, within the limits;
+    read without following links. A figure that cannot be sent is noted in `left_out`, never an error."""
+    try:
+        paper = Paper.model_validate_json(read_regular(paper_dir, "paper.json"))
+    except (RunError, OSError, ValidationError):
+        return Figures(left_out=("paper/paper.json could not be read",))
+    figures: list[Figure] = []
+    left_out: list[str] = []
+    used = 0
+    for caption in paper.captions:
+        if not caption.image:
+            continue
+        where = f"{caption.label} ({caption.image})"
+        if len(figures) >= limit:
+            left_out.append(f"{where}: at most {limit} figures are sent")
+            continue
+        parts = Path(caption.image).parts
+        if len(parts) != 2 or parts[0] != "figures":
+            left_out.append(f"{where}: not a file in paper/figures/")
+            continue
+        try:
+            data = read_regular(paper_dir, caption.image, max_bytes)
+        except (RunError, OSError):
+            left_out.append(f"{where}: missing, unreadable or over {max_bytes >> 20} MiB")
+            continue
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            left_out.append(f"{where}: not a PNG image")
+            continue
+        if used + len(data) > total:
+            left_out.append(f"{where}: the images together would pass {total >> 20} MiB")
+            continue
+        used += len(data)
+        figures.append(Figure(caption.image, caption.label, caption.text.strip(), data))
+    return Figures(tuple(figures), tuple(left_out))
+
+
 class PromptBuilder:
     """Builds chat messages from saved artifact texts (as the user approved or edited them)."""
 
-    def __init__(self, paper_text: str, schemas: dict[str, type[BaseModel]] | None = None) -> None:
+    def __init__(
+        self, paper_text: str, schemas: dict[str, type[BaseModel]] | None = None, figures: Figures | None = None
+    ) -> None:
         self._paper_text = paper_text
         self._schemas = registry.schemas() if schemas is None else schemas
+        self._figures = figures
 
     def task(self, step: str) -> str:
         """A planning stage's task: its template (`Stage.prompt`), with the paper (plan) or its JSON schema."""
@@ -65,12 +156,23 @@ class PromptBuilder:
         (`Stage.context`)."""
         messages: Messages = [{"role": "system", "content": render("system")}]
         for step in registry.get(upto).context:
-            messages.append({"role": "user", "content": self.task(step)})
+            messages.append({"role": "user", "content": self._task_content(step)})
             messages.append({"role": "assistant", "content": answers[step]})
         return messages
 
     def planning(self, step: str, answers: dict[str, str]) -> Messages:
-        return [*self.conversation(answers, upto=step), {"role": "user", "content": self.task(step)}]
+        return [*self.conversation(answers, upto=step), {"role": "user", "content": self._task_content(step)}]
+
+    def _task_content(self, step: str) -> Content:
+        """A planning task as sent: with figures, the plan task (which holds the paper, and opens every planning
+        call) carries them right after the paper text, so each later planning call shares the cached prefix."""
+        text = self.task(step)
+        if step != "plan" or not self._figures or not self._figures.figures:
+            return text
+        paper = render("paper", paper=self._paper_text)
+        cut = text.find(paper) + len(paper) if paper in text else len(text)
+        parts = [text_part(text[:cut]), *self._figures.parts()]
+        return parts + [text_part(text[cut:])] if text[cut:] else parts
 
     def file_prefix(self, answers: dict[str, str]) -> tuple[Messages, str]:
         """The shared start of every analysis and coding call, and the text their last message begins with.
@@ -79,6 +181,8 @@ class PromptBuilder:
         in the provider's prefix cache, then gives the approved design, logic design and config compactly:
         no planning instructions or JSON schemas, which a file-level call does not need.
         """
+        # Text only, with or without figures: the specs and code are written from the plan and designs, which
+        # saw the figures; images in every file call would cost ~1k tokens each per call (README, --figures).
         messages: Messages = [
             {"role": "system", "content": render("system")},
             {"role": "user", "content": self.task("plan")},
@@ -100,8 +204,13 @@ class PromptBuilder:
         body = f"{context}\n\n{replies}\n\n{task}" if replies else f"{context}\n\n{task}"
         return [*messages, {"role": "user", "content": body}]
 
-    def analysis(self, answers: dict[str, str], path: str, role: str, depends_on: list[str]) -> Messages:
-        task = render("analysis", path=path, role=role, depends_on=", ".join(depends_on) or "no other file")
+    def analysis(
+        self, answers: dict[str, str], path: str, role: str, depends_on: list[str], contract: str = ""
+    ) -> Messages:
+        """An analysis call; `contract` says what the file owns and imports (stages/contract.py)."""
+        task = render(
+            "analysis", path=path, role=role, depends_on=", ".join(depends_on) or "no other file", contract=contract
+        )
         return self._file_call(answers, task)
 
     def code(
@@ -112,8 +221,10 @@ class PromptBuilder:
         analysis: str,
         direct: dict[str, str],
         interfaces: dict[str, str],
+        contract: str = "",
     ) -> Messages:
-        """A coding call: full code of direct dependencies, interfaces of their own dependencies."""
+        """A coding call: full code of direct dependencies, interfaces of their own dependencies, and the
+        file's contract (what it defines and imports)."""
         blocks = [render("dependency_file", path=p, code=c.rstrip()) for p, c in direct.items()]
         blocks += [render("interface_file", path=p, code=c.rstrip()) for p, c in interfaces.items()]
         # Dependencies before the per-file task: files sharing a dependency share a longer cached prefix.
@@ -124,6 +235,7 @@ class PromptBuilder:
             role=role,
             analysis=analysis.strip(),
             dependency_code=deps,
+            contract=contract,
             language=language_for(path),
         )
         return self._file_call(answers, task)

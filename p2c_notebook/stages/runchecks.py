@@ -60,14 +60,17 @@ def check_reply(
     return check_file(path, sources, design, logic, config)
 
 
-def record_file(store: RunStore, path: str, code: str, violations: list[Violation], first: list[Violation]) -> None:
-    """Record one saved file's violations (and, when it was re-asked, those of the first reply)."""
+def record_file(
+    store: RunStore, path: str, code: str, violations: list[Violation], first: list[Violation], re_asked: bool = False
+) -> None:
+    """Record one saved file's violations (and, when it was re-asked, those of the first reply: kept even when
+    the re-ask changed nothing, so that `repair_effect` counts every file that cost a re-ask)."""
     if not path.endswith(".py"):
         return  # only Python is checked
     with _WRITING:
         data = _read(store) or _empty()
         entry: dict[str, Any] = {"sha256": sha256(code), "violations": [v.to_json() for v in violations]}
-        if first != violations:
+        if re_asked or first != violations:
             entry["before_repair"] = [v.to_json() for v in first]
         data["files"][path] = entry
         data["complete"] = False  # another file may import this one: only a whole check is current for all
