@@ -92,3 +92,10 @@ class ServerProcess(Served):
         url = self.base_url.removesuffix("/v1") + "/_p2c/requests"
         with urllib.request.urlopen(url, timeout=self._timeout) as reply:  # noqa: S310 - our own 127.0.0.1 URL
             return cast(list[RecordedRequest], json.loads(reply.read()))
+
+    @property
+    def load(self) -> dict[str, int]:
+        """Requests in flight now, the most at once so far, and how many `capacity` refused (`/_p2c/load`)."""
+        url = self.base_url.removesuffix("/v1") + "/_p2c/load"
+        with urllib.request.urlopen(url, timeout=self._timeout) as reply:  # noqa: S310 - our own 127.0.0.1 URL
+            return cast(dict[str, int], json.loads(reply.read()))

@@ -14,10 +14,11 @@ artifacts look like (dull) model output rather than one giant string.
 from __future__ import annotations
 
 import json
+import math
 import random
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,26 +133,50 @@ def reference_paper_text(paper: Path, ours: str) -> tuple[str, str]:
 
 
 # --- the dependency graph -----------------------------------------------------------------------------------
-def level_counts(n: int) -> list[int]:
-    """How many files each level gets: depth 4 from n = 4 (depth n below that)."""
+def graph_depth(n: int) -> int:
+    """Files on the longest dependency chain: 4 up to 8 files, one more each time the file count doubles (16: 5,
+    32: 6, 64: 7), as a larger reproduction stacks more layers; n itself below 4."""
     if n < 4:
-        return [1] * max(n, 0) or _too_many(n)
+        return n
+    return max(4, 1 + math.ceil(math.log2(n)))
+
+
+def level_counts(n: int) -> list[int]:
+    """How many files each level gets: utilities (a quarter), components over `graph_depth(n) - 3` levels,
+    training and evaluation (a fifth), the entry point."""
+    if n < 4:
+        return [1] * max(n, 0) or _too_few(n)
     low, train = max(1, round(n * 0.25)), max(1, round(n * 0.2))
-    counts = [low, n - 1 - low - train, train, 1]
-    if any(c > len(names) for c, names in zip(counts, LEVELS, strict=True)):
-        return _too_many(n)
-    return counts
+    middle_levels = graph_depth(n) - 3
+    middle = n - 1 - low - train
+    if middle < middle_levels:
+        low -= middle_levels - middle
+        middle = middle_levels
+    share, extra = divmod(middle, middle_levels)
+    return [low, *[share + (i < extra) for i in range(middle_levels)], train, 1]
 
 
-def _too_many(n: int) -> list[int]:
-    raise ValueError(f"cannot plan {n} files: use 1 to 26")
+def _too_few(n: int) -> list[int]:
+    raise ValueError(f"cannot plan {n} files: use 1 or more")
+
+
+def _names(pool: tuple[str, ...], count: int, folder: str, stem: str) -> list[str]:
+    """`count` file names: the pool's first, then numbered ones in `folder` (a large run's extra modules)."""
+    return [*pool[:count], *(f"{folder}/{stem}_{k:02d}.py" for k in range(1, count - len(pool) + 1))]
 
 
 def dependency_graph(n: int) -> tuple[list[str], dict[str, list[str]]]:
     """n files in dependency order and their direct dependencies (each file depends on the level below)."""
     counts = level_counts(n)
-    levels = [list(LEVELS[i][:c]) for i, c in enumerate(counts)] if n >= 4 else [[LEVELS[i][0]] for i in range(n)]
-    if n < 4:
+    if n >= 4:
+        components = _names(LEVELS[1], sum(counts[1:-2]), "models", "block")
+        levels = [_names(LEVELS[0], counts[0], "utils", "helper")]
+        for count in counts[1:-2]:
+            levels.append(components[:count])
+            components = components[count:]
+        levels += [_names(LEVELS[2], counts[-2], "train", "stage"), ["main.py"]]
+    else:
+        levels = [[LEVELS[i][0]] for i in range(n)]
         levels[-1] = ["main.py"]
     deps: dict[str, list[str]] = {}
     for index, level in enumerate(levels):
@@ -459,8 +484,10 @@ def code_reply(path: str, deps: list[str], target: int, seed: int) -> str:
 
 
 def build(n: int, sizes: Sizes | None = None, seed: int = 0) -> Synthetic:
-    """A run of n files: every reply of its stage's size, all of them mutually consistent."""
+    """A run of n files: every reply of its stage's size, all of them mutually consistent. Beyond ~24 files the
+    designs cannot list every file in the issue's sizes: they grow to 45 (design) and 60 (logic) tokens a file."""
     sizes = sizes or Sizes()
+    sizes = replace(sizes, design=max(sizes.design, 45 * n), logic=max(sizes.logic, 60 * n))
     files, deps = dependency_graph(n)
     design = design_value(files, deps, sizes.design, seed + 10)
     logic = logic_value(files, deps, sizes.logic, seed + 20)

@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the whole run")
     execute.add_argument("--python", metavar="PATH", help="an existing interpreter (default: a venv for this run)")
     execute.add_argument("--no-sandbox", action="store_true", help="run unconfined where no sandbox is available")
-    execute.add_argument("--yes", action="store_true", help="run without asking")
+    execute.add_argument("--yes", action="store_true", help="run (and make a missing reproduce.sh) without asking")
+    add_settings_arguments(execute)  # the model that writes a missing reproduce.sh, when you say yes
 
     repair = sub.add_parser("fix", help="smoke-run the repository and repair failures with the model (asks per diff)")
     repair.add_argument("run")
@@ -119,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--eval", action="store_true", help="also judge each finished paper (as `p2c eval`)")
     batch.add_argument("-n", type=int, default=8, help="with --eval: judging samples per paper (default 8)")
     batch.add_argument("--judge", metavar="MODEL", help="with --eval: the judge model (default: the paper's model)")
-    add_settings_arguments(batch, helps={"concurrency": "model calls at once across the whole batch (default 4)"})
+    calls_at_once = "model calls at once across the whole batch (default: fitted to the server)"
+    add_settings_arguments(batch, helps={"concurrency": calls_at_once})
 
     questions = sub.add_parser("questions", help="the open questions of the planning: list, answer them")
     questions.add_argument("run")
@@ -262,6 +264,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from p2c_notebook.execute import runner
     from p2c_notebook.execute.sandbox import ExecOutput
 
+    _offer_reproduce(args)
     exec_plan = runner.plan(args.run, args.mode or "smoke", args.python, args.no_sandbox)
     for line in exec_plan.describe():
         print(line)
@@ -280,6 +283,25 @@ def cmd_exec(args: argparse.Namespace) -> int:
     outcome = runner.execute(exec_plan, sink)
     print(outcome.describe())
     return 0 if outcome.passed else 1
+
+
+def _offer_reproduce(args: argparse.Namespace) -> None:
+    """A repository without reproduce.sh: say so and, on a yes (or --yes), make it (one model call)."""
+    from p2c_notebook.execute import runner
+    from p2c_notebook.run.store import RunStore
+
+    if (Path(args.run) / "repo" / "reproduce.sh").is_file() or not RunStore.is_run(args.run):
+        return
+    settings = load_settings(settings_from(args))
+    with open_run(Path(args.run), RunOptions(settings=settings, sinks=(TerminalRenderer(),))) as pipeline:
+        offer = runner.reproduce_offer(pipeline)
+        if offer is None:
+            return
+        print(offer)
+        if args.yes or (sys.stdin.isatty() and _ask_yes("Generate reproduce.sh now?")):
+            print(runner.make_reproduce(pipeline))
+        else:
+            print("Without it, the entry point runs instead.")
 
 
 def cmd_fix(args: argparse.Namespace) -> int:
@@ -428,7 +450,7 @@ def _scrubber(args: argparse.Namespace) -> Scrubber:
     try:
         given = (
             settings_from(args)
-            if args.command in ("run", "fix", "batch")
+            if args.command in ("run", "fix", "batch", "exec")
             else _eval_settings(args)
             if args.command == "eval"
             else {}

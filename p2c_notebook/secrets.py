@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
+from p2c_notebook.content import shorten_data_urls
+
 if TYPE_CHECKING:
     from p2c_notebook.settings import Settings
 
@@ -126,6 +128,7 @@ class Scrubber:
         return cls(secrets)
 
     def text(self, value: str) -> str:
+        value = shorten_data_urls(value)  # an error echoing a request's images: their file and hash, not the data
         if self._exact is not None:
             value = self._exact.sub(PLACEHOLDER, value)
         for pattern, replace in _PATTERNS:

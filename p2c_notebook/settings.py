@@ -39,6 +39,7 @@ _ENV = {
     "P2C_RECORD": "record",
     "P2C_REPLAY_FALLBACK": "replay_fallback",
     "P2C_CONTEXT_WINDOW": "context_window",
+    "P2C_FIGURES": "figures",
 }
 
 
@@ -112,6 +113,11 @@ class Settings(BaseModel):
     record: str | None = Field(default=None, description="append every model call to this cassette (.jsonl)")
     context_window: int | None = Field(
         default=None, gt=0, description="the model's context window in tokens (known models and local ones: found)"
+    )
+    figures: bool = Field(
+        default=False,
+        description="send the paper's saved figure images (paper/figures/) with the planning calls: needs a vision "
+        "model; off by default (images cost ~1k input tokens each)",
     )
     replay_fallback: str | None = Field(
         default=None,

@@ -12,11 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from conftest import CODE, settings_for, small_scenario, subprocess_env
+
 from p2c_notebook import cli
 from p2c_notebook.run.batch import Batch, BatchOptions, PaperFinished, read_spec, run_batch
 from p2c_notebook.run.events import Event
 from p2c_notebook.testing import ScriptedServer
-from conftest import CODE, settings_for, small_scenario, subprocess_env
 
 ARTIFACTS = 4 + 2 * len(CODE)  # plan, design, logic, config; analysis and code per file
 LATENCY = 0.12
@@ -239,3 +240,38 @@ def test_ctrl_c_stops_the_batch_cleanly_and_the_same_command_resumes_it(serve: A
     assert again.returncode == 0, again.stderr
     assert "(kept)" in again.stdout
     assert len([r for r in chat_requests(server) if r["fault"] is None]) == 4 * ARTIFACTS
+
+
+def test_with_eval_the_judges_calls_tokens_and_cost_are_their_own_columns_and_in_the_totals(
+    serve: Any, tmp_path: Path
+) -> None:
+    scenario = small_scenario()
+    judged = {"components": ["linear model"], "critique_list": [], "score": 3}
+    scenario["responses"].insert(0, {"stage": "judge", "content": json.dumps(judged)})
+    server = serve(scenario)
+    write_papers(tmp_path / "papers", 2)
+    options = BatchOptions(out=tmp_path / "out", settings=settings_for(server), concurrency=2, evaluate=True, samples=3)
+
+    result = run_batch(tmp_path / "papers", options)
+
+    judging = [r for r in chat_requests(server) if r["stage"] == "judge"]
+    assert len(judging) == 2 * 3
+    assert [p.eval_calls for p in result.papers] == [3, 3] and all(p.calls == ARTIFACTS for p in result.papers)
+    total = result.total()
+    assert total.eval_calls == 6 and total.eval_prompt_tokens > 0 and total.eval_completion_tokens > 0
+    for paper in result.papers:  # the same as the judge's own record of what it paid
+        usage = json.loads((Path(paper.run) / "eval" / "summary.json").read_text(encoding="utf-8"))["usage"]
+        assert (paper.eval_prompt_tokens, paper.eval_completion_tokens) == (
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+        )
+    rows = read_csv(tmp_path / "out" / "summary.csv")
+    assert [r["eval calls"] for r in rows] == ["3", "3", "6"]
+    assert rows[-1]["calls"] == str(2 * ARTIFACTS)  # the generation's, apart from the judge's
+    assert int(rows[-1]["eval tokens in"]) == sum(int(r["eval tokens in"]) for r in rows[:-1]) > 0
+    assert rows[-1]["eval cost"] != "" and float(rows[-1]["eval cost"]) >= 0
+    markdown = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    assert "| eval calls |" in markdown and f"together: {2 * ARTIFACTS + 6} calls" in markdown
+    # The row kept by a rerun keeps what judging cost (batch.json).
+    again = run_batch(tmp_path / "papers", options)
+    assert all(p.skipped for p in again.papers) and again.total().eval_calls == 6

@@ -77,8 +77,8 @@ def test_config_and_code_are_what_the_pipeline_parses(synth: Any) -> None:
         assert synth.reply("analysis", path).startswith(f"## Analysis of `{path}`")
 
 
-def test_the_graph_has_depth_4_and_sub_folders(synth: Any) -> None:
-    assert synthetic.depth(synth.deps) == 4
+def test_the_graph_deepens_with_the_file_count_and_has_sub_folders(synth: Any) -> None:
+    assert synthetic.depth(synth.deps) == {8: 4, 16: 5}[len(synth.files)]
     assert sum("/" in f for f in synth.files) >= len(synth.files) - 1
     assert synth.files[-1] == "main.py" and all(not synth.deps[f] for f in synth.files[:2])
     seen: set[str] = set()
@@ -88,9 +88,12 @@ def test_the_graph_has_depth_4_and_sub_folders(synth: Any) -> None:
 
 
 def test_small_graphs_and_limits() -> None:
-    assert [synthetic.depth(synthetic.dependency_graph(n)[1]) for n in (1, 2, 3, 4, 5, 26)] == [1, 2, 3, 4, 4, 4]
+    sizes = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 40)
+    assert [synthetic.depth(synthetic.dependency_graph(n)[1]) for n in sizes] == [1, 2, 3, 4, 4, 4, 5, 5, 6, 6, 7]
+    files, deps = synthetic.dependency_graph(40)
+    assert len(set(files)) == 40 and files[-1] == "main.py" and set(deps) == set(files)
     with pytest.raises(ValueError):
-        synthetic.dependency_graph(27)
+        synthetic.dependency_graph(0)
 
 
 def test_scenario_loads_and_answers_every_stage(synth: Any, tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 A person's path through the widget, click by click: open the notebook, run it, then "Run next stage" and
 "Approve" for every stage until the repository is complete; edit config.yaml in its panel and see the analysis and
 code go stale; the Mermaid class and sequence diagrams are rendered by JupyterLab. A second notebook, whose
-scripted model answers with HTML and script tags, shows that model text stays text.
+scripted model answers with HTML and script tags, shows that model text stays text. Then what a workshop does to a
+notebook: restart the kernel and re-attach to the same run folder; save, shut down, re-open (the static snapshot,
+not "model not found"); click through in the widget and then run all cells (no traceback); a student's own edit of
+config.yaml replayed from a cassette (the explanation) and with a live fallback (it works); the dark theme.
 
 Screenshots of each milestone go to test-artifacts/browser/. Needs JupyterLab, Playwright (the Python package;
 no downloaded browser) and /usr/bin/chromium: skipped without them, except under CI, where that is a failure.
@@ -129,7 +132,7 @@ def lab_environment(base: Path) -> dict[str, str]:
         "JUPYTERLAB_WORKSPACES_DIR": "workspaces",
         "JUPYTERLAB_SETTINGS_DIR": "settings",
         "IPYTHONDIR": "ipython",
-        "TMPDIR": "tmp",  # the kernels' run folders (tempfile.mkdtemp) land here
+        "TMPDIR": "tmp",
     }
     for name, folder in dirs.items():
         (base / folder).mkdir(exist_ok=True)
@@ -296,11 +299,101 @@ def open_and_run(page: Any, lab: Lab, path: str) -> Any:
     return widget
 
 
-def manifest(lab: Lab) -> dict[str, str]:
-    """Statuses in the run folder the kernel made (under the lab's TMPDIR)."""
-    runs = sorted(lab.tmp.glob("p2c-browser-*/mixup/manifest.json"), key=lambda p: p.stat().st_mtime)
-    data = json.loads(runs[-1].read_text(encoding="utf-8"))
+def manifest(lab: Lab, folder: str = "browser") -> dict[str, str]:
+    """Statuses in the run folder the kernel made (runs/mixup beside the notebook in `folder`)."""
+    data = json.loads((lab.root / folder / "runs" / "mixup" / "manifest.json").read_text(encoding="utf-8"))
     return {name: entry["status"] for name, entry in data["artifacts"].items()}
+
+
+def notebook_in(lab: Lab, folder: str, settings: dict[str, Any] | None = None, cells: tuple[str, ...] = ()) -> str:
+    """A copy of the test notebook in a folder of its own (its own run folder), with a settings.json and more
+    cells when asked; returns its path for `open_and_run`."""
+    nbformat: Any = pytest.importorskip("nbformat")
+    where = lab.root / folder
+    where.mkdir()
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"{folder}-{index}"
+    nbformat.write(notebook, where / NOTEBOOK.name)
+    if settings is not None:
+        (where / "settings.json").write_text(json.dumps(settings), encoding="utf-8")
+    return f"{folder}/{NOTEBOOK.name}"
+
+
+def click_through_with_auto_approve(widget: Any) -> None:
+    """Tick Auto-approve and click Run next stage until the repository is complete."""
+    from playwright.sync_api import expect
+
+    widget.locator(".p2c-auto-approve input").check()
+    for _ in range(8):
+        if "all artifacts generated" in widget.locator(".p2c-next").inner_text():
+            break
+        run_next = widget.locator(".p2c-run-next")
+        expect(run_next).to_be_enabled()
+        run_next.click()
+        expect(widget.locator(".p2c-cancel-run")).to_be_disabled()  # the stage ran to its end
+    expect(widget.locator(".p2c-next")).to_contain_text("all artifacts generated")
+
+
+def edit_config(widget: Any, old: str, new: str) -> None:
+    """Edit config.yaml in its panel, in one's own words, and save it."""
+    from playwright.sync_api import expect
+
+    config = widget.locator(".p2c-panel-config")
+    config.locator(".p2c-edit").click()
+    editor = config.locator(".p2c-editor textarea")
+    expect(editor).to_be_visible()
+    assert old in editor.input_value()
+    editor.fill(editor.input_value().replace(old, new))
+    config.locator(".p2c-save").click()
+    expect(config).to_have_class(re.compile(r"\bp2c-status-edited\b"))
+
+
+def kernel_menu(page: Any, item: str) -> None:
+    """Kernel menu > `item`, accepting the dialog that asks to confirm."""
+    page.get_by_role("menuitem", name="Kernel", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(rf"^{re.escape(item)}")).first.click()
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    with contextlib.suppress(Exception):
+        accept.wait_for(state="visible", timeout=3000)
+        accept.click()
+
+
+def wait_idle(notebook: Any) -> None:
+    from playwright.sync_api import expect
+
+    expect(notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_attached()
+
+
+def output_text(notebook: Any) -> str:
+    return "\n".join(notebook.locator(".jp-OutputArea-output").all_inner_texts())
+
+
+def contrast(first: list[float], second: list[float]) -> float:
+    """WCAG contrast ratio of two sRGB colours (0-255 channels)."""
+
+    def luminance(colour: list[float]) -> float:
+        linear = [c / 255 / 12.92 if c / 255 <= 0.03928 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in colour[:3]]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(first), luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+# The colour a text is drawn in and the colour behind it: the element's own background composited over its
+# ancestors' (a translucent code background over a dark page is dark).
+COLOURS_JS = """e => {
+    const parse = c => (c.match(/[\\d.]+/g) || []).map(Number);
+    const layers = [];
+    for (let n = e; n; n = n.parentElement) layers.push(parse(getComputedStyle(n).backgroundColor));
+    let bg = [255, 255, 255];
+    for (const l of layers.reverse()) {
+        const a = l.length > 3 ? l[3] : 1;
+        bg = bg.map((c, i) => a * l[i] + (1 - a) * c);
+    }
+    return [parse(getComputedStyle(e).color), bg];
+}"""
 
 
 # --- the tests -------------------------------------------------------------------------------------------
@@ -437,3 +530,197 @@ def hostile_plan(page: Any, lab: Lab) -> None:
     assert widget.locator("img[src='x']").count() == 0
     assert page.evaluate("() => typeof window.__p2c_xss") == "undefined"
     shoot(page, "10-hostile-plan-as-text", plan)
+
+
+# --- a workshop's notebook: restarts, re-opening, cells after clicks, a student's own words, the dark theme ---
+@pytest.fixture(scope="module")
+def cassette(lab: Lab) -> Path:
+    """The example's scripted run recorded as a cassette: the notebook's own text, as the workshop ships it."""
+    from p2c_notebook.cli import main
+
+    where = lab.root / "cassette"
+    recording = where / "mixup.cassette.jsonl"
+    scenario = f"scripted:{lab.root / 'examples' / 'mixup' / 'scenario.yaml'}"
+    paper = lab.root / "examples" / "mixup" / "paper.pdf"
+    command = ["run", str(paper), "--out", str(where / "run"), "--backend", scenario, "--record", str(recording)]
+    assert main(command) == 0
+    return recording
+
+
+def test_a_restarted_kernel_reattaches_to_the_same_run_folder(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    with shot_on_failure(page, "restart"):
+        path = notebook_in(lab, "restart")
+        widget = open_and_run(page, lab, path)
+        widget.locator(".p2c-run-next").click()
+        plan = widget.locator(".p2c-panel-plan")
+        expect(plan.locator(".p2c-status")).to_have_text("generated")
+        plan.locator(".p2c-approve").click()
+        expect(plan).to_have_class(re.compile(r"\bp2c-status-approved\b"))
+        before = manifest(lab, "restart")
+        assert before["plan"] == "approved"
+
+        notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+        kernel_menu(page, "Restart Kernel")
+        wait_idle(notebook)
+        notebook.locator(".jp-Cell").first.click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        widget = notebook.locator(".p2c-walkthrough")
+        expect(widget).to_have_count(1)
+        plan = widget.locator(".p2c-panel-plan")
+        expect(plan.locator(".p2c-status")).to_have_text("approved")  # the same run folder, as it was
+        expect(widget.locator(".p2c-stepper .p2c-step-current")).to_contain_text("architecture")
+        assert manifest(lab, "restart") == before
+        expect(notebook.locator(".p2c-fallback")).to_be_hidden()  # the live widget hides its snapshot
+        # The new widget's buttons work: the next stage runs in the same folder.
+        widget.locator(".p2c-run-next").click()
+        expect(widget.locator(".p2c-panel-design .p2c-status")).to_have_text("generated")
+        assert manifest(lab, "restart")["design"] == "generated" and manifest(lab, "restart")["plan"] == "approved"
+        assert not list((lab.root / "restart").glob("runs/*/runs"))  # one run folder, nothing nested
+        shoot(page, "11-restarted-and-reattached", widget)
+
+
+def test_a_saved_notebook_reopened_without_its_kernel_shows_the_snapshot(page: Any, browser: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    with shot_on_failure(page, "reopen"):
+        path = notebook_in(lab, "reopen")
+        widget = open_and_run(page, lab, path)
+        widget.locator(".p2c-run-next").click()
+        expect(widget.locator(".p2c-panel-plan .p2c-status")).to_have_text("generated")
+        notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+        expect(notebook.locator(".p2c-fallback")).to_be_hidden()
+        notebook.locator(".jp-Cell").first.click()
+        page.keyboard.press("Control+s")
+        expect(page.locator(".jp-mod-dirty")).to_have_count(0)
+        saved = json.loads((lab.root / path).read_text(encoding="utf-8"))
+        shown = [o for c in saved["cells"] for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+        assert any("p2c-fallback" in "".join(o["data"]["text/html"]) for o in shown)
+        kernel_menu(page, "Shut Down Kernel")
+        expect(notebook.locator(".jp-Toolbar-kernelName")).to_contain_text("No Kernel")
+
+    again = browser.new_page()
+    try:
+        with shot_on_failure(again, "reopened"):
+            again.goto(lab.notebook_url(path))
+            notebook = again.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+            expect(notebook.locator(".jp-Cell").first).to_be_visible()
+            expect(notebook.locator(".jp-Toolbar-kernelName")).to_contain_text("Python 3")
+            wait_idle(notebook)
+            # JupyterLab's widget renderer gives up once the new kernel has no such model: its error is there...
+            error = notebook.locator(".jp-OutputArea-output.jupyter-widgets")
+            expect(error).to_have_count(1)
+            expect(error).to_contain_text("model not found")
+            # ... but hidden, and the snapshot of the run is shown instead.
+            expect(error).to_be_hidden()
+            snapshot = notebook.locator(".p2c-fallback .p2c-static")
+            expect(snapshot).to_be_visible()
+            expect(snapshot.locator(".p2c-stepper")).to_be_visible()
+            expect(snapshot.locator(".p2c-panel-plan .p2c-badge-generated")).to_be_visible()
+            assert notebook.locator(".p2c-walkthrough").count() == 0
+            shoot(again, "12-reopened-static-snapshot", snapshot)
+    finally:
+        again.close()
+
+
+def test_running_all_cells_after_the_steps_in_the_widget_reports_them_done(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    cells = (
+        'w.run(until="config", block=True)\nassert w.last_error is None, w.last_error\nprint(w.last_result.message)',
+        'stale = w.edit("config", w.read("config").replace("learning_rate: 0.1\\n", "learning_rate: 0.05\\n"))\n'
+        'print(f"{len(stale)} newly stale")',
+        "w.rerun_stale(block=True)\nassert w.last_error is None, w.last_error\nprint(w.last_result.message)",
+        "w.run(block=True)\nassert w.last_error is None, w.last_error\nprint(w.last_result.message)",
+    )
+    with shot_on_failure(page, "cells-after-clicks"):
+        path = notebook_in(lab, "cells", cells=cells)
+        page.goto(lab.notebook_url(path))
+        notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+        expect(notebook.locator(".jp-Toolbar-kernelName")).to_contain_text("Python 3")
+        wait_idle(notebook)
+        dismiss_news(page, wait_ms=0)
+        notebook.locator(".jp-Cell").first.click()
+        for _ in range(3):  # the heading, the set-up and the widget: the exercise's cells wait
+            page.keyboard.press("Shift+Enter")
+        widget = notebook.locator(".p2c-walkthrough")
+        expect(widget).to_be_visible()
+        click_through_with_auto_approve(widget)
+        edit_config(widget, "learning_rate: 0.1\n", "learning_rate: 0.05\n")
+        widget.locator(".p2c-rerun-stale").click()
+        expect(widget.locator(".p2c-badge-stale")).to_have_count(0)
+        expect(widget.locator(".p2c-next")).to_contain_text("all artifacts generated")
+        before = manifest(lab, "cells")
+
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        expect(notebook.locator(".jp-OutputArea-output").last).to_contain_text("Already done")
+        wait_idle(notebook)
+        text = output_text(notebook)
+        assert "Traceback" not in text and "Error" not in text, text
+        assert "already done" in text.lower() and "0 newly stale" in text and "Nothing is stale" in text, text
+        assert manifest(lab, "cells") == before
+        shoot(page, "13-cells-after-clicks", notebook.locator(".jp-Cell").last)
+
+
+def test_a_students_own_config_edit_with_the_cassette_only_explains_itself(page: Any, lab: Lab, cassette: Path) -> None:
+    from playwright.sync_api import expect
+
+    with shot_on_failure(page, "student-replay"):
+        widget = open_and_run(page, lab, notebook_in(lab, "student-replay", {"backend": f"replay:{cassette}"}))
+        click_through_with_auto_approve(widget)
+        edit_config(widget, "learning_rate: 0.1\n", "learning_rate: 0.2  # my own choice\n")
+        widget.locator(".p2c-rerun-stale").click()
+        status = widget.locator(".p2c-status-line")
+        expect(status.locator(".p2c-error")).to_contain_text("own text was recorded")
+        shown = status.inner_text()
+        assert "replay_fallback" in shown and "live model" in shown and "Traceback" not in shown, shown
+        assert "stale" in manifest(lab, "student-replay").values()  # nothing was made up
+        shoot(page, "14-student-edit-cassette-only", status)
+
+
+def test_a_students_own_config_edit_goes_to_the_live_fallback(page: Any, lab: Lab, cassette: Path) -> None:
+    from playwright.sync_api import expect
+
+    scenario = f"scripted:{lab.root / 'examples' / 'mixup' / 'scenario.yaml'}"
+    settings = {"backend": f"replay:{cassette}", "replay_fallback": scenario}
+    with shot_on_failure(page, "student-fallback"):
+        widget = open_and_run(page, lab, notebook_in(lab, "student-fallback", settings))
+        click_through_with_auto_approve(widget)
+        edit_config(widget, "learning_rate: 0.1\n", "learning_rate: 0.2  # my own choice\n")
+        widget.locator(".p2c-rerun-stale").click()
+        expect(widget.locator(".p2c-badge-stale")).to_have_count(0)
+        expect(widget.locator(".p2c-status-line .p2c-error")).to_have_count(0)
+        status = manifest(lab, "student-fallback")
+        assert status["config"] == "edited" and "stale" not in status.values(), status
+        shoot(page, "15-student-edit-live-fallback", widget.locator(".p2c-status-line"))
+
+
+def test_code_text_is_readable_in_the_dark_theme(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    with shot_on_failure(page, "dark"):
+        widget = open_and_run(page, lab, notebook_in(lab, "dark"))
+        click_through_with_auto_approve(widget)
+        page.get_by_role("menuitem", name="Settings", exact=True).click()
+        page.get_by_role("menuitem", name="Theme", exact=True).click()
+        page.get_by_role("menuitem", name="JupyterLab Dark", exact=True).click()
+        try:
+            expect(page.locator("body[data-jp-theme-light='false']")).to_be_attached()
+            page.wait_for_timeout(500)  # the theme's style sheet applied
+            code = widget.locator(".p2c-panel-config .p2c-highlight pre").first
+            code.scroll_into_view_if_needed()
+            fg, bg = code.evaluate(COLOURS_JS)
+            assert sum(bg[:3]) / 3 < 100, bg  # the code block is dark in the dark theme
+            assert contrast(fg, bg) >= 4.5, (fg, bg)
+            tokens = widget.locator(".p2c-highlight span[class]")
+            for index in range(min(tokens.count(), 60)):
+                colour, behind = tokens.nth(index).evaluate(COLOURS_JS)
+                assert contrast(colour, behind) >= 3, (tokens.nth(index).get_attribute("class"), colour, behind)
+            shoot(page, "16-dark-theme-code", widget.locator(".p2c-panel-config"))
+        finally:
+            page.get_by_role("menuitem", name="Settings", exact=True).click()
+            page.get_by_role("menuitem", name="Theme", exact=True).click()
+            page.get_by_role("menuitem", name="JupyterLab Light", exact=True).click()

@@ -395,6 +395,20 @@ def test_config_reads_through_get_and_attributes_are_checked(tmp_path: Path) -> 
     ]
 
 
+def test_config_reads_inside_nested_functions_see_the_enclosing_config(tmp_path: Path) -> None:
+    code = (
+        "import yaml\n\n\ndef run_all(path):\n    settings = yaml.safe_load(open('config.yaml'))\n\n"
+        "    def one(seed):\n        return settings['training']['lr'], seed\n\n"
+        "    return [one(s) for s in range(3)], (lambda: settings['training']['epochs'])()\n"
+    )
+    violations = check(tmp_path, {"utils/metrics.py": CLEAN["utils/metrics.py"] + code})
+    offset = CLEAN["utils/metrics.py"].count("\n")
+    assert found(violations, "missing-config-key") == [
+        f"utils/metrics.py:{offset + 8} `settings['training']['lr']` reads `training.lr`, which config.yaml does "
+        "not define; training has: learning_rate, epochs"
+    ]
+
+
 def test_config_reads_on_other_values_are_not_judged(tmp_path: Path) -> None:
     code = (
         "def step(params, grads, config=None):\n    params['W9'] = grads['W9']\n    config = make()\n"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import API_KEY, small_scenario
 
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, RunError
@@ -142,3 +145,100 @@ def test_without_python_the_run_gets_its_own_venv_and_what_it_holds_is_recorded(
     assert f"prefix {root / 'exec' / 'venv'} ['--smoke']" in out  # the venv's interpreter, inside the sandbox
     assert (root / "exec" / "installed.txt").is_file() and (root / "exec" / "install.log").is_file()
     assert RunStore(root).meta["exec"]["python"] == str(root / "exec" / "venv" / "bin" / "python")
+
+
+def test_without_main_py_the_entry_point_the_checks_find_runs(run_dir: Path) -> None:
+    _sandboxed()
+    (run_dir / "repo" / "main.py").rename(run_dir / "repo" / "train.py")
+    assert runner.plan(run_dir, python=sys.executable).command == ["python", "train.py", "--smoke"]
+    (run_dir / "repo" / "train.py").rename(run_dir / "repo" / "helpers.py")
+    with pytest.raises(RunError, match="no entry point"):
+        runner.plan(run_dir, python=sys.executable)
+
+
+# --- a repository without reproduce.sh: exec offers to make it (one model call) ------------------------------
+SCRIPT = '#!/usr/bin/env bash\nset -euo pipefail\necho "smoke=${1:-}"\npython main.py\n'
+
+
+@pytest.fixture
+def finished(monkeypatch: pytest.MonkeyPatch, serve: Any, paper_md: Path, tmp_path: Path) -> tuple[Any, Path]:
+    """A complete run (no reproduce.sh); the model would answer the reproduce stage with SCRIPT."""
+    _sandboxed()
+    scenario = small_scenario()
+    scenario["responses"].append({"stage": "reproduce", "content": f"```bash\n{SCRIPT}```"})
+    server = serve(scenario)
+    for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
+        monkeypatch.delenv(key)
+    for key, value in {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.base_url, "P2C_CONFIG": "/x"}.items():
+        monkeypatch.setenv(key, value)
+    run = tmp_path / "run"
+    assert main(["run", str(paper_md), "--out", str(run)]) == 0
+    return server, run
+
+
+def reproduce_requests(server: Any) -> list[Any]:
+    return [r for r in server.requests if r["stage"] == "reproduce"]
+
+
+def test_exec_says_reproduce_sh_is_missing_and_makes_it_only_on_a_yes(
+    finished: tuple[Any, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, run = finished
+    capsys.readouterr()
+    answers = iter(["n", "n"])  # generate reproduce.sh: no; run the entry point: no
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    assert main(["exec", str(run), "--python", sys.executable]) == 0
+    out = capsys.readouterr().out
+    assert "no reproduce.sh" in out and "one model call" in out and "the entry point runs instead" in out
+    assert "Run: python main.py --smoke" in out and "Not run." in out
+    assert reproduce_requests(server) == [] and not (run / "repo" / "reproduce.sh").exists()
+    monkeypatch.setattr(sys, "stdin", open("/dev/null"))  # noqa: SIM115 - no terminal: refused, nothing made
+    assert main(["exec", str(run), "--python", sys.executable]) == ConfigError.exit_code
+    assert reproduce_requests(server) == [] and not (run / "exec").exists()
+
+
+@pytest.mark.slow
+def test_exec_with_yes_makes_reproduce_sh_with_one_call_and_runs_it(
+    finished: tuple[Any, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, run = finished
+    before = len(server.requests)
+    assert main(["exec", str(run), "--python", sys.executable, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert [r["stage"] for r in server.requests[before:]] == ["reproduce"]  # one call, nothing else redone
+    assert (run / "repo" / "reproduce.sh").read_text() == SCRIPT and "Generated " in out
+    assert "Run: bash reproduce.sh --smoke\n" in out and "smoke=--smoke" in out and "[2.0, 4.0, 6.0]" in out
+    assert main(["exec", str(run), "--python", sys.executable, "--yes"]) == 0  # made once: not offered again
+    assert len(reproduce_requests(server)) == 1 and "no reproduce.sh" not in capsys.readouterr().out
+
+
+def test_exec_offers_nothing_while_other_artifacts_are_stale(
+    finished: tuple[Any, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, run = finished
+    plan = run / "planning" / "plan.md"
+    plan.write_text(plan.read_text() + "\nMore.\n")  # an edit of the plan: everything after it is stale
+    monkeypatch.setattr(sys, "stdin", open("/dev/null"))  # noqa: SIM115
+    assert main(["exec", str(run), "--python", sys.executable]) == ConfigError.exit_code
+    out = capsys.readouterr().out
+    assert "one model call" not in out and "Run: python main.py --smoke (from the entry point" in out
+
+
+def test_the_exec_magic_offers_reproduce_sh_and_makes_it_only_with_yes(
+    finished: tuple[Any, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    server, run = finished
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "p2c_notebook.ui.magics")
+    try:
+        shell.run_line_magic("p2c", f"load {run}")
+        capsys.readouterr()
+        shell.run_line_magic("p2c", f"exec --python {sys.executable}")
+        shown = capsys.readouterr()
+    finally:
+        shell.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
+    assert "no reproduce.sh" in shown.out and "(and to generate reproduce.sh first)" in shown.out, shown.err
+    assert reproduce_requests(server) == [] and not (run / "exec").exists()

@@ -164,3 +164,104 @@ def test_edits_apply_exactly_once_inside_the_repository() -> None:
         apply_edits(current, [Edit("/etc/passwd", "root", "x")])
     with pytest.raises(PlanError, match="not a generated file"):
         apply_edits(current, [Edit("new.py", "", "x")])
+
+
+# --- %p2c fix ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def shell(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv("P2C_CONFIG", str(tmp_path / "no-config.yaml"))
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "p2c_notebook.ui.magics")
+    yield ip
+    ip.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
+
+
+def magics_of(ip: Any) -> Any:
+    from p2c_notebook.ui.magics import P2CMagics
+
+    magics = ip.magics_manager.registry["P2CMagics"]
+    assert isinstance(magics, P2CMagics)
+    return magics
+
+
+@pytest.mark.slow
+def test_the_fix_magic_without_yes_runs_nothing_and_with_yes_repairs_like_the_cli(
+    generated: Any, shell: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, run = generated(FIX)
+    shell.run_line_magic("p2c", f"load {run}")
+    capsys.readouterr()
+    shell.run_line_magic("p2c", f"fix --python {sys.executable}")
+    shown = capsys.readouterr()
+    assert "Run: python main.py --smoke" in shown.out and "Nothing was run. Add --yes" in shown.out, shown.err
+    assert not (run / "exec").exists() and fix_requests(server) == []
+    shell.run_line_magic("p2c", f"fix --python {sys.executable} --yes")
+    ran = capsys.readouterr()
+    assert "p2c: error" not in ran.err, ran.err
+    assert "-print(Net().forward(load())[5])" in ran.out and "+print(Net().forward(load()))" in ran.out
+    assert "passes after 1 round(s)" in ran.out and len(fix_requests(server)) == 1
+    assert (run / "repo" / "main.py").read_text().endswith("print(Net().forward(load()))\n")
+    assert RunStore(run).meta["fixes"][0]["round"] == 1
+
+
+@pytest.mark.slow
+def test_the_fix_magic_in_a_notebook_applies_a_fix_only_on_the_users_click(
+    generated: Any, shell: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, run = generated(FIX, FIX)
+    magics_of(shell).widgets = True  # as in a Jupyter kernel with ipywidgets
+    shell.run_line_magic("p2c", f"load {run}")
+    shell.run_line_magic("p2c", f"fix --python {sys.executable} --rounds 2")
+    assert "p2c: error" not in capsys.readouterr().err
+    wt = magics_of(shell).walkthrough
+    panel = wt.run_panel
+    assert panel.rounds.value == 2 and panel.repair_button.layout.display is None and not panel.repair_button.disabled
+    assert "Run: python main.py --smoke" in panel.plan.value and "Nothing runs until you click" in panel.message.value
+    assert not (run / "exec").exists() and fix_requests(server) == []
+    panel.repair_button.click()
+    wt.wait(timeout=120)
+    assert len(fix_requests(server)) == 1 and "p2c-diff-add" in panel.fix_view.value
+    assert (run / "repo" / "main.py").read_text() == BROKEN_MAIN  # proposed, shown, not applied
+    panel.reject_button.click()
+    assert (run / "repo" / "main.py").read_text() == BROKEN_MAIN and "fixes" not in RunStore(run).meta
+    panel.repair_button.click()  # the next proposal; this one the user applies
+    wt.wait(timeout=120)
+    panel.apply_button.click()
+    wt.wait(timeout=120)
+    assert wt.last_error is None, wt.last_error
+    assert (run / "repo" / "main.py").read_text().endswith("print(Net().forward(load()))\n")
+    assert RunStore(run).meta["exec"]["passed"] and len(fix_requests(server)) == 2
+
+
+# --- the repair benchmark's harness (benchmarks/bench_repair.py), with a scripted model ------------------------
+@pytest.mark.slow
+def test_the_repair_benchmark_measures_rounds_lines_and_time_on_a_copy(
+    generated: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        bench = importlib.import_module("bench_repair")
+    finally:
+        sys.path.remove(str(benchmarks))
+    server, run = generated()
+    fixes = tmp_path / "fixes.json"  # the model that proposes fixes: a scripted server of its own
+    fixes.write_text(json.dumps({"model": "*", "responses": [{"stage": "fix", "content": FIX}]}))
+    out = tmp_path / "repair.json"
+    argv = ["--run", str(run), "--backend", f"scripted:{fixes}", "--python", sys.executable, "--rounds", "2"]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| before repair | 0% |" in printed and "| after round 1 | 100% |" in printed
+    result = json.loads(out.read_text())
+    lines = sum(len(f.read_text().splitlines()) for f in (run / "repo").rglob("*") if f.is_file())  # config too
+    before, first, second = result["summary"]
+    assert before["executable_rate"] == 0 and first["executable_rate"] == second["executable_rate"] == 1
+    assert first["lines_changed"] == 2 and first["lines_changed_share"] == pytest.approx(2 / lines)
+    assert first["model_seconds"] > 0 and first["run_seconds"] > 0 and second["repaired_this_round"] == 0
+    rounds = result["repositories"][0]["rounds"]
+    assert [(r["round"], r["passed"]) for r in rounds] == [(0, False), (1, True)]
+    assert (run / "repo" / "main.py").read_text() == BROKEN_MAIN and not (run / "exec").exists()  # a copy was fixed

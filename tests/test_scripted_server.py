@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,69 @@ def test_cached_tokens_grow_with_a_shared_prefix(client: openai.OpenAI) -> None:
     assert first == 0
     assert 0 < partial < prompt
     assert partial < repeat == prompt_again
+
+
+def test_a_prefix_counts_as_cached_only_once_an_earlier_request_with_it_had_its_first_token_sent() -> None:
+    with ScriptedServer(
+        {**SCENARIO, "latency": 0.3, "faults": [{"stage": "design", "kind": "status", "status": 429}]}
+    ) as srv:
+        client = openai.OpenAI(api_key="sk-test", base_url=srv.base_url, max_retries=0, timeout=5)
+
+        def usage(stage: str, last: str) -> int:
+            try:
+                reply = client.chat.completions.create(
+                    model="gpt-test",
+                    messages=[*MESSAGES, {"role": "user", "content": last}],
+                    extra_headers=headers(stage),
+                )
+            except openai.RateLimitError:
+                return -1
+            assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+            return reply.usage.prompt_tokens_details.cached_tokens or 0
+
+        refused = usage("design", "Refused: its prompt is never processed.")
+        together: list[int] = []
+        threads = [threading.Thread(target=lambda i=i: together.append(usage("plan", f"Part {i}."))) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        later = usage("plan", "Part 9.")
+    assert refused == -1
+    assert together == [0, 0, 0]  # sent at the same instant: none was processed when the others arrived
+    assert later > 0  # by now the paper's prefix has been processed
+
+
+def test_a_server_at_capacity_refuses_the_next_request_at_once_with_retry_after() -> None:
+    with ScriptedServer({**SCENARIO, "latency": 0.4, "capacity": 2, "capacity_retry_after": 3}) as srv:
+        client = openai.OpenAI(api_key="sk-test", base_url=srv.base_url, max_retries=0, timeout=5)
+        outcomes: list[str] = []
+
+        def one() -> None:
+            try:
+                outcomes.append(ask(client, "plan"))
+            except openai.RateLimitError as exc:
+                outcomes.append(f"429 after {exc.response.headers.get('retry-after')}")
+
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        load = get_json(srv.base_url.removesuffix("/v1") + "/_p2c/load")
+        recorded = srv.requests
+    assert sorted(outcomes) == sorted([PLAN, PLAN, "429 after 3"])
+    assert load == {"in_flight": 0, "max_in_flight": 2, "over_capacity": 1}
+    assert sorted(r["in_flight"] for r in recorded) == [1, 2]  # the refused one was never served
+
+
+def test_slots_are_served_as_llamacpp_props_and_habits_name_the_model_owner() -> None:
+    with ScriptedServer({**SCENARIO, "slots": 4, "habit": "vllm"}) as srv:
+        root = srv.base_url.removesuffix("/v1")
+        assert get_json(root + "/props")["total_slots"] == 4
+        assert {m["owned_by"] for m in get_json(srv.base_url + "/models")["data"]} == {"vllm"}
+    with ScriptedServer(SCENARIO) as srv, pytest.raises(urllib.error.HTTPError):
+        get_json(srv.base_url.removesuffix("/v1") + "/props")  # not a llama.cpp server
 
 
 def test_concurrent_requests_are_all_answered(client: openai.OpenAI, server: ScriptedServer) -> None:

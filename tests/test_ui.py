@@ -837,3 +837,80 @@ def test_a_replay_miss_in_the_widget_is_a_paragraph_for_a_student(serve: Any, pa
     assert "clear the feedback box" in shown and "SETTINGS = " in shown and "%p2c use --backend openai" in shown
     assert "…" not in wt.status_line.value  # the whole paragraph, not cut
     wt.close()
+
+
+def test_a_notebook_run_again_after_its_later_edit_reports_done_and_sends_nothing(finished: tuple[Any, Path]) -> None:
+    """The workshop notebook run twice on one run folder: its last cells regenerated a file with feedback and then
+    edited the config (all analysis and code stale). Run again from the top, the cell that generates what is missing
+    and the feedback cell report what is done; nothing is regenerated and no request is sent."""
+    server, run = finished
+    wt = open_walkthrough(server, run)
+    feedback = "Name the entry point's function main."
+    assert wt.regenerate("code/main.py", feedback, block=True) is None and wt.last_error is None
+    stale = wt.edit("config", "lr: 0.05\nepochs: 3\n")
+    assert "code/main.py" in stale
+    asked, before = len(server.requests), manifest(run)
+
+    again = open_walkthrough(server, run)  # the kernel restarted: a new widget over the same folder
+    done = str(again.run(block=True, missing_only=True))
+    assert done.startswith("Already generated: everything up to the") and f"{len(stale)} artifact(s) are stale" in done
+    shown = str(again.regenerate("code/main.py", feedback, block=True))
+    assert "already regenerated with this feedback" in shown and "stale since" in shown
+    assert again.last_error is None and len(server.requests) == asked and manifest(run) == before
+    # Without missing_only, a run regenerates what is stale: the notice is not a blanket "done".
+    again.auto_approve.value = True
+    assert again.run(block=True) is None and again.last_error is None and len(server.requests) > asked
+    assert "stale" not in manifest(run).values()
+    wt.close()
+    again.close()
+
+
+def test_an_evaluation_cell_run_again_pays_for_nothing_until_the_code_changes(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    verdict = {"components": ["linear model"], "critique_list": [], "score": 4}
+    scenario = small_scenario()
+    scenario["responses"] = [{"stage": "judge", "json": verdict}, *scenario["responses"]]
+    server = serve(scenario)
+    run = make_run(server, paper_md, tmp_path / "run")
+    wt = open_walkthrough(server, run)
+    judged = lambda: [r for r in server.requests if r["stage"] == "judge"]  # noqa: E731
+    assert wt.evaluate(2, block=True) is None and wt.last_error is None and len(judged()) == 2
+    assert str(wt.evaluate(2, block=True)).startswith("Already evaluated, and the code has not changed since: 4.00")
+    assert len(judged()) == 2
+    assert wt.evaluate(1, block=True) is None and len(judged()) == 3  # another number of samples is a new question
+    wt._evaluate_clicked(1, None)  # the button always judges again
+    wt.wait()
+    assert len(judged()) == 4
+    (run / "repo" / "main.py").write_text("print('changed by hand')\n", encoding="utf-8")
+    assert wt.evaluate(1, block=True) is None and len(judged()) == 5  # the code changed: judged again
+    wt.close()
+
+
+def test_the_widget_is_displayed_after_its_static_snapshot(finished: tuple[Any, Path]) -> None:
+    """Two outputs: the snapshot (text/html, marked so the live widget's style sheet hides it), then the widget view
+    with one line of text. A front end without the widget's model shows the first; JupyterLab's "model not found"
+    in the second is hidden by the first's rule."""
+    from IPython.core.formatters import DisplayFormatter
+
+    server, run = finished
+    wt = open_walkthrough(server, run)
+    shown: list[dict[str, Any]] = []
+    shell = InteractiveShell.instance()
+    publish = shell.display_pub.publish
+    shell.display_pub.publish = lambda data, *args, **kwargs: shown.append(data)  # type: ignore[method-assign]
+    try:
+        shell.displayhook.shell = shell
+        formatted, _ = DisplayFormatter(parent=shell).format(wt)  # what `w` as a cell's last line does
+    finally:
+        shell.display_pub.publish = publish  # type: ignore[method-assign]
+    assert formatted == {}  # displayed by _ipython_display_, not as one bundle
+    assert len(shown) == 2 and set(shown[0]) == {"text/html", "text/plain"}
+    snapshot, view = shown
+    assert f"p2c-fallback {wt.fallback_id}" in snapshot["text/html"] and "<svg" not in snapshot["text/plain"]
+    assert "p2c-stepper" in snapshot["text/html"] and "jupyter-widgets" in snapshot["text/html"]
+    assert set(view) == {"application/vnd.jupyter.widget-view+json", "text/plain"} and "kernel" in view["text/plain"]
+    assert view["application/vnd.jupyter.widget-view+json"]["model_id"] == wt.widget.model_id
+    assert f".jp-OutputArea-child:has(.{wt.fallback_id})" in wt.style.value  # the live widget hides its snapshot
+    assert wt.fallback_id not in snapshot["text/html"].split("</style>", 1)[0]  # ... and only the widget does
+    wt.close()

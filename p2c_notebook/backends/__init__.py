@@ -72,6 +72,12 @@ def _openai(settings: Settings, arg: str, notify: Notify) -> Backend:
 
 def _local(settings: Settings, arg: str, notify: Notify) -> Backend:
     model = arg or settings.local_model
+    if settings.figures:  # refused before the server starts: it would only ignore or reject the images
+        raise ConfigError(
+            f"The embedded local model ({describe_choice(model)}) reads text only, so it cannot take the paper's "
+            "figures: drop --figures (P2C_FIGURES), or use a vision model on a server (--backend openai --base-url "
+            "URL --model MODEL)."
+        )
     if notify and settings.backend.partition(":")[0] == "auto":
         notify(
             f"No OPENAI_API_KEY or OPENAI_BASE_URL set: running the local model {describe_choice(model)} "

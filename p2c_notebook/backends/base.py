@@ -10,7 +10,8 @@ from p2c_notebook.backends.retry import RetryNotice
 from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import Settings
 
-Messages = list[dict[str, str]]
+#: {"role": ..., "content": text, or text and image parts (`p2c_notebook.content`: `--figures`)}
+Messages = list[dict[str, Any]]
 OnRetry = Callable[[RetryNotice], None]
 
 

@@ -29,6 +29,7 @@ from p2c_notebook.backends.retry import (
     is_html,
     retry_after,
 )
+from p2c_notebook.content import content_tokens, has_images, text_of
 from p2c_notebook.errors import BackendError, ConfigError, ReplyError
 from p2c_notebook.run.usage import Usage, cost_of
 from p2c_notebook.secrets import Scrubber
@@ -369,7 +370,7 @@ class OpenAIBackend:
                 wait = self.policy.delay(attempt, retry_after(response.headers if response else None), self._random)
                 attempt += 1
                 if on_retry is not None:
-                    on_retry(RetryNotice(reason, wait, attempt, self.policy.attempts, streamed))
+                    on_retry(RetryNotice.after(exc, reason, wait, attempt, self.policy.attempts, streamed))
                 self._sleep(wait)
                 if streamed and shown:
                     on_delta(shown)
@@ -482,7 +483,7 @@ class OpenAIBackend:
 
     def _usage(self, usage: Any, params: dict[str, Any], text: str) -> Usage:
         if usage is None:  # the server reported nothing: count offline, and say so
-            prompt = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in params["messages"])
+            prompt = sum(content_tokens(m.get("content"), estimate_tokens) + 4 for m in params["messages"])
             completion = estimate_tokens(text)
             cost = cost_of(self.settings.model, prompt, completion, 0, self.settings.prices)
             return Usage(prompt, completion, 0, 1, cost, estimated=True)
@@ -556,6 +557,14 @@ class OpenAIBackend:
                 f"/v1); {resume}."
             )
         refused = _refused_parameter(exc, params) if params is not None else None
+        if refused == "images" and isinstance(exc, openai.APIError):
+            status = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else "an error"
+            words = _message(exc, 160) if isinstance(exc, openai.APIStatusError) else _short(str(exc), 160)
+            return BackendError(
+                f"The model server at {self._base_url} refused the paper's figure images with {status} ({where}): "
+                f"{words}. {self.settings.model} reads text only there: drop --figures (P2C_FIGURES), or pick a "
+                f"vision model with --model; {resume}."
+            )
         if refused is not None and isinstance(exc, openai.APIError):
             status = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else "an error"
             fix = (
@@ -610,6 +619,9 @@ _REFUSAL_WORDS = (
     "unsupported", "not supported", "unknown", "unrecogni", "not permitted", "not allowed", "unexpected",
     "invalid", "input should be", "must be", "does not support", "not a valid", "extra",
 )  # fmt: skip
+#: How a server names images it cannot take (OpenAI, vLLM, llama.cpp, LM Studio, Ollama word it differently).
+_IMAGE_WORDS = ("image", "multimodal", "multi-modal", "vision", "mmproj")
+_IMAGE_REFUSALS = ("only supported by", "at most 0", "not a multimodal", "cannot read", "missing data")
 #: Words of a too-long request, which names max_tokens without refusing the parameter itself.
 _SIZE_WORDS = ("context", "too large", "too long", "exceed", "maximum")
 
@@ -621,7 +633,8 @@ def _error_text(exc: BaseException) -> str:
 
 def _refused_parameter(exc: BaseException, params: dict[str, Any]) -> str | None:
     """The request parameter a server refused, read from the error body whatever the status (servers say
-    400, 422 or 500); None when the error is not such a refusal (and so may be worth a retry)."""
+    400, 422 or 500); None when the error is not such a refusal (and so may be worth a retry). "images" when a
+    request carrying images (`--figures`) was refused for them: a text-only model or server."""
     if not isinstance(exc, openai.APIError) or isinstance(exc, openai.APIConnectionError):
         return None
     if isinstance(exc, openai.APIStatusError) and (
@@ -629,6 +642,9 @@ def _refused_parameter(exc: BaseException, params: dict[str, Any]) -> str | None
     ):
         return None
     text = _error_text(exc)
+    images = has_images(params.get("messages") or ()) and any(word in text for word in _IMAGE_WORDS)
+    if images and any(word in text for word in (*_REFUSAL_WORDS, *_SIZE_WORDS, *_IMAGE_REFUSALS)):
+        return "images"
     for name, words in _NAMED_BY.items():
         if name not in params or not any(word in text for word in words):
             continue
@@ -642,11 +658,14 @@ def _refused_parameter(exc: BaseException, params: dict[str, Any]) -> str | None
 def _with_schema(messages: Messages, schema: dict[str, Any]) -> Messages:
     """The messages with the JSON schema stated in the last one, unless a message already states it."""
     text = json.dumps(schema, separators=(",", ":"), sort_keys=True)
-    if any(text in str(message.get("content") or "") for message in messages) or not messages:
+    if any(text in text_of(message.get("content")) for message in messages) or not messages:
         return messages
     last = messages[-1]
     ask = f"\n\nReply with one JSON object only, following this JSON schema:\n{text}"
-    return [*messages[:-1], {**last, "content": f"{last.get('content') or ''}{ask}"}]
+    content = last.get("content")
+    if isinstance(content, list):  # text and images: the ask is one more text part
+        return [*messages[:-1], {**last, "content": [*content, {"type": "text", "text": ask.lstrip()}]}]
+    return [*messages[:-1], {**last, "content": f"{content or ''}{ask}"}]
 
 
 def _message(exc: openai.APIStatusError, limit: int = 300) -> str:

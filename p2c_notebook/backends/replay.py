@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from p2c_notebook.backends.base import Backend, ChatRequest, Completion, OnRetry, WrappedBackend
+from p2c_notebook.content import describe, describe_image, images_of, text_of
 from p2c_notebook.errors import BackendError, ConfigError
 from p2c_notebook.run.usage import Usage
 from p2c_notebook.secrets import Scrubber
@@ -65,10 +66,16 @@ def _difference(wanted: list[dict[str, Any]], same: list[dict[str, Any]]) -> str
     return f"the first difference is in message {longest + 1} ({wanted[longest]['role']})"
 
 
+def _keyed(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as a key holds it: an image by its bytes' hash, not its data."""
+    content = message.get("content")
+    return {**message, "content": describe(content, named=False)} if isinstance(content, list) else message
+
+
 def request_key(request: ChatRequest) -> str:
-    """Stable across machines, models and settings: only what the pipeline asked."""
+    """Stable across machines, models and settings: only what the pipeline asked (an image: its bytes' hash)."""
     content = {
-        "messages": request.messages,
+        "messages": [_keyed(m) for m in request.messages],
         "stage": request.stage,
         "file": request.file,
         "attempt": request.attempt,
@@ -78,8 +85,19 @@ def request_key(request: ChatRequest) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _digest(text: str) -> str:
+def _digest(content: object) -> str:
+    """A text's hash; of text and images, the hash of their record (an image by its bytes' hash)."""
+    text = content if isinstance(content, str) else json.dumps(describe(content, named=False), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _compact_message(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content", "")
+    compact = {"role": message.get("role", ""), "chars": len(text_of(content)), "sha256": _digest(content)}
+    images = images_of(content)
+    if images:  # which figure files went along, never their data
+        compact["images"] = [describe_image(url) for url in images]
+    return compact
 
 
 def _compact(request: ChatRequest) -> dict[str, Any]:
@@ -88,11 +106,8 @@ def _compact(request: ChatRequest) -> dict[str, Any]:
         "file": request.file,
         "attempt": request.attempt,
         "schema": request.schema_name if request.schema is not None else None,
-        "messages": [
-            {"role": m.get("role", ""), "chars": len(m.get("content", "")), "sha256": _digest(m.get("content", ""))}
-            for m in request.messages
-        ],
-        "last_message": request.messages[-1].get("content", "") if request.messages else "",
+        "messages": [_compact_message(m) for m in request.messages],
+        "last_message": describe(request.messages[-1].get("content", "")) if request.messages else "",
     }
 
 

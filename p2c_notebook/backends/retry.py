@@ -35,6 +35,8 @@ class RetryNotice:
     """One retry about to happen, for the user: why, how long we wait, which attempt comes next.
 
     `restart` is true when the failed attempt had already streamed text: what was shown is void.
+    `rate_limited` is true when the server asked the client to slow down (HTTP 429, or a retryable status with
+    Retry-After): a client sharing the server between many calls backs off all of them, not only this one.
     """
 
     reason: str
@@ -42,6 +44,14 @@ class RetryNotice:
     attempt: int
     attempts: int
     restart: bool = False
+    rate_limited: bool = False
+
+    @classmethod
+    def after(
+        cls, exc: BaseException, reason: str, delay: float, attempt: int, attempts: int, restart: bool = False
+    ) -> RetryNotice:
+        """The notice for a retry after `exc`, with `rate_limited` read from the error itself (never the words)."""
+        return cls(reason, delay, attempt, attempts, restart, is_rate_limited(exc))
 
     def describe(self) -> str:
         wait = f"{self.delay:.1f}" if self.delay >= 0.1 else f"{self.delay:.2f}"
@@ -123,3 +133,14 @@ def classify(exc: BaseException) -> str | None:
         page = " (an HTML error page)" if is_html(exc.response) else ""
         return f"the server answered HTTP {exc.status_code}{page}"
     return None
+
+
+def is_rate_limited(exc: BaseException) -> bool:
+    """Whether the server refused the call to slow the client down: HTTP 429, or a retryable status (503, 529...)
+    that says when to come back (Retry-After)."""
+    if not isinstance(exc, openai.APIStatusError):
+        return False
+    if exc.status_code == 429:
+        return True
+    headers = getattr(exc.response, "headers", None)
+    return exc.status_code in RETRYABLE_STATUS and retry_after(headers) is not None

@@ -4,6 +4,10 @@ Every proposal is validated before anyone sees it (each block must apply exactly
 the repository) and applied only once the caller's `approve` says yes; applied edits are new versions of the code
 artifacts, with their provenance (round, attempt, error) in the manifest's `fixes`, and the static checks run
 again. Rounds are bounded; the loop stops as soon as the smoke run passes.
+
+`fix` is the whole loop for a caller that can answer at once (the CLI's prompt); `Repair` is the same loop one step
+at a time, for a caller that waits on a person between steps (the walkthrough's Run panel): run, propose, then
+apply or reject when the user clicks.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from p2c_notebook.errors import PlanError
+from p2c_notebook.errors import EditedArtifactError, PlanError, RunError
 from p2c_notebook.execute import runner
 from p2c_notebook.execute.runner import ExecPlan
 from p2c_notebook.execute.sandbox import Outcome
@@ -48,6 +52,7 @@ class Proposal:
     edited: list[str] = field(default_factory=list)  # files with the user's own edits: need their own yes
     error: str = ""
     usage: Usage = field(default_factory=Usage)
+    revised: list[str] = field(default_factory=list)  # files whose proposed text the user changed before applying
 
     def diff(self) -> str:
         parts = []
@@ -184,11 +189,41 @@ def propose(pipeline: Pipeline, exec_plan: ExecPlan, outcome: Outcome, round_num
     return Proposal(round_number, edits, changes, edited, error, usage)
 
 
-def apply(pipeline: Pipeline, proposal: Proposal, attempt: int) -> list[str]:
-    """Save each changed file as a new version of its code artifact and record where the fix came from."""
+def revise(proposal: Proposal, path: str, text: str) -> Proposal:
+    """The proposal with the user's own text for one of its files (the widget's Edit); a Python file must still
+    parse. Applying it records that the user changed the fix."""
+    if path not in proposal.changes:
+        raise PlanError(f"The fix does not change {path}; edit one of its files: {', '.join(proposal.changes)}.")
+    text = text if text.endswith("\n") or not text else text + "\n"
+    if path.endswith(".py"):
+        try:
+            compile(text, path, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            where = f"line {exc.lineno}: {exc.msg}"
+            raise PlanError(f"Your version of {path} does not parse ({where}); correct it or reject the fix.") from None
+    old = proposal.changes[path][0]
+    changes = {**proposal.changes, path: (old, text)}
+    revised = sorted({*proposal.revised, path})
+    return replace(proposal, changes={p: pair for p, pair in changes.items() if pair[0] != pair[1]}, revised=revised)
+
+
+def apply(pipeline: Pipeline, proposal: Proposal, attempt: int, overwrite_edited: bool = False) -> list[str]:
+    """Save each changed file as a new version of its code artifact and record where the fix came from.
+
+    Refused (nothing saved) when the fix changes a file the user edited and `overwrite_edited` is not given, or
+    when a file changed on disk since the fix was proposed (the fix was made for the text the model saw)."""
+    if proposal.edited and not overwrite_edited:
+        raise EditedArtifactError(
+            f"The fix changes file(s) you edited ({', '.join(proposal.edited)}); confirm overwriting your edits."
+        )
+    if not proposal.changes:
+        raise PlanError("The fix changes nothing (your edit brought every file back): nothing to apply.")
     store = pipeline.store
     with store.locked():
         store.reload()
+        for path, (old, _) in proposal.changes.items():
+            if store.entry(f"code/{path}") is None or store.read(f"code/{path}") != old:
+                raise RunError(f"{path} changed since the fix was proposed: nothing was applied; repair again.")
         for path, (_, new) in proposal.changes.items():
             entry = store.entry(f"code/{path}")
             inputs = dict(entry.inputs) if entry is not None else {}
@@ -202,11 +237,78 @@ def apply(pipeline: Pipeline, proposal: Proposal, attempt: int) -> list[str]:
                 "files": sorted(proposal.changes),
                 "lines_changed": proposal.lines_changed(),
                 "at": now(),
+                **({"revised_by_user": proposal.revised} if proposal.revised else {}),
             },
         ]
         store.set_meta(fixes=fixes)
     runchecks.current(store.root)
     return sorted(proposal.changes)
+
+
+class Repair:
+    """The repair loop one step at a time: `run`, then while it fails `propose`, and `accept` or `reject` what the
+    user decided. At most `rounds` proposals; `accept` applies the fix and runs the smoke run again."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        exec_plan: ExecPlan,
+        rounds: int = 3,
+        sink: Callable[[Event], None] | None = None,
+        outcome: Outcome | None = None,
+    ) -> None:
+        if rounds < 1:
+            raise RunError(f"Repair rounds must be at least 1 (got {rounds}).")
+        self.pipeline = pipeline
+        self.exec_plan = exec_plan
+        self.rounds = rounds
+        self.sink = sink
+        self.outcome = outcome  # the last run (None: not run yet); a failed one the caller already has is reused
+        self.round = 0  # proposals made so far
+        self.rejected = False
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is not None and self.outcome.passed
+
+    @property
+    def can_propose(self) -> bool:
+        return self.outcome is not None and not self.outcome.passed and not self.rejected and self.round < self.rounds
+
+    def run(self) -> Outcome:
+        self.outcome = runner.execute(self.exec_plan, self.sink)
+        return self.outcome
+
+    def propose(self) -> Proposal:
+        """One model call for the next round (RunError when the run passes or the rounds are used up)."""
+        if self.outcome is None:
+            raise RunError("Run the smoke run first: there is no failure to repair yet.")
+        if not self.can_propose:
+            raise RunError(self.message())
+        self.round += 1
+        return propose(self.pipeline, self.exec_plan, self.outcome, self.round)
+
+    def accept(self, proposal: Proposal, overwrite_edited: bool = False) -> Outcome:
+        """Apply the approved fix (a new version of each file, its provenance, the checks), then run again."""
+        assert self.outcome is not None
+        apply(self.pipeline, proposal, self.outcome.attempt, overwrite_edited)
+        return self.run()
+
+    def reject(self) -> str:
+        self.rejected = True
+        return self.message()
+
+    def message(self) -> str:
+        """Where the loop stands, in one line."""
+        if self.outcome is None:
+            return "Not run yet."
+        if self.outcome.passed:
+            return f"The smoke run passes after {self.round} round(s) of fixes."
+        if self.rejected:
+            return "Fix rejected: the code is unchanged."
+        if self.round >= self.rounds:
+            return f"Still failing after {self.round} round(s): {self.outcome.reason}."
+        return f"The smoke run fails ({self.outcome.reason}); {self.rounds - self.round} round(s) of repair left."
 
 
 def fix(
@@ -216,16 +318,15 @@ def fix(
     rounds: int = 3,
     sink: Callable[[Event], None] | None = None,
 ) -> FixResult:
-    """Run; while it fails and rounds remain, propose a fix, apply it if approved, and run again."""
-    outcome = runner.execute(exec_plan, sink)
-    for number in range(1, rounds + 1):
-        if outcome.passed:
-            return FixResult(True, number - 1, outcome, f"The smoke run passes after {number - 1} round(s) of fixes.")
-        proposal = propose(pipeline, exec_plan, outcome, number)
+    """Run; while it fails and rounds remain, propose a fix, apply it if approved, and run again.
+
+    `approve` sees `proposal.edited` (files the user edited): saying yes to such a proposal is that confirmation."""
+    loop = Repair(pipeline, exec_plan, rounds, sink)
+    outcome = loop.run()
+    while loop.can_propose:
+        proposal = loop.propose()
         if not approve(proposal):
-            return FixResult(False, number, outcome, "Fix rejected: the code is unchanged.")
-        apply(pipeline, proposal, outcome.attempt)
-        outcome = runner.execute(exec_plan, sink)
-    if outcome.passed:
-        return FixResult(True, rounds, outcome, f"The smoke run passes after {rounds} round(s) of fixes.")
-    return FixResult(False, rounds, outcome, f"Still failing after {rounds} round(s): {outcome.reason}.")
+            loop.reject()
+            break
+        outcome = loop.accept(proposal, overwrite_edited=True)
+    return FixResult(loop.passed, loop.round, outcome, loop.message())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from p2c_notebook.prompts.builder import render
 from p2c_notebook.run.store import Entry
+from p2c_notebook.stages.checks import entry_file
 from p2c_notebook.stages.context import StageContext, feedback_messages
 from p2c_notebook.stages.parsing import ParseError, extract_code
 from p2c_notebook.stages.registry import inputs_for
@@ -26,7 +27,7 @@ def parse_script(reply: str) -> str:
 def make_reproduce(ctx: StageContext, feedback: str | None = None) -> Entry:
     logic = ctx.logic()
     files = "\n".join(f"- {path}" for path in logic.order)
-    entry = "main.py" if "main.py" in logic.order else logic.order[-1]
+    entry = entry_file(None, logic, logic.order) or logic.order[-1]  # main.py, else the designed entry point
     source = ctx.store.read(f"code/{entry}")[:ENTRY_LIMIT]
     prefix, context = ctx.prompts.file_prefix(ctx.answers())
     task = render("reproduce", files=files, entry=source)

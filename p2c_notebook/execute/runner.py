@@ -14,11 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from p2c_notebook.errors import ConfigError, RunError
 from p2c_notebook.execute import sandbox
 from p2c_notebook.execute.sandbox import ExecOutput, Limits, Outcome
 from p2c_notebook.run.events import Event
+from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.run.store import RunStore
+from p2c_notebook.stages.artifacts import LogicDesign
+from p2c_notebook.stages.checks import entry_file
 
 #: Where a run's own virtual environment lives when no `--python` is given.
 VENV = "exec/venv"
@@ -79,10 +84,13 @@ def plan(
     flag = ["--smoke"] if mode == "smoke" else []
     if (repo / "reproduce.sh").is_file():
         command, derived = ["bash", "reproduce.sh", *flag], False
-    elif (repo / "main.py").is_file():
-        command, derived = ["python", "main.py", *flag], True
+    elif (entry := entry_point(root)) is not None:
+        command, derived = ["python", entry, *flag], True
     else:
-        raise RunError(f"{repo} has neither reproduce.sh nor main.py: nothing says how to run it.")
+        raise RunError(
+            f"{repo} has no reproduce.sh and no entry point (main.py, run.py, train.py...): nothing says how to run "
+            f"it; `p2c run {root} --until reproduce` writes reproduce.sh."
+        )
     install: list[str] = []
     if python is not None:
         interpreter = sandbox.interpreter(Path(python))  # refuses a path that is not an interpreter, now
@@ -90,6 +98,59 @@ def plan(
         interpreter = root / VENV / "bin" / "python"
         install = _requirements(repo)
     return ExecPlan(root, mode, command, interpreter, install, kind, limits or Limits(), derived)
+
+
+def entry_point(root: Path) -> str | None:
+    """The repository file that runs the experiment: main.py, else the one the logic design calls the entry point,
+    else the best-named file (run.py, train.py...), as the static checks find it."""
+    repo = root / "repo"
+    if (repo / "main.py").is_file():
+        return "main.py"
+    logic = _saved_logic(root)
+    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*.py") if p.is_file())
+    found = entry_file(None, logic, files)
+    return found if found is not None and (repo / found).is_file() else None
+
+
+def _saved_logic(root: Path) -> LogicDesign | None:
+    store = RunStore(root)
+    if store.entry("logic") is None:
+        return None
+    try:
+        return LogicDesign.model_validate_json(store.read("logic"))
+    except (ValidationError, RunError):
+        return None
+
+
+def reproduce_offer(pipeline: Pipeline) -> str | None:
+    """What to tell the user when the repository has no reproduce.sh but this run could make it now with one model
+    call (the `reproduce` stage: every other artifact is generated and up to date); None otherwise."""
+    if (pipeline.store.root / "repo" / "reproduce.sh").is_file():
+        return None
+    rows = pipeline.rows()
+    if not any(r.artifact.startswith("code/") for r in rows):
+        return None
+    if any(r.status in ("missing", "stale") for r in rows if r.artifact != "reproduce"):
+        return None  # `p2c run` first: more than one call; the entry point runs meanwhile
+    return (
+        "The repository has no reproduce.sh (how to install and run it, with a --smoke mode). Generating it is "
+        "one model call (the reproduce stage, a second only if its reply is not a script)."
+    )
+
+
+def make_reproduce(pipeline: Pipeline) -> str:
+    """Generate repo/reproduce.sh (the `reproduce` stage) when nothing else is left to make; returns what was done."""
+    rows = pipeline.rows()
+    todo = [r.artifact for r in rows if r.status in ("missing", "stale") and r.artifact != "reproduce"]
+    if todo:
+        raise RunError(
+            f"{len(todo)} artifact(s) are missing or stale ({todo[0]}...): run `p2c run {pipeline.store.root}` "
+            "first, so that reproduce.sh is made from the current code."
+        )
+    result = pipeline.run(until="reproduce")
+    if not (pipeline.store.root / "repo" / "reproduce.sh").is_file():
+        raise RunError(f"reproduce.sh was not made: {result.message}")
+    return f"Generated {pipeline.store.root / 'repo' / 'reproduce.sh'}."
 
 
 def _requirements(repo: Path) -> list[str]:

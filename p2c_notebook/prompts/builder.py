@@ -11,7 +11,7 @@ import ast
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -66,6 +66,11 @@ class Figure:
     caption: str
     data: bytes
 
+    @cached_property
+    def part(self) -> dict[str, Any]:
+        """Its `image_url` part, encoded once: every planning call sends the same one."""
+        return image_part(self.data, f"paper/{self.name}")
+
 
 @dataclass(frozen=True)
 class Figures:
@@ -81,16 +86,23 @@ class Figures:
         parts = [text_part(intro)]
         for figure in self.figures:
             parts.append(text_part(f"\n\n{figure.label} ({figure.name}): {figure.caption}"))
-            parts.append(image_part(figure.data, f"paper/{figure.name}"))
+            parts.append(figure.part)
         return parts
 
     def describe(self) -> str:
         """One line for the run: what is sent (files and hashes) and what was left out."""
-        if not self.figures:
-            return "--figures: no figure images to send (only a PDF's captioned figures are saved, in paper/figures/)."
-        sent = ", ".join(f"{f.name} (sha256 {hashlib.sha256(f.data).hexdigest()[:12]})" for f in self.figures)
         left = f"; left out: {'; '.join(self.left_out)}" if self.left_out else ""
+        if not self.figures:
+            return (
+                "--figures: no figure images to send (only a PDF's captioned figures are saved, in paper/figures/)"
+                f"{left}; the calls carry the text only."
+            )
+        sent = ", ".join(f"{f.name} (sha256 {hashlib.sha256(f.data).hexdigest()[:12]})" for f in self.figures)
         return f"The planning calls carry {len(self.figures)} figure image(s): {sent}{left}."
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 2**20:g} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
 
 
 def load_figures(
@@ -119,13 +131,13 @@ def load_figures(
         try:
             data = read_regular(paper_dir, caption.image, max_bytes)
         except (RunError, OSError):
-            left_out.append(f"{where}: missing, unreadable or over {max_bytes >> 20} MiB")
+            left_out.append(f"{where}: missing, unreadable or over {_size(max_bytes)}")
             continue
         if not data.startswith(b"\x89PNG\r\n\x1a\n"):
             left_out.append(f"{where}: not a PNG image")
             continue
         if used + len(data) > total:
-            left_out.append(f"{where}: the images together would pass {total >> 20} MiB")
+            left_out.append(f"{where}: the images together would pass {_size(total)}")
             continue
         used += len(data)
         figures.append(Figure(caption.image, caption.label, caption.text.strip(), data))

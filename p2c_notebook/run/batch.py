@@ -15,94 +15,28 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from p2c_notebook.backends import Backend, ChatRequest, Completion, OnRetry, make_backend
-from p2c_notebook.backends.base import WrappedBackend
-from p2c_notebook.backends.retry import RetryNotice
+from p2c_notebook.backends import make_backend
 from p2c_notebook.errors import Cancelled, ConfigError, P2CError
 from p2c_notebook.run.events import Event, EventBus, Sink
+from p2c_notebook.run.limiter import LimitedBackend, SharedLimiter, fan_out_gate, limiter_for
 from p2c_notebook.run.session import RunOptions, open_run
-from p2c_notebook.run.store import atomic_write
+from p2c_notebook.run.store import RunStore, atomic_write
+from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.stages import runchecks
 
 STATE_FILE = "batch.json"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
+SUMMARY_NOTEBOOK = "summary.ipynb"
 _SPEC_KEYS = {"paper", "reference", "name", "settings"}
-
-
-# ------------------------------------------------------------------------------------------------ the limiter
-class SharedLimiter:
-    """At most `limit` calls at once across every run of the batch; `pause` holds back new calls until a time
-    (a server's Retry-After), because a rate limit is the server's, not one paper's."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ConfigError(f"The batch concurrency must be at least 1 (got {limit}).")
-        self.limit = limit
-        self.in_use = 0
-        self.peak = 0  # the most calls that were ever in flight at once
-        self.pauses = 0
-        self._until = 0.0
-        self._cond = threading.Condition()
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the `limit` slots for one call (waiting out a pause first)."""
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                if self._until > now:
-                    self._cond.wait(self._until - now)
-                elif self.in_use < self.limit:
-                    break
-                else:
-                    self._cond.wait()
-            self.in_use += 1
-            self.peak = max(self.peak, self.in_use)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.in_use -= 1
-                self._cond.notify_all()
-
-    def pause(self, seconds: float) -> None:
-        """No new call starts for `seconds` (a longer pause already set stays)."""
-        with self._cond:
-            self._until = max(self._until, time.monotonic() + seconds)
-            self.pauses += 1
-            self._cond.notify_all()
-
-
-class LimitedBackend(WrappedBackend):
-    """A backend whose calls each hold a slot of a `SharedLimiter`; a rate-limit retry pauses the limiter for
-    the wait the server asked for, so the other papers' calls wait too."""
-
-    def __init__(self, inner: Backend, limiter: SharedLimiter) -> None:
-        super().__init__(inner)
-        self.limiter = limiter
-
-    def complete(
-        self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
-    ) -> Completion:
-        def retrying(notice: RetryNotice) -> None:
-            if "429" in notice.reason:  # retry.classify: "rate limited (HTTP 429)"
-                self.limiter.pause(notice.delay)
-            if on_retry is not None:
-                on_retry(notice)
-
-        with self.limiter.slot():
-            return self.inner.complete(request, on_delta, retrying)
 
 
 # ------------------------------------------------------------------------------------------------ the spec
@@ -198,7 +132,8 @@ State = Literal["done", "failed", "stopped", "cancelled", "not run"]
 
 @dataclass(frozen=True)
 class PaperResult:
-    """One row of the summary; `skipped` when a rerun found the paper finished and made no call for it."""
+    """One row of the summary; `skipped` when a rerun found the paper finished and made no call for it.
+    `calls` to `cost` are the generation's; `eval_*` what judging it cost (`--eval`), counted apart."""
 
     name: str
     paper: str
@@ -216,6 +151,15 @@ class PaperResult:
     score: float | None = None
     paper_sha256: str = ""
     skipped: bool = False
+    eval_calls: int = 0
+    eval_prompt_tokens: int = 0
+    eval_completion_tokens: int = 0
+    eval_cost: float | None = 0.0
+
+    @property
+    def all_cost(self) -> float | None:
+        """Generation and evaluation together (None when either is unknown)."""
+        return None if self.cost is None or self.eval_cost is None else self.cost + self.eval_cost
 
 
 @dataclass(frozen=True)
@@ -235,6 +179,7 @@ class BatchResult:
         rows = self.papers
         scores = [p.score for p in rows if p.score is not None]
         costs = [p.cost for p in rows]
+        eval_costs = [p.eval_cost for p in rows]
         return PaperResult(
             name="total",
             paper="",
@@ -249,6 +194,10 @@ class BatchResult:
             check_errors=sum(p.check_errors or 0 for p in rows),
             check_warnings=sum(p.check_warnings or 0 for p in rows),
             score=sum(scores) / len(scores) if scores else None,
+            eval_calls=sum(p.eval_calls for p in rows),
+            eval_prompt_tokens=sum(p.eval_prompt_tokens for p in rows),
+            eval_completion_tokens=sum(p.eval_completion_tokens for p in rows),
+            eval_cost=None if any(c is None for c in eval_costs) else sum(c or 0.0 for c in eval_costs),
         )
 
 
@@ -311,7 +260,9 @@ class Batch:
         self.papers = read_spec(spec)
         self.out = Path(self.options.out) if self.options.out else default_out(spec)
         self.settings = self.options.settings or load_settings()
-        self.limiter = SharedLimiter(self.options.concurrency or self.settings.concurrency)
+        # One limit for every call of every paper: fixed when asked, else fitted to the server (see run.limiter).
+        self.limiter: SharedLimiter = limiter_for(self.settings, self.options.concurrency)
+        self.gate = fan_out_gate()
         self.bus = EventBus(*sinks)
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -346,7 +297,7 @@ class Batch:
             if paper.name in results:
                 self._finish(results[paper.name], len(results), total)
         interrupted = False
-        pool = ThreadPoolExecutor(max_workers=max(1, min(len(todo), self.limiter.limit)))
+        pool = ThreadPoolExecutor(max_workers=max(1, min(len(todo), self.limiter.ceiling)))
         try:
             futures = [pool.submit(self._one, p) for p in todo]
             handled: set[Future[PaperResult]] = set()
@@ -426,7 +377,7 @@ class Batch:
 
     def _generate(self, paper: BatchPaper, base: PaperResult) -> PaperResult:
         settings = _merged(self.settings, paper.settings, paper.name)
-        backend = LimitedBackend(make_backend(settings), self.limiter)
+        backend = LimitedBackend(make_backend(settings), self.limiter, self.gate)
         run_dir = self.out / paper.name
         try:
             pipeline = open_run(paper.paper, RunOptions(out=run_dir, settings=settings, backend=backend))
@@ -459,13 +410,14 @@ class Batch:
         result = replace(result, check_errors=int(checked["errors"]), check_warnings=int(checked["warnings"]))
         if self.options.evaluate:
             result = replace(result, score=self._evaluate(paper, settings, run_dir))
+            result = _with_eval_usage(result, RunStore(run_dir).spent())
         return result
 
     def _evaluate(self, paper: BatchPaper, settings: Settings, run_dir: Path) -> float | None:
         from p2c_notebook.stages.evaluate import evaluate_run
 
         judged = _merged(settings, {"model": self.options.judge} if self.options.judge else {}, paper.name)
-        backend = LimitedBackend(make_backend(judged), self.limiter)
+        backend = LimitedBackend(make_backend(judged), self.limiter, self.gate)
         try:
             summary = evaluate_run(
                 run_dir, backend, backend.settings, self.options.samples, paper.reference, cancel=self._cancel
@@ -475,6 +427,19 @@ class Batch:
         finally:
             backend.close()
         return summary.mean
+
+
+def _with_eval_usage(result: PaperResult, spent: Usage) -> PaperResult:
+    """What judging cost: the run folder's spent total now, less what it was after generating (the judge's
+    calls count in it as they are paid, a dropped or cancelled sample's too)."""
+    cost = None if spent.cost is None or result.cost is None else max(0.0, spent.cost - result.cost)
+    return replace(
+        result,
+        eval_calls=max(0, spent.calls - result.calls),
+        eval_prompt_tokens=max(0, spent.prompt_tokens - result.prompt_tokens),
+        eval_completion_tokens=max(0, spent.completion_tokens - result.completion_tokens),
+        eval_cost=cost,
+    )
 
 
 def _merged(settings: Settings, overrides: dict[str, Any], name: str) -> Settings:
@@ -509,6 +474,10 @@ COLUMNS = (
     "errors",
     "warnings",
     "score",
+    "eval calls",
+    "eval tokens in",
+    "eval tokens out",
+    "eval cost",
     "note",
 )
 
@@ -531,6 +500,10 @@ def _row(result: PaperResult) -> list[str]:
         number(result.check_errors),
         number(result.check_warnings),
         number(result.score, "{:.2f}"),
+        str(result.eval_calls),
+        str(result.eval_prompt_tokens),
+        str(result.eval_completion_tokens),
+        "unknown" if result.eval_cost is None else f"{result.eval_cost:.4f}",
         note,
     ]
 
@@ -548,14 +521,45 @@ def summary_markdown(batch: BatchResult) -> str:
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in summary_rows(batch)]
+    total = batch.total()
+    if total.eval_calls:
+        cost = "cost unknown" if total.all_cost is None else f"${total.all_cost:.4f}"
+        lines.append(
+            f"\nGeneration and evaluation together: {total.calls + total.eval_calls} calls, "
+            f"{total.prompt_tokens + total.eval_prompt_tokens} tokens in, "
+            f"{total.completion_tokens + total.eval_completion_tokens} tokens out, {cost}."
+        )
     return "\n".join(lines) + "\n"
 
 
 def write_summary(batch: BatchResult) -> None:
-    """summary.md and summary.csv in the batch folder (replaced whole, so a reader never sees half a table)."""
+    """summary.md, summary.csv and summary.ipynb (its plots) in the batch folder, each replaced whole, so a reader
+    never sees half a table."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)
     writer.writerows(summary_rows(batch))
     atomic_write(batch.out / SUMMARY_CSV, buffer.getvalue())
     atomic_write(batch.out / SUMMARY_MD, summary_markdown(batch))
+    atomic_write(batch.out / SUMMARY_NOTEBOOK, summary_notebook())
+
+
+def summary_notebook() -> str:
+    """A notebook that shows the summary.csv beside it as a table and one bar chart per figure (offline, in a
+    second: it reads the file, nothing else)."""
+
+    def cell(kind: str, text: str) -> dict[str, Any]:
+        made: dict[str, Any] = {"cell_type": kind, "id": f"summary-{kind}", "metadata": {}, "source": text}
+        return {**made, "execution_count": None, "outputs": []} if kind == "code" else made
+
+    cells = [
+        cell(
+            "markdown",
+            "# Batch summary\n\nCalls, tokens, cost, time, the static checks and the evaluation score per paper, "
+            "from `summary.csv` in this folder (written again by every `p2c batch` run). Run all cells.",
+        ),
+        cell("code", 'from p2c_notebook.ui.batchview import show_summary\n\nshow_summary(".")'),
+    ]
+    kernel = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    notebook = {"cells": cells, "metadata": {"kernelspec": kernel}, "nbformat": 4, "nbformat_minor": 5}
+    return json.dumps(notebook, indent=1) + "\n"

@@ -1,26 +1,91 @@
 """What a run will cost before it starts: calls, tokens and dollars, and whether the prompts fit the model.
 
 The prompts are the ones the pipeline will send, built by the same prompt builder from what is already in
-the run folder. What does not exist yet is stood in for by text of a typical size (the reply sizes PaperCoder
-runs produce; `Stage.typical_output` in the stage registry) and, before the logic design exists, by a typical
-repository of `TYPICAL_FILES` files that each import the two files before them. Tokens are counted offline
-(`p2c_notebook.tokens`), and cached tokens are those in a prefix an earlier call of the run already sent.
+the run folder. What does not exist yet is stood in for by text of a typical size and, before the logic design
+exists, by a typical repository; the expected re-asks (a reply that could not be used, asked again) are added.
+Those typical sizes depend on the model (a small local model writes far less than a hosted one) and live in one
+data file, `typical_sizes.yaml` beside this module, which says where each number comes from (recorded runs:
+`benchmarks/bench_estimate.py --derive`). Tokens are counted offline (`p2c_notebook.tokens`), and cached tokens
+are those in a prefix an earlier call of the run already sent.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import yaml
+
+from p2c_notebook.content import content_tokens, leading_text
 from p2c_notebook.errors import PaperError
-from p2c_notebook.prompts.builder import Messages, PromptBuilder
+from p2c_notebook.prompts.builder import Figures, Messages, PromptBuilder
 from p2c_notebook.run.usage import cost_of
 from p2c_notebook.stages import registry
 from p2c_notebook.tokens import common_prefix_len, estimate_tokens
 
-TYPICAL_FILES = 8
-TYPICAL_IMPORTS = 2
+SIZES_FILE = Path(__file__).with_name("typical_sizes.yaml")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Typical sizes for the models whose names start with one of `models` (`models` empty: any other model).
+
+    `reply_tokens`: a stage's reply (a stage not named falls back to the registry's `typical_output`);
+    `files` and `imports`: the typical repository before the logic design exists (each file imports the
+    `imports` files before it); `reasks`: expected re-asks per artifact of a stage; `reask_error_tokens`: the
+    problem a re-ask quotes."""
+
+    name: str
+    models: tuple[str, ...] = ()
+    files: int = 8
+    imports: int = 2
+    reply_tokens: Mapping[str, int] = field(default_factory=dict)
+    reasks: Mapping[str, float] = field(default_factory=dict)
+    reask_error_tokens: int = 0
+
+    def reply(self, stage: str) -> int:
+        return int(self.reply_tokens.get(stage, registry.get(stage).typical_output))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Profile:
+        return cls(
+            name=str(data.get("name", "")),
+            models=tuple(str(m) for m in data.get("models") or ()),
+            files=int(data.get("files", 8)),
+            imports=int(data.get("imports", 2)),
+            reply_tokens={str(k): int(v) for k, v in (data.get("reply_tokens") or {}).items()},
+            reasks={str(k): float(v) for k, v in (data.get("reasks") or {}).items()},
+            reask_error_tokens=int(data.get("reask_error_tokens", 0)),
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def profiles() -> tuple[Profile, ...]:
+    """The profiles of `typical_sizes.yaml`, the default (no `models`) last."""
+    data = yaml.safe_load(SIZES_FILE.read_text(encoding="utf-8"))
+    listed = tuple(Profile.from_dict(p) for p in data["profiles"])
+    return tuple(sorted(listed, key=lambda p: not p.models))
+
+
+def profile_for(model: str) -> Profile:
+    """The profile of `model` (by the longest matching name prefix), else the default one."""
+    name = model.split("/")[-1].lower()
+    best: tuple[int, Profile] | None = None
+    for profile in profiles():
+        for prefix in profile.models:
+            if name.startswith(prefix.lower()) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), profile)
+    if best is not None:
+        return best[1]
+    return next(p for p in profiles() if not p.models)
+
+
+TYPICAL_FILES = profile_for("").files  # the default profile's: a hosted model's typical repository
+TYPICAL_IMPORTS = profile_for("").imports
 
 # Context windows (tokens) of common models; settings.context_window overrides, local backends report theirs.
 CONTEXT_WINDOWS = {
@@ -110,8 +175,8 @@ def _paragraph_tokens(text: str) -> int:
 
 
 def prompt_tokens(messages: Messages) -> int:
-    """As servers count them: the message texts joined by newlines."""
-    return sum(_tokens(m["content"]) for m in messages) + max(0, len(messages) - 1)
+    """As servers count them: the message texts joined by newlines; an image by `content.image_tokens`."""
+    return sum(content_tokens(m["content"], _tokens) for m in messages) + max(0, len(messages) - 1)
 
 
 class _Prefixes:
@@ -126,9 +191,9 @@ class _Prefixes:
             same, most = 0, min(len(messages), len(earlier))
             while same < most and messages[same] == earlier[same]:
                 same += 1
-            covered = sum(_tokens(m["content"]) for m in messages[:same])
+            covered = sum(content_tokens(m["content"], _tokens) for m in messages[:same])
             if same < most and messages[same]["role"] == earlier[same]["role"]:
-                a, b = messages[same]["content"], earlier[same]["content"]
+                a, b = leading_text(messages[same]["content"]), leading_text(earlier[same]["content"])
                 covered += _tokens(a[: common_prefix_len(a, b)])
             best = max(best, covered)
         self._sent.append(messages)
@@ -146,9 +211,9 @@ class Plan:
     files_assumed: bool
 
 
-def typical_files(count: int = TYPICAL_FILES) -> dict[str, list[str]]:
+def typical_files(count: int = TYPICAL_FILES, imports: int = TYPICAL_IMPORTS) -> dict[str, list[str]]:
     names = [f"module_{i}.py" for i in range(count)]
-    return {name: names[max(0, i - TYPICAL_IMPORTS) : i] for i, name in enumerate(names)}
+    return {name: names[max(0, i - imports) : i] for i, name in enumerate(names)}
 
 
 def estimate_plan(
@@ -157,39 +222,73 @@ def estimate_plan(
     saved: Callable[[str], str | None],
     model: str,
     prices: dict[str, tuple[float, float, float]] | None = None,
+    profile: Profile | None = None,
+    figures: Figures | None = None,
 ) -> Estimate:
-    """Tokens of every call in `plan`, in the order the pipeline sends them; `saved(artifact)` gives what exists."""
-    builder = PromptBuilder(paper)
+    """Tokens of every call in `plan`, in the order the pipeline sends them; `saved(artifact)` gives what exists.
+
+    `profile`: the typical sizes (default: the model's); a plan whose files are assumed gets the profile's
+    typical repository, whatever files it named. `figures`: the images the planning calls carry (`--figures`)."""
+    sizes = profile or profile_for(model)
+    if plan.files_assumed:
+        files = typical_files(sizes.files, sizes.imports)
+        plan = Plan(plan.planning, files, list(files) if plan.analysis else [], list(files) if plan.code else [], True)
+    builder = PromptBuilder(paper, figures=figures)
     prefixes = _Prefixes()
     calls: list[Call] = []
+    asked: dict[str, list[tuple[Messages, str]]] = {}  # stage -> (prompt, artifact) of each call, for re-asks
 
     def text(artifact: str, typical: int) -> str:
         current = saved(artifact)
         return current if current is not None else filler(typical)
 
-    answers = {step: text(step, typical_output(step)) for step in registry.planning_names()}
+    answers = {step: text(step, sizes.reply(step)) for step in registry.planning_names()}
     answers["config"] = f"```yaml\n{answers['config'].rstrip()}\n```"
 
-    def add(artifact: str, messages: Messages, output: int) -> None:
+    def add(artifact: str, stage: str, messages: Messages, output: int) -> None:
         calls.append(Call(artifact, prompt_tokens(messages), prefixes.cached(messages), output))
+        asked.setdefault(stage, []).append((messages, artifact))
 
     for step in plan.planning:
-        add(step, builder.planning(step, answers), typical_output(step))
+        add(step, step, builder.planning(step, answers), sizes.reply(step))
     for path in plan.analysis:
-        add(f"analysis/{path}", builder.analysis(answers, path, "", plan.files[path]), typical_output("analysis"))
+        messages = builder.analysis(answers, path, "", plan.files[path])
+        add(f"analysis/{path}", "analysis", messages, sizes.reply("analysis"))
     for path in plan.code:
-        direct = {d: text(f"code/{d}", typical_output("code")) for d in plan.files[path]}
-        analysis = text(f"analysis/{path}", typical_output("analysis"))
-        add(f"code/{path}", builder.code(answers, path, "", analysis, direct, {}), typical_output("code"))
+        direct = {d: text(f"code/{d}", sizes.reply("code")) for d in plan.files[path]}
+        analysis = text(f"analysis/{path}", sizes.reply("analysis"))
+        add(f"code/{path}", "code", builder.code(answers, path, "", analysis, direct, {}), sizes.reply("code"))
+    for stage, prompt, artifact in _reasks(sizes, asked):
+        repair = PromptBuilder.with_repair(prompt, filler(sizes.reply(stage)), filler(sizes.reask_error_tokens))
+        calls.append(Call(f"{artifact} (re-ask)", prompt_tokens(repair), prefixes.cached(repair), sizes.reply(stage)))
     usage_cost = _cost(model, calls, prices)
     return Estimate(model, tuple(calls), len(plan.files), plan.files_assumed, usage_cost, _tokens(paper))
 
 
-def estimate_paper(paper: str, model: str, prices: dict[str, tuple[float, float, float]] | None = None) -> Estimate:
+def _reasks(sizes: Profile, asked: Mapping[str, list[tuple[Messages, str]]]) -> list[tuple[str, Messages, str]]:
+    """The expected re-asks, whole calls: the run's expected number (each stage's rate times its calls, summed
+    over the stages, rounded), given to the stages in order of their expected share, each its first calls."""
+    expected = {stage: sizes.reasks.get(stage, 0.0) * len(calls) for stage, calls in asked.items()}
+    left = round(sum(expected.values()))
+    chosen: list[tuple[str, Messages, str]] = []
+    for stage in sorted(expected, key=lambda s: -expected[s]):
+        take = min(left, len(asked[stage]), math.ceil(expected[stage]))
+        chosen += [(stage, prompt, artifact) for prompt, artifact in asked[stage][:take]]
+        left -= take
+    return chosen
+
+
+def estimate_paper(
+    paper: str,
+    model: str,
+    prices: dict[str, tuple[float, float, float]] | None = None,
+    profile: Profile | None = None,
+) -> Estimate:
     """A whole run over `paper` with a typical repository, before any run folder exists."""
-    files = typical_files()
+    sizes = profile or profile_for(model)
+    files = typical_files(sizes.files, sizes.imports)
     plan = Plan(list(registry.planning_names()), files, list(files), list(files), files_assumed=True)
-    return estimate_plan(paper, plan, lambda _: None, model, prices)
+    return estimate_plan(paper, plan, lambda _: None, model, prices, sizes)
 
 
 def _cost(model: str, calls: Iterable[Call], prices: dict[str, tuple[float, float, float]] | None) -> float | None:
@@ -203,9 +302,9 @@ def _cost(model: str, calls: Iterable[Call], prices: dict[str, tuple[float, floa
     )
 
 
-def typical_output(stage: str) -> int:
-    """The stand-in reply size (tokens) of a stage's artifact that does not exist yet."""
-    return registry.get(stage).typical_output
+def typical_output(stage: str, model: str = "") -> int:
+    """The stand-in reply size (tokens) of a stage's artifact that does not exist yet, for `model`."""
+    return profile_for(model).reply(stage)
 
 
 def check_fits(estimate: Estimate, window: int | None, reply_room: int) -> str | None:

@@ -32,6 +32,7 @@ from p2c_notebook.paper import Paper, read_paper
 from p2c_notebook.paper.figures import render_figures
 from p2c_notebook.paper.model import exclude_sections, section_label, without_appendices
 from p2c_notebook.prompts import PromptBuilder
+from p2c_notebook.prompts.builder import Figures, load_figures
 from p2c_notebook.run.estimate import (
     Estimate,
     Plan,
@@ -53,6 +54,7 @@ from p2c_notebook.run.events import (
     RunStarted,
     Sink,
 )
+from p2c_notebook.run.limiter import LimitedBackend, SharedLimiter, fan_out_gate, limiter_for
 from p2c_notebook.run.runlog import RunLog
 from p2c_notebook.run.store import Entry, RunStore, Status, atomic_write, sha256
 from p2c_notebook.run.usage import Usage
@@ -106,8 +108,10 @@ class Pipeline:
         self.bus = EventBus(*sinks)
         self._backend = backend
         self._own_backend = backend is None
+        self._limited_backend: LimitedBackend | None = None
         self._cancel = threading.Event()
         self.estimates: list[Estimate] = []  # of the last run: at its start, and once its file list was known
+        self._figure_set: tuple[str | None, Figures] | None = None  # (paper hash, figures) with --figures
         self.log = RunLog(self.store.root / "logs" / "run.log", Scrubber.for_settings(self.settings))
         self.bus.subscribe(self.log)
 
@@ -233,12 +237,27 @@ class Pipeline:
 
     def _context(self) -> StageContext:
         paper = self.store.read("paper")
-        prompts = PromptBuilder(paper)  # the stages' templates and schemas, from the registry
+        prompts = PromptBuilder(paper, figures=self._figures())  # templates and schemas, from the registry
         for stage in registry.stages():  # the stage modules are imported here, never first in a worker thread
             stage.function()
-        backend = self.backend
+        backend = self._limited()
         # The backend's own settings: a local model's are tuned (more repair re-asks, its reply limit).
         return StageContext(self.store, backend, self.bus, self._effective_settings(), prompts, self._cancel)
+
+    def _limited(self) -> LimitedBackend:
+        """The backend behind the limiter that fits its server (a batch passes one already limited: its limit is
+        shared by every paper)."""
+        backend = self.backend
+        if isinstance(backend, LimitedBackend):
+            return backend
+        if self._limited_backend is None or self._limited_backend.inner is not backend:
+            self._limited_backend = LimitedBackend(backend, limiter_for(self.settings), fan_out_gate())
+        return self._limited_backend
+
+    def _cap(self, limiter: SharedLimiter) -> int:
+        """Steps at once now: the limiter's current limit, and never more than a concurrency the user set."""
+        chosen = self.settings.concurrency if "concurrency" in self.settings.model_fields_set else limiter.ceiling
+        return max(1, min(chosen, limiter.limit))
 
     # --- what exists --------------------------------------------------------------------------------
     def files(self) -> list[str]:
@@ -372,7 +391,19 @@ class Pipeline:
 
         plan = Plan(planning, files, analysis, code, files_assumed=logic is None)
         model = self._backend.model if self._backend is not None else self.settings.model
-        return estimate_plan(self.store.read("paper"), plan, saved, model, self._effective_settings().prices)
+        paper, prices = self.store.read("paper"), self._effective_settings().prices
+        return estimate_plan(paper, plan, saved, model, prices, figures=self._figures())
+
+    def _figures(self) -> Figures | None:
+        """The figure images the planning calls carry (`--figures`), read once per paper version; the run log
+        says which files (and hashes) go, and which were left out and why."""
+        if not self.settings.figures:
+            return None
+        version = self.store.hash_of("paper")
+        if self._figure_set is None or self._figure_set[0] != version:
+            self._figure_set = (version, load_figures(self.store.root / "paper"))
+            self.bus.info(self._figure_set[1].describe(), "paper")
+        return self._figure_set[1]
 
     def _effective_settings(self) -> Settings:
         """The settings the backend really uses (a local model's are tuned: its prices, its reply limit)."""
@@ -516,14 +547,19 @@ class Pipeline:
         files = logic.order
         todo = self._file_todo(first, last, files)
         refine: Callable[[], None] | None = None
+        refiner: threading.Thread | None = None
         if estimate is not None and estimate.files_assumed and any(todo.values()):
 
             decided = {stage: list(paths) for stage, paths in todo.items()}
 
-            def refine() -> None:
+            def refining() -> None:
                 refined = self._estimate(first, last, decided)  # the real file list and dependencies are known now
                 self.estimates.append(refined)
                 self.bus.info(refined.describe().replace("Estimate:", "Estimate for the rest of the run:", 1))
+
+            # Its own thread: the scheduler only starts it, so no call ever waits for the estimate's work.
+            refiner = threading.Thread(target=refining, name="p2c-estimate", daemon=True)
+            refine = refiner.start
 
         later = self._finishing_todo(first, last, bool(todo_planning) or any(todo.values()))
         progress.remaining(sum(len(t) for t in todo.values()) + len(later))
@@ -544,6 +580,8 @@ class Pipeline:
                     refine = None
                 batch = []
             gate = [stage.artifact(f) for f in files]
+        if refiner is not None and refiner.ident is not None:
+            refiner.join()  # the run's estimates are complete when it returns
         if last < registry.index(file_stages[-1].name):
             return RunResult("stopped", f"Stopped after {registry.stages()[last].name} as asked.", produced)
         self._copy_repo_config()
@@ -629,9 +667,9 @@ class Pipeline:
         """Run steps concurrently; a step starts as soon as the steps it depends on are saved.
 
         When more steps are ready than the concurrency limit allows, the one with the longest chain of
-        steps waiting on it goes first, so the critical path never queues behind leaves. `once_started` runs
-        once the steps' calls are on their way (nothing came back for a moment): work that must not delay them,
-        such as the refined estimate, overlaps the model's latency instead.
+        steps waiting on it goes first, so the critical path never queues behind leaves. `once_started` is
+        called once the steps' calls are on their way (nothing came back for a moment); it must return at once
+        (the refined estimate passes its thread's `start`), so it never holds back a ready step.
         """
         remaining = sorted(artifacts, key=_chain_lengths(artifacts, deps).__getitem__, reverse=True)
         running: dict[Future[Entry], str] = {}
@@ -641,11 +679,13 @@ class Pipeline:
         if any("/" in a for a in artifacts):  # file steps share the planning: read it once, not in each thread
             ctx.answers()
             ctx.logic()
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="p2c") as pool:
+        limiter = self._limited().limiter  # its limit may grow or shrink as calls come back
+        workers = self.settings.concurrency if "concurrency" in self.settings.model_fields_set else limiter.ceiling
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2c") as pool:
             while remaining or running:
                 if not errors and not self._cancel.is_set():
                     for artifact in [a for a in remaining if all(d in done for d in deps.get(a, []))]:
-                        if len(running) >= self.settings.concurrency:
+                        if len(running) >= self._cap(limiter):
                             break
                         remaining.remove(artifact)
                         running[pool.submit(self._step, ctx, artifact)] = artifact

@@ -77,6 +77,14 @@ SETTINGS_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "max_reply_chars": ("--max-reply-chars", {"type": int, "help": "characters a reply may have before it is stopped"}),
     "stream": ("--no-stream", {"action": "store_const", "const": False, "help": "do not stream replies"}),
+    "figures": (
+        "--figures",
+        {
+            "action": "store_const",
+            "const": True,
+            "help": "send the paper's figure images with the planning calls (P2C_FIGURES; needs a vision model)",
+        },
+    ),
 }
 
 

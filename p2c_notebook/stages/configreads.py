@@ -81,11 +81,19 @@ def _config_scopes(tree: ast.Module, data: dict[str, Any]) -> Iterator[tuple[ast
     """Each scope (module, function) with the names in it that hold configuration, and where they point."""
     module_env = _scope_env(tree, {}, [], data)
     yield tree, module_env
-    for node in ast.walk(tree):
+    yield from _inner_scopes(tree, module_env, data)
+
+
+def _inner_scopes(scope: ast.AST, env: _Env, data: dict[str, Any]) -> Iterator[tuple[ast.AST, _Env]]:
+    """The functions defined in a scope, each seeing what its enclosing scope holds (a closure reading the
+    `config` its enclosing function loaded is judged like the enclosing function itself)."""
+    for node in _scope_nodes(scope):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             a = node.args
             params = [p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p is not None]
-            yield node, _scope_env(node, module_env, params, data)
+            inner = _scope_env(node, env, params, data)
+            yield node, inner
+            yield from _inner_scopes(node, inner, data)
 
 
 def _scope_nodes(scope: ast.AST) -> Iterator[ast.AST]:

@@ -164,9 +164,16 @@ class Scenario(BaseModel):
     reject_models: list[str] = Field(default_factory=list)
     habit: Habit | None = None
     interrupt_requests: bool = False  # a new request ends the reply being streamed, as llama.cpp's server does
+    vision: bool = True  # false: a request with image parts is refused as a text-only model's server does
     latency: float = Field(default=0.0, ge=0)
     token_latency: float = Field(default=0.0, ge=0)
     fault_sleep: float = Field(default=30.0, ge=0)
+    # A loaded server: each request already in flight when one arrives adds `load_latency` to its first byte.
+    load_latency: float = Field(default=0.0, ge=0)
+    # A hosted API's concurrency limit: a request arriving while `capacity` are in flight gets HTTP 429 at once.
+    capacity: int | None = Field(default=None, ge=1)
+    capacity_retry_after: float = Field(default=1.0, ge=0)
+    slots: int | None = Field(default=None, ge=1, description="llama.cpp server slots, served as /props total_slots")
     responses: list[ResponseRule] = Field(default_factory=list)
     faults: list[Fault] = Field(default_factory=list)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

@@ -24,6 +24,7 @@ from types import FrameType, TracebackType
 from typing import Any, TypedDict, TypeVar
 from urllib.parse import unquote
 
+from p2c_notebook.content import image_tokens, images_of
 from p2c_notebook.errors import P2CError
 from p2c_notebook.testing.scenario import CONTENT_FAULTS, Fault, ResponseRule, Scenario, load_scenario
 from p2c_notebook.tokens import common_prefix_len, estimate_tokens
@@ -76,6 +77,22 @@ _HABITS: dict[str, _Habit] = {
         False,
     ),
 }
+
+
+#: How a server with a text-only model refuses image parts (`vision: false`), by habit (None: OpenAI's own API).
+_IMAGE_REFUSALS: dict[str | None, tuple[int, str]] = {
+    None: (400, "Invalid content type. image_url is only supported by certain models."),
+    "openai": (400, "Invalid content type. image_url is only supported by certain models."),
+    "vllm": (400, "The model is not a multimodal model"),
+    "ollama": (500, "this model is missing data required for image input"),
+    "lmstudio": (400, "Model does not support images. Please use a model that does."),
+    "llamacpp": (500, "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"),
+}
+
+
+def _image_refusal(habit: str | None) -> tuple[int, dict[str, Any]]:
+    status, message = _IMAGE_REFUSALS[habit]
+    return status, _error(message, "server_error" if status >= 500 else "invalid_request_error")
 
 
 def _habit_refusal(habit: _Habit, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]] | None:
@@ -134,6 +151,7 @@ class RecordedRequest(TypedDict):
     temperature: float | None
     seed: int | None
     fault: str | None
+    in_flight: int
 
 
 @dataclass
@@ -147,6 +165,7 @@ class _Answer:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     index: int = 0
+    prompt: str = ""  # the serialised messages: the server's prefix cache holds it once its first token is sent
     note: str | None = None  # recorded as `fault` when no scripted fault applies ("habit": a habit's refusal)
 
 
@@ -249,7 +268,10 @@ class ScriptedServer(Served):
         self._extra_responses: list[ResponseRule] = []
         self._hits: dict[int, int] = {}
         self._requests: list[RecordedRequest] = []
-        self._prompts: list[str] = []
+        self._processed: list[str] = []  # prompts whose first reply token was sent: what a prefix cache holds
+        self.in_flight = 0  # chat requests being answered now (not those refused for `capacity`)
+        self.max_in_flight = 0  # the most there ever were at once
+        self.over_capacity = 0  # requests refused because `capacity` were in flight
         self._arrivals = 0  # chat requests so far: with `interrupt_requests`, a stream ends when this moves
         self.interrupted = 0  # streams ended early that way
 
@@ -294,6 +316,15 @@ class ScriptedServer(Served):
         with self._lock:
             return [RecordedRequest(**r) for r in self._requests]
 
+    def load(self) -> dict[str, int]:
+        """Requests in flight now, the most there were at once, and how many `capacity` refused."""
+        with self._lock:
+            return {
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "over_capacity": self.over_capacity,
+            }
+
     def add_fault(self, fault: Fault | Mapping[str, Any]) -> None:
         """Add a fault ahead of all existing ones."""
         parsed = fault if isinstance(fault, Fault) else self.scenario.parse_fault(fault)
@@ -313,7 +344,9 @@ class ScriptedServer(Served):
             self._extra_responses.clear()
             self._hits.clear()
             self._requests.clear()
-            self._prompts.clear()
+            self._processed.clear()
+            self.max_in_flight = self.in_flight
+            self.over_capacity = 0
 
     def _hit(self, rule: object) -> int:
         """Count one more match of `rule`; return how many there were before."""
@@ -321,10 +354,14 @@ class ScriptedServer(Served):
         self._hits[id(rule)] = seen + 1
         return seen
 
-    def _decide(self, path: str, headers: Mapping[str, str], body: Mapping[str, Any], arrived: float) -> _Answer:
+    def _decide(
+        self, path: str, headers: Mapping[str, str], body: Mapping[str, Any], arrived: float, in_flight: int = 0
+    ) -> _Answer:
         """Record the request and pick its answer; `headers` holds the lower-cased X-P2C-* headers.
 
-        `arrived` (epoch seconds) is when its headers came in: the record's timestamp."""
+        `arrived` (epoch seconds) is when its headers came in: the record's timestamp. Its cached tokens are the
+        longest prefix it shares with a prompt already processed (first token sent) when it arrived: a provider
+        cannot reuse a prefix it is still reading for another request."""
         stage = headers.get("x-p2c-stage", "")
         file = unquote(headers.get("x-p2c-file", ""))  # the client percent-encodes it (UTF-8)
         attempt = _to_int(headers.get("x-p2c-attempt"))
@@ -336,20 +373,25 @@ class ScriptedServer(Served):
         roles = [str(m.get("role", "")) if isinstance(m, dict) else "" for m in messages]
         serial = "".join(f"{role}\n{text}\n" for role, text in zip(roles, texts, strict=True))
         prompt_tokens = estimate_tokens("\n".join(texts))
+        images = [url for m in messages if isinstance(m, dict) for url in images_of(m.get("content"))]
+        prompt_tokens += sum(image_tokens(url) for url in images)  # the client's own approximation
         with self._lock:
-            shared = max((common_prefix_len(serial, p) for p in self._prompts), default=0)
-            self._prompts.append(serial)
+            shared = max((common_prefix_len(serial, p) for p in self._processed), default=0)
             prior = _continued_text(messages) if continuation else None
             habit = _HABITS[self.scenario.habit] if self.scenario.habit else None
             refusal = _habit_refusal(habit, body) if habit else None
+            note = "habit"
+            if refusal is None and images and not self.scenario.vision:
+                refusal, note = _image_refusal(self.scenario.habit), "vision"
             if refusal is not None:
-                answer = _Answer(refusal[0], refusal[1], note="habit")
+                answer = _Answer(refusal[0], refusal[1], note=note)
             else:
                 answer = self._choose(stage, file, attempt, model, prior)
             answer.prompt_tokens = prompt_tokens
             cached = estimate_tokens(_covered_text(roles, texts, shared))
             answer.cached_tokens = min(prompt_tokens, cached)
             answer.index = len(self._requests)
+            answer.prompt = serial
             self._requests.append(
                 RecordedRequest(
                     index=answer.index,
@@ -369,6 +411,7 @@ class ScriptedServer(Served):
                     temperature=body.get("temperature"),
                     seed=body.get("seed"),
                     fault=answer.fault.kind if answer.fault else answer.note,
+                    in_flight=in_flight,
                 )
             )
         return answer
@@ -407,6 +450,26 @@ class ScriptedServer(Served):
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless the server stops first; False means stop answering."""
         return seconds <= 0 or not self._stopping.wait(seconds)
+
+    def _enter(self) -> int | None:
+        """One more request in flight (its count, itself included), or None when `capacity` are already."""
+        with self._lock:
+            capacity = self.scenario.capacity
+            if capacity is not None and self.in_flight >= capacity:
+                self.over_capacity += 1
+                return None
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return self.in_flight
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _first_token(self, prompt: str) -> None:
+        """The reply to `prompt` starts: from now on its prefix is cached for requests that arrive later."""
+        with self._lock:
+            self._processed.append(prompt)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -477,6 +540,10 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         elif path == "/_p2c/requests":
             self._json(200, owner.requests)
+        elif path == "/_p2c/load":
+            self._json(200, owner.load())
+        elif path == "/props" and owner.scenario.slots is not None:  # llama.cpp's server: its parallel slots
+            self._json(200, {"total_slots": owner.scenario.slots, "model_path": "scripted.gguf"})
         else:
             self._json(404, _error(f"Unknown path {path}", "invalid_request_error", "unknown_url"))
 
@@ -510,18 +577,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, path: str, body: dict[str, Any], arrived: tuple[float, float]) -> None:
         """Answer a chat request `scenario.latency` seconds after it `arrived` (epoch, monotonic): the time the
-        server itself takes to read and record it is part of that latency, not added to it."""
+        server itself takes to read and record it is part of that latency, not added to it. A request beyond the
+        scenario's `capacity` is refused at once with a 429, as a hosted API's concurrency limit does."""
+        owner = self.server.owner
+        in_flight = owner._enter()
+        if in_flight is None:
+            message = f"Too many requests at once (at most {owner.scenario.capacity}); retry later (scripted)."
+            retry = {"Retry-After": f"{owner.scenario.capacity_retry_after:g}"}
+            self._json(429, _error(message, "requests", "rate_limit_exceeded"), retry)
+            return
+        try:
+            self._answer_chat(path, body, arrived, in_flight)
+        finally:
+            owner._leave()
+
+    def _answer_chat(self, path: str, body: dict[str, Any], arrived: tuple[float, float], in_flight: int) -> None:
         owner = self.server.owner
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-p2c-")}
         with owner._lock:
             owner._arrivals += 1
             self._arrival = owner._arrivals
-        answer = owner._decide(path, headers, body, arrived[0])
+        answer = owner._decide(path, headers, body, arrived[0], in_flight)
         kind = answer.fault.kind if answer.fault else None
         if kind == "reset":
             self._reset()
             return
-        if not owner._sleep(owner.scenario.latency - (time.monotonic() - arrived[1])):
+        latency = owner.scenario.latency + owner.scenario.load_latency * (in_flight - 1)
+        if not owner._sleep(latency - (time.monotonic() - arrived[1])):
             self._drop()
             return
         if kind == "timeout" and answer.fault is not None:
@@ -541,6 +623,7 @@ class _Handler(BaseHTTPRequestHandler):
             auth = json.dumps(self.headers.get("Authorization", ""))[1:-1]
             self._json(answer.status, json.loads(json.dumps(answer.error).replace("{authorization}", auth)), extra)
             return
+        owner._first_token(answer.prompt)  # what follows is the reply: the prompt has been processed
         text = answer.text
         habit = _HABITS[owner.scenario.habit] if owner.scenario.habit else None
         wanted = body.get("response_format")
@@ -715,9 +798,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- low level -------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _model(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "p2c-scripted"}
+    def _model(self, name: str) -> dict[str, Any]:
+        owner = {"vllm": "vllm", "llamacpp": "llamacpp"}.get(self.server.owner.scenario.habit or "", "p2c-scripted")
+        return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 
     def _chunk(self, text: str) -> None:
         data = text.encode()

@@ -48,6 +48,9 @@ HELP = """\
                                          judge the generated code against the paper (score 1-5, critiques)
 %p2c exec [--smoke | --full] [--python PATH] [--no-sandbox] [--yes]
                                          run the generated code in a sandbox: shows what it will run; --yes runs it
+%p2c fix [--rounds N] [--python PATH] [--no-sandbox] [--yes] [--overwrite-edited]
+                                         repair a failing smoke run: each fix the model proposes is shown to apply,
+                                         edit or reject (Run panel); --yes runs and applies them without asking
 %p2c questions [--answer ID TEXT | --judgement ID]
                                          the planning's open questions; answer one (analysis and code go stale)
 %p2c walkthrough | cancel | help         show the widget / stop a background run / this text"""
@@ -107,6 +110,7 @@ def _parser() -> _Parser:
     judge.add_argument("--reference")
     judge.add_argument("--judge")
     judge.add_argument("-n", type=int, default=8)
+    judge.add_argument("--again", action="store_true", help="judge again even when the evaluation is current")
     execute = sub.add_parser("exec")
     mode = execute.add_mutually_exclusive_group()
     mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
@@ -114,6 +118,12 @@ def _parser() -> _Parser:
     execute.add_argument("--python")
     execute.add_argument("--no-sandbox", action="store_true")
     execute.add_argument("--yes", action="store_true")
+    repair = sub.add_parser("fix")
+    repair.add_argument("--rounds", type=int, default=3)
+    repair.add_argument("--python")
+    repair.add_argument("--no-sandbox", action="store_true")
+    repair.add_argument("--yes", action="store_true")
+    repair.add_argument("--overwrite-edited", action="store_true")
     questions = sub.add_parser("questions")
     reply = questions.add_mutually_exclusive_group()
     reply.add_argument("--answer", nargs=2, metavar=("ID", "TEXT"))
@@ -277,7 +287,7 @@ class P2CMagics(Magics):
         overwrite = getattr(args, "overwrite_edited", False)
         if self.use_widgets():
             wt = self._widget()
-            display(wt.progress_view)
+            display(wt.progress_output())  # with a static line for a re-opened notebook
             wt.run(from_stage, until, args.approve_each, overwrite, block=not args.background)
             if args.background:
                 print("Running in the background; `%p2c cancel` stops it.")
@@ -368,10 +378,13 @@ class P2CMagics(Magics):
         try:
             if self.use_widgets():
                 wt = self._widget()
-                display(wt.progress_view)
-                wt.regenerate(artifact, feedback, args.overwrite_edited, block=True)
+                display(wt.progress_output())  # with a static line for a re-opened notebook
+                done = wt.regenerate(artifact, feedback, args.overwrite_edited, block=True)
                 if wt.last_error:
                     raise RunError(wt.last_error)
+                if done is not None:  # this feedback made the current version already: nothing was sent
+                    print(done)
+                    return
             else:
                 cancellable(pipeline, lambda: pipeline.regenerate(artifact, feedback, args.overwrite_edited))
         except EditedArtifactError as exc:
@@ -381,9 +394,14 @@ class P2CMagics(Magics):
 
     def _cmd_eval(self, args: argparse.Namespace, cell: str | None) -> None:
         from p2c_notebook.stages.evaluate import judge, report_lines
+        from p2c_notebook.ui.quality import already_evaluated
 
         pipeline = self.require()
         self._idle()
+        done = None if args.again or args.judge else already_evaluated(pipeline.store.root, args.n, args.reference)
+        if done is not None:  # the cell run again: nothing to pay for
+            print(escape_controls(done))
+            return
         settings = load_settings({**self.overrides, "model": args.judge} if args.judge else self.overrides)
         sinks = () if self.use_widgets() else (TerminalRenderer(),)
         summary = judge(pipeline.store.root, settings, args.n, args.reference, sinks=sinks)
@@ -396,10 +414,16 @@ class P2CMagics(Magics):
 
         pipeline = self.require()
         self._idle()
+        offer = runner.reproduce_offer(pipeline)
+        if offer is not None:
+            print(offer)
+            if args.yes:
+                print(runner.make_reproduce(pipeline))
         exec_plan = runner.plan(pipeline.store.root, args.mode or "smoke", args.python, args.no_sandbox)
         print(escape_controls("\n".join(exec_plan.describe())))
         if not args.yes:
-            print("Nothing was run. Add --yes to the same line to run it.")
+            made = " (and to generate reproduce.sh first)" if offer is not None else ""
+            print(f"Nothing was run. Add --yes to the same line to run it{made}.")
             return
 
         def sink(event: object) -> None:
@@ -409,6 +433,55 @@ class P2CMagics(Magics):
         outcome = runner.execute(exec_plan, sink)
         pipeline.store.reload()
         print(outcome.describe())
+
+    def _cmd_fix(self, args: argparse.Namespace, cell: str | None) -> None:
+        """The repair loop (`p2c fix`). In the notebook it is the walkthrough's Run panel: nothing runs before a
+        click there and each fix waits for Apply / Reject. --yes runs and applies without asking, as the CLI."""
+        from p2c_notebook.execute import repair, runner
+        from p2c_notebook.execute.sandbox import ExecOutput
+
+        pipeline = self.require()
+        self._idle()
+        if args.rounds < 1:
+            raise MagicUsageError(f"--rounds must be at least 1 (got {args.rounds})")
+        exec_plan = runner.plan(pipeline.store.root, "smoke", args.python, args.no_sandbox)
+        if self.use_widgets():
+            panel = self._widget().run_panel
+            panel.python.value = args.python or ""
+            panel.offer_repair(args.rounds)
+            display(panel.widget)
+            if args.yes:
+                panel.fix_all(args.rounds, args.overwrite_edited, block=True)
+                self._widget().wait()
+                pipeline.store.reload()
+                if panel.last_error:
+                    raise RunError(panel.last_error)
+            return
+        print(escape_controls("\n".join(exec_plan.describe())))
+        print(f"Then, while it fails: at most {args.rounds} round(s) of model-proposed edits.")
+        if not args.yes:
+            print(
+                "Nothing was run. Add --yes to run it and apply each fix without asking (files you edited also need "
+                "--overwrite-edited), or use the Run panel of the walkthrough, which asks per fix."
+            )
+            return
+
+        def sink(event: object) -> None:
+            if isinstance(event, ExecOutput):
+                sys.stdout.write(escape_controls(event.text))
+
+        def approve(proposal: repair.Proposal) -> bool:
+            print(f"Round {proposal.round}: proposed fix ({proposal.lines_changed()} line(s) changed)")
+            print(escape_controls(proposal.diff()))
+            if proposal.edited and not args.overwrite_edited:
+                print(f"It changes file(s) you edited: {', '.join(proposal.edited)}; add --overwrite-edited to allow.")
+                return False
+            return True
+
+        result = cancellable(pipeline, lambda: repair.fix(pipeline, exec_plan, approve, args.rounds, sink))
+        pipeline.store.reload()
+        print(result.outcome.describe())
+        print(result.message)
 
     def _cmd_walkthrough(self, args: argparse.Namespace, cell: str | None) -> None:
         if not self.use_widgets():

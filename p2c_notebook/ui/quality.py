@@ -23,10 +23,39 @@ from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.run.usage import Usage
 from p2c_notebook.stages import runchecks
 from p2c_notebook.stages.checks import Violation
-from p2c_notebook.stages.evaluate import DEFAULT_SAMPLES, SUMMARY, EvalView, eval_view, evaluate_run
+from p2c_notebook.stages.evaluate import (
+    DEFAULT_SAMPLES,
+    SUMMARY,
+    EvalView,
+    eval_status,
+    eval_view,
+    evaluate_run,
+    load_summary,
+)
 from p2c_notebook.ui import render
 from p2c_notebook.ui.panels import button, html, show
 from p2c_notebook.ui.repo import repo_files
+
+
+def already_evaluated(run_dir: Path, n: int, reference: str | None) -> str | None:
+    """The "already done" notice when the run's evaluation is current (the code unchanged since) and was made with
+    the same number of samples and reference: a notebook cell run again then pays for nothing. None otherwise."""
+
+    def where(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
+
+    try:
+        summary = load_summary(run_dir)
+        current = summary is not None and eval_status(run_dir) == "current"
+    except (P2CError, OSError):
+        return None
+    if summary is None or not current or summary.n != n or where(summary.reference) != where(reference):
+        return None
+    return (
+        f"Already evaluated, and the code has not changed since: {summary.describe()}. Evaluate again (the button, "
+        "or again=True) to draw new samples."
+    )
+
 
 MAX_LISTED = 200  # violations listed per file: a file past that is broken as a whole, the count says so
 

@@ -41,12 +41,13 @@ from p2c_notebook.settings import load_settings
 from p2c_notebook.stages import registry
 from p2c_notebook.stages.evaluate import DEFAULT_SAMPLES
 from p2c_notebook.stages.registry import stage_of
-from p2c_notebook.ui import render
+from p2c_notebook.ui import fallback, render
 from p2c_notebook.ui.panels import ArtifactPanel, RepoPanel, button, close_tree, html, reserve, show, static_body
 from p2c_notebook.ui.paperview import PaperPanel, static_paper_html
-from p2c_notebook.ui.quality import Quality
+from p2c_notebook.ui.quality import Quality, already_evaluated
 from p2c_notebook.ui.questions import QuestionsPanel
 from p2c_notebook.ui.repo import tree_html
+from p2c_notebook.ui.runpanel import RunPanel
 
 STEP_LABELS = {
     "done": "done",
@@ -82,7 +83,8 @@ class Walkthrough:
         self._job_label = ""
         self._next_text = ""
 
-        self.style = html(f"<style>{render.stylesheet()}</style>", "p2c-style")
+        self.fallback_id = fallback.new_id()  # the live widget hides the static snapshot shown with it
+        self.style = html(f"<style>{render.stylesheet()}{fallback.hide_rule(self.fallback_id)}</style>", "p2c-style")
         self.header = html(self._header(), "p2c-header")
         self.stepper = html("", "p2c-stepper-box")
         self.run_button = button("Run next stage", "Generate the next stage's artifacts", "p2c-run-next", "primary")
@@ -121,7 +123,11 @@ class Walkthrough:
         self._questions: list[Question] = []
         self._questions_key: tuple[str | None, ...] = ()
         self.paper_panel = PaperPanel(self.run_dir, self.choose_sections)  # before the plan: sections, figures
-        self.quality = Quality(self.run_dir, lambda n, ref: self.evaluate(n, ref), self.cancel)  # checks, Evaluate
+        self.quality = Quality(self.run_dir, self._evaluate_clicked, self.cancel)  # checks, Evaluate
+        # Run the code, repair what fails (execute/): its jobs are this widget's background jobs.
+        self.run_panel = RunPanel(
+            pipeline, lambda label, work, block: self._start(label, work, None, block), lambda: self.busy
+        )
         self.widget = widgets.VBox(
             [
                 self.style,
@@ -133,6 +139,7 @@ class Walkthrough:
                 self.panel_box,
                 self.repo_panel.widget,
                 self.quality.eval_panel.widget,
+                self.run_panel.widget,
             ]
         )
         self.widget.add_class("p2c-walkthrough")
@@ -149,18 +156,33 @@ class Walkthrough:
 
     # --- display ---------------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        """The widget view, plus a static snapshot (text/html) and a summary (text/plain) for every place
-        without a kernel or widget manager: a saved notebook on GitHub, an nbconvert export, VS Code, a terminal.
-        """
+        """The widget view, plus a static snapshot (text/html) and a summary (text/plain) in one bundle, for a
+        caller that asks for one. A notebook displays `_ipython_display_`'s two outputs instead."""
         bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
         with contextlib.suppress(P2CError):  # the run folder as it is now; the snapshot says what it cannot read
             self.refresh()
         bundle["text/plain"] = self.summary()
-        try:
-            bundle["text/html"] = self.static_html()
-        except Exception as exc:  # noqa: BLE001 - a snapshot problem must not hide the widget
-            bundle["text/html"] = f"<p class='p2c-error'>No static view: {render.esc(render.unexpected(exc))}</p>"
+        bundle["text/html"] = self._snapshot()
         return bundle
+
+    def _ipython_display_(self) -> None:
+        """Two outputs: the static snapshot, then the widget (see `p2c_notebook.ui.fallback`), so a notebook
+        re-opened without the widget's state shows the snapshot where JupyterLab would say "model not found"."""
+        with contextlib.suppress(P2CError):
+            self.refresh()
+        fallback.WithFallback(self.widget, self.fallback_id, self._snapshot, self.summary)._ipython_display_()
+
+    def progress_output(self) -> fallback.WithFallback:
+        """The toolbar and progress alone (what the magics show while a stage runs), with its own static line."""
+        line = "The progress of a run was shown here live; the lines below say how it ended."
+        page = f"<div class='p2c-static-progress'><p class='p2c-hint'>{line}</p></div>"
+        return fallback.WithFallback(self.progress_view, self.fallback_id, lambda: page, lambda: line)
+
+    def _snapshot(self) -> str:
+        try:
+            return self.static_html()
+        except Exception as exc:  # noqa: BLE001 - a snapshot problem must not hide the widget
+            return f"<p class='p2c-error'>No static view: {render.esc(render.unexpected(exc))}</p>"
 
     def static_view(self) -> StaticView:
         """The snapshot alone (no widget), e.g. as a notebook's last cell so a saved copy shows the final state."""
@@ -292,6 +314,7 @@ class Walkthrough:
             self._draw_questions(busy)
             self.paper_panel.update(self.pipeline.store.meta, busy)
             self.quality.update(self.panels, self.repo_panel.checks, any(r.status != "missing" for r in code), busy)
+            self.run_panel.update(busy)
 
     def stage_states(self, rows: list[Row] | None = None) -> dict[str, str]:
         """Each stage's state for the stepper: done, waiting (for the user's approval), stale, running or todo.
@@ -412,13 +435,17 @@ class Walkthrough:
         """Generate one artifact again on the background thread; `feedback` goes to the model.
 
         Feedback this artifact's current version was already made with (in the widget, then again in a cell) is
-        not sent again: the notice saying so is returned (None when a job started)."""
+        not sent again, also when the version went stale since (a later cell, run before, changed its inputs): the
+        notice saying so is returned (None when a job started)."""
         self._settle(block)
         panel = self.panels.get(artifact)
         if feedback and self._applied(artifact, feedback):
+            entry = self.pipeline.store.entry(artifact)
+            stale = entry is not None and entry.status == "stale"
+            since = " It is stale since: Re-run stale brings it up to date." if stale else ""
             return self._already(
                 f"{artifact} was already regenerated with this feedback (its current version); change the feedback "
-                "to ask for something else."
+                f"to ask for something else.{since}"
             )
 
         def work() -> str:
@@ -439,14 +466,13 @@ class Walkthrough:
         return None
 
     def _applied(self, artifact: str, feedback: str) -> bool:
-        """Whether the artifact's current, up-to-date version was made with this feedback."""
+        """Whether the artifact's current version was made with this feedback (stale or not)."""
         self.pipeline.store.reload()
         record = (self.pipeline.store.meta.get("feedback") or {}).get(artifact)
         entry = self.pipeline.store.entry(artifact)
         return (
             isinstance(record, dict)
             and entry is not None
-            and entry.status != "stale"
             and record.get("sha256") == entry.sha256
             and record.get("feedback") == sha256(feedback.strip())
         )
@@ -515,14 +541,17 @@ class Walkthrough:
         require_approval: bool | None = None,
         overwrite_edited: bool = False,
         block: bool = False,
+        missing_only: bool = False,
     ) -> str | None:
         """`Pipeline.run` on the background thread; approval is required unless Auto-approve is ticked.
 
         When every artifact up to `until` is already generated and up to date (the steps were done in the widget
-        before the cell ran), nothing runs: the notice saying so is returned (None when a job started)."""
+        before the cell ran), nothing runs: the notice saying so is returned (None when a job started).
+        `missing_only`: a cell that generates what is missing also counts stale artifacts as done (a later cell
+        of the same notebook, run before, made them stale), so running the notebook again sends nothing."""
         self._settle(block)
         require = not self.auto_approve.value if require_approval is None else require_approval
-        done = self._done_until(until) if from_stage is None else None
+        done = self._done_until(until, missing_only) if from_stage is None else None
         if done is not None:
             return self._already(done)
 
@@ -543,16 +572,24 @@ class Walkthrough:
         self._start(label, work, None, block)
         return None
 
-    def _done_until(self, until: str | None) -> str | None:
-        """The "already done" notice when nothing up to `until` is missing or stale, else None (there is work)."""
+    def _done_until(self, until: str | None, missing_only: bool = False) -> str | None:
+        """The "already done" notice when nothing up to `until` is missing or stale (or, `missing_only`, missing),
+        else None (there is work)."""
         last = registry.index(until) if until else registry.last_by_default()
         rows = [r for r in self.pipeline.rows() if r.artifact != "paper"]
         wanted = [r for r in rows if registry.index(stage_of(r.artifact)) <= last]
         known = {stage_of(r.artifact) for r in rows}
         if any(s.name not in known for s in registry.stages()[: last + 1]):
             return None  # a stage without any artifact yet (the files are unknown before the logic design)
-        if any(r.status in ("missing", "stale") for r in wanted):
+        todo = ("missing",) if missing_only else ("missing", "stale")
+        if any(r.status in todo for r in wanted):
             return None
+        stale = sum(r.status == "stale" for r in wanted)
+        if stale:
+            return (
+                f"Already generated: everything up to the {registry.stages()[last].label}; {stale} artifact(s) are "
+                "stale since an edit or answer: Re-run stale (w.rerun_stale()) regenerates them."
+            )
         if until is None or last == registry.last_by_default():
             repo = self.run_dir / "repo"
             return f"Already done: every artifact is generated and up to date; the repository is in {repo}."
@@ -597,13 +634,25 @@ class Walkthrough:
         self._apply(rows)
         return [r.artifact for r in rows if r.status == "stale"]
 
-    def evaluate(self, n: int = DEFAULT_SAMPLES, reference: str | None = None, block: bool = False) -> None:
+    def evaluate(
+        self, n: int = DEFAULT_SAMPLES, reference: str | None = None, block: bool = False, again: bool = False
+    ) -> str | None:
         """Judge the repository against the paper (`p2c eval`) on the background thread, with this run's model:
-        what the Evaluate button does. Never automatic: it costs n calls."""
+        what the Evaluate button does (`again=True`). Never automatic: it costs n calls. Without `again`, an
+        evaluation that is current (the code unchanged) with the same n and reference is not paid for twice: the
+        notice saying so is returned (None when a job started)."""
         self._settle(block)
         self._require_idle()
+        done = None if again else already_evaluated(self.run_dir, n, reference)
+        if done is not None:
+            return self._already(done)
         work = self.quality.eval_panel.job(self.pipeline, n, reference, self._on_event)
         self._start(f"Evaluating the repository ({n} sample(s))", work, None, block)
+        return None
+
+    def _evaluate_clicked(self, n: int, reference: str | None) -> None:
+        """The Evaluate button always judges again: the user asked for new samples."""
+        self.evaluate(n, reference, again=True)
 
     def cancel(self) -> None:
         """Ask the running job to stop after the calls in flight; what is saved stays saved."""
@@ -690,6 +739,7 @@ class Walkthrough:
             panel.set_busy(busy)
         self.quality.eval_panel.set_busy(busy)
         self.paper_panel.apply_button.disabled = busy
+        self.run_panel.set_busy(busy)
 
     def _click(self, action: Callable[[], object]) -> None:
         """The edge for toolbar buttons."""

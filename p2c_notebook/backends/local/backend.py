@@ -26,6 +26,7 @@ from p2c_notebook.backends.local.server import LlamaServer, ServerStartError, de
 from p2c_notebook.backends.local.weights import DEFAULT_LOCAL_MODEL, MODELS, Weights, resolve
 from p2c_notebook.backends.openai import OpenAIBackend
 from p2c_notebook.backends.retry import RetryNotice
+from p2c_notebook.content import content_tokens
 from p2c_notebook.errors import BackendError
 from p2c_notebook.run.usage import Usage
 from p2c_notebook.settings import Settings
@@ -137,7 +138,7 @@ def strict_json(text: str) -> str:
 
 def _estimated_usage(request: ChatRequest, text: str, pieces: int) -> Usage:
     """The server reports no usage when streaming: estimate the prompt, count the streamed tokens."""
-    prompt = sum(estimate_tokens(m.get("content", "")) + 4 for m in request.messages)
+    prompt = sum(content_tokens(m.get("content"), estimate_tokens) + 4 for m in request.messages)
     return Usage(prompt, pieces or estimate_tokens(text), 0, 1, 0.0, estimated=True)
 
 
