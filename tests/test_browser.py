@@ -571,7 +571,7 @@ def test_a_restarted_kernel_reattaches_to_the_same_run_folder(page: Any, lab: La
         expect(widget).to_have_count(1)
         plan = widget.locator(".p2c-panel-plan")
         expect(plan.locator(".p2c-status")).to_have_text("approved")  # the same run folder, as it was
-        expect(widget.locator(".p2c-stepper .p2c-step-current")).to_contain_text("architecture")
+        expect(widget.locator(".p2c-stepper .p2c-step-current")).to_have_class(re.compile(r"\bp2c-step-design\b"))
         assert manifest(lab, "restart") == before
         expect(notebook.locator(".p2c-fallback")).to_be_hidden()  # the live widget hides its snapshot
         # The new widget's buttons work: the next stage runs in the same folder.
@@ -618,9 +618,19 @@ def test_a_saved_notebook_reopened_without_its_kernel_shows_the_snapshot(page: A
             snapshot = notebook.locator(".p2c-fallback .p2c-static")
             expect(snapshot).to_be_visible()
             expect(snapshot.locator(".p2c-stepper")).to_be_visible()
-            expect(snapshot.locator(".p2c-panel-plan .p2c-badge-generated")).to_be_visible()
+            expect(snapshot.locator(".p2c-header")).to_contain_text("run folder mixup")
             assert notebook.locator(".p2c-walkthrough").count() == 0
             shoot(again, "12-reopened-static-snapshot", snapshot)
+            # Running the cells again gives the live widget over the same run folder, as it is on disk.
+            notebook.locator(".jp-Cell").first.click()
+            again.get_by_role("menuitem", name="Run", exact=True).click()
+            again.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            widget = notebook.locator(".p2c-walkthrough")
+            expect(widget.locator(".p2c-panel-plan .p2c-status")).to_have_text("generated")
+            expect(notebook.locator(".p2c-fallback")).to_be_hidden()
+            widget.locator(".p2c-panel-plan .p2c-approve").click()  # its buttons work
+            expect(widget.locator(".p2c-panel-plan .p2c-status")).to_have_text("approved")
+            assert manifest(lab, "reopen")["plan"] == "approved"
     finally:
         again.close()
 

@@ -226,3 +226,12 @@ def _html(widget: Any) -> list[str]:
     for child in getattr(widget, "children", ()):
         values.extend(_html(child))
     return values
+
+
+@pytest.mark.slow  # runs generated code in the sandbox
+def test_a_cancel_left_from_an_earlier_job_does_not_stop_the_next_repair(opened: Any) -> None:
+    server, run, wt, panel = opened(block("main.py", BUG, FIXED))
+    wt.pipeline.cancel()  # what Cancel leaves behind once its job has ended
+    click(wt, panel.repair_button)
+    assert wt.last_error is None, wt.last_error
+    assert panel.proposal is not None and len(fix_requests(server)) == 1

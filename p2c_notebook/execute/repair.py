@@ -172,6 +172,7 @@ def propose(pipeline: Pipeline, exec_plan: ExecPlan, outcome: Outcome, round_num
         blocks.append(f"{path}:\n```python\n{current[path][:FILE_LIMIT]}```\n\nAnalysis of {path}:\n{analysis}")
     task = render("fix", command=" ".join(exec_plan.command), error=error, files="\n\n".join(blocks))
     messages = [{"role": "system", "content": render("system")}, {"role": "user", "content": task}]
+    pipeline._cancel.clear()  # as a run does: a Cancel of an earlier job must not stop this call
     ctx = pipeline._context()
 
     def parse(reply: str) -> tuple[list[Edit], dict[str, tuple[str, str]]]:

@@ -55,17 +55,20 @@ class WithFallback:
         self.page = page
         self.text = text
 
+    @staticmethod
+    def snapshot_bundle(fallback_id: str, page: str, text: str) -> dict[str, str]:
+        return {"text/html": fallback_page(fallback_id, page), "text/plain": text}
+
     def outputs(self) -> list[dict[str, Any]]:
         """The two mime bundles, in display order."""
         view = {k: v for k, v in (self.widget._repr_mimebundle_() or {}).items() if k == WIDGET_VIEW}
-        return [
-            {"text/html": fallback_page(self.fallback_id, self.page()), "text/plain": self.text()},
-            {**view, "text/plain": KERNEL_NOTE},
-        ]
+        return [self.snapshot_bundle(self.fallback_id, self.page(), self.text()), {**view, "text/plain": KERNEL_NOTE}]
 
     def _ipython_display_(self) -> None:
+        """The snapshot under a display id (its own one, so it can be redrawn), then the widget."""
         from IPython.display import display
 
         show: Callable[..., object] = display  # IPython leaves `display` unannotated
-        for bundle in self.outputs():
-            show(bundle, raw=True)
+        snapshot, view = self.outputs()
+        show(snapshot, raw=True, display_id=self.fallback_id)
+        show(view, raw=True)

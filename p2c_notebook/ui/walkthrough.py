@@ -82,6 +82,7 @@ class Walkthrough:
         self._running_stages: set[str] = set()  # stages with a call in flight, for the stepper
         self._job_label = ""
         self._next_text = ""
+        self._displayed = False  # shown in a notebook: blocking calls redraw its static snapshot
 
         self.fallback_id = fallback.new_id()  # the live widget hides the static snapshot shown with it
         self.style = html(f"<style>{render.stylesheet()}{fallback.hide_rule(self.fallback_id)}</style>", "p2c-style")
@@ -171,6 +172,24 @@ class Walkthrough:
         with contextlib.suppress(P2CError):
             self.refresh()
         fallback.WithFallback(self.widget, self.fallback_id, self._snapshot, self.summary)._ipython_display_()
+        self._displayed = True
+
+    def _update_snapshot(self) -> None:
+        """After a blocking call from a cell: redraw the displayed snapshot (`update_display`). Jupyter applies it
+        when the cell that displayed the widget makes the call (and nbclient, executing a notebook, in any cell);
+        JupyterLab ignores it from other cells, so a saved notebook's snapshot may be older than the run."""
+        if not self._displayed:
+            return
+        from IPython.display import update_display
+
+        with contextlib.suppress(P2CError):
+            self.refresh()
+        update: Callable[..., object] = update_display  # IPython leaves it unannotated
+        update(
+            fallback.WithFallback.snapshot_bundle(self.fallback_id, self._snapshot(), self.summary()),
+            raw=True,
+            display_id=self.fallback_id,
+        )
 
     def progress_output(self) -> fallback.WithFallback:
         """The toolbar and progress alone (what the magics show while a stage runs), with its own static line."""
@@ -699,6 +718,7 @@ class Walkthrough:
         self._thread.start()
         if block:
             self.wait()
+            self._update_snapshot()
 
     def _job(self, work: Callable[[], str], panel: ArtifactPanel | None) -> None:
         message, level = "", "note"
