@@ -75,16 +75,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| N | depth | set-up | wall s | bound s | wall / bound | input tokens | cached share |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in args.n:
-        for name in args.setups:
-            concurrency, fan_out = SETUPS[name]
-            runs = [run_setup(n, concurrency, fan_out, args.latency, args.token_latency) for _ in range(args.repeat)]
+        measured: dict[str, list[dict[str, Any]]] = {name: [] for name in args.setups}
+        for _ in range(args.repeat):  # set-ups interleaved: a busy spell of the machine hits each of them alike
+            for name in args.setups:
+                concurrency, fan_out = SETUPS[name]
+                measured[name].append(run_setup(n, concurrency, fan_out, args.latency, args.token_latency))
+        for name, runs in measured.items():
             wall = statistics.median(r["wall_s"] for r in runs)
             first = runs[0]
+            shares = [r["cached_share"] for r in runs]
             row = {"n": n, "setup": name, **first, "wall_s": wall, "walls_s": [r["wall_s"] for r in runs]}
-            rows.append(row)
+            rows.append({**row, "cached_shares": shares})
+            share = f"{min(shares):.1%}" + (f"-{max(shares):.1%}" if max(shares) > min(shares) else "")
             print(
                 f"| {n} | {first['depth']} | {name} | {wall:.2f} | {first['bound_s']:.2f} | "
-                f"{wall / first['bound_s']:.3f} | {first['input_tokens']:,} | {first['cached_share']:.1%} |",
+                f"{wall / first['bound_s']:.3f} | {first['input_tokens']:,} | {share} |",
                 flush=True,
             )
     if args.out:

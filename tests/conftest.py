@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from p2c_notebook.settings import Settings
 from p2c_notebook.testing import ScriptedServer
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from p2c_notebook.ui.magics import P2CMagics
 
 #: test_fault_matrix.py records each (fault, artifact) outcome here; the summary prints them as a table.
 FAULT_MATRIX = pytest.StashKey[dict[tuple[str, str], str]]()
@@ -117,6 +123,44 @@ def subprocess_env(server: ScriptedServer, **extra: str) -> dict[str, str]:
         }
     )
     return env
+
+
+def no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the caller's OPENAI_/P2C_ variables and no config file: a test sees only the settings it gives."""
+    for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("P2C_CONFIG", "/nonexistent")
+
+
+def use_server(monkeypatch: pytest.MonkeyPatch, server: ScriptedServer) -> None:
+    """`p2c` commands in this process talk to `server`, with the test key and none of the caller's settings."""
+    no_settings(monkeypatch)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+
+
+@contextmanager
+def magics_shell() -> Iterator[InteractiveShell]:
+    """IPython's shell with the %p2c magics loaded; unloaded again after, as the shell is one per process."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "p2c_notebook.ui.magics")
+    try:
+        yield ip
+    finally:
+        ip.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
+
+
+def magics_of(ip: InteractiveShell) -> P2CMagics:
+    """The loaded P2CMagics instance, to inspect its state (the current run, the last repair)."""
+    from p2c_notebook.ui.magics import P2CMagics
+
+    manager = ip.magics_manager
+    assert manager is not None
+    magics = manager.registry["P2CMagics"]
+    assert isinstance(magics, P2CMagics)
+    return magics
 
 
 @pytest.fixture

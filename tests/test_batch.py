@@ -15,7 +15,7 @@ from typing import Any
 from conftest import CODE, settings_for, small_scenario, subprocess_env
 
 from p2c_notebook import cli
-from p2c_notebook.run.batch import Batch, BatchOptions, PaperFinished, read_spec, run_batch
+from p2c_notebook.run.batch import Batch, BatchOptions, BatchStarted, PaperFinished, read_spec, run_batch
 from p2c_notebook.run.events import Event
 from p2c_notebook.testing import ScriptedServer
 
@@ -275,3 +275,35 @@ def test_with_eval_the_judges_calls_tokens_and_cost_are_their_own_columns_and_in
     # The row kept by a rerun keeps what judging cost (batch.json).
     again = run_batch(tmp_path / "papers", options)
     assert all(p.skipped for p in again.papers) and again.total().eval_calls == 6
+
+
+def test_without_a_concurrency_the_batch_takes_a_llamacpp_servers_slots_for_all_its_papers(
+    serve: Any, tmp_path: Path
+) -> None:
+    server = serve(small_scenario(latency=LATENCY, slots=2))
+    write_papers(tmp_path / "papers", 4)
+    heard: list[Event] = []
+    options = BatchOptions(out=tmp_path / "out", settings=settings_for(server))  # no concurrency anywhere
+
+    result = run_batch(tmp_path / "papers", options, sinks=(heard.append,))
+
+    assert [p.state for p in result.papers] == ["done"] * 4
+    assert [e.concurrency for e in heard if isinstance(e, BatchStarted)] == [2]
+    assert server.load()["max_in_flight"] <= 2 and result.peak_concurrency == 2
+
+
+def test_a_batch_ramped_past_a_servers_capacity_halves_and_pays_each_artifact_once(
+    serve: Any, tmp_path: Path
+) -> None:
+    server = serve(small_scenario(latency=0.1, capacity=5, capacity_retry_after=0.2))
+    write_papers(tmp_path / "papers", 6)
+    settings = settings_for(server, max_retries=8, retry_base_delay=0.05, retry_max_delay=0.5)
+    batch = Batch(tmp_path / "papers", BatchOptions(out=tmp_path / "out", settings=settings))
+    assert batch.limiter.adaptive
+
+    result = batch.run()
+
+    assert [p.state for p in result.papers] == ["done"] * 6
+    decisions = batch.limiter.decisions
+    assert max(d.limit for d in decisions) > 5 and any(d.why.startswith("rate limited") for d in decisions)
+    assert len([r for r in chat_requests(server) if r["fault"] is None]) == 6 * ARTIFACTS

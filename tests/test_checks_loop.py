@@ -5,13 +5,12 @@ design is fixed mechanically where it can be and re-asked where only the model c
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import API_KEY, CODE, EXAMPLE, LOGIC, settings_for, small_scenario
+from conftest import CODE, EXAMPLE, LOGIC, settings_for, small_scenario, use_server
 
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ReplyError
@@ -63,11 +62,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch) -> Any:
     """`p2c` commands in this process talk to the given scripted server, with none of the caller's settings."""
 
     def use(server: Any) -> None:
-        for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
-            monkeypatch.delenv(key)
-        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        monkeypatch.setenv("P2C_CONFIG", "/nonexistent")
+        use_server(monkeypatch, server)
 
     return use
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, small_scenario
+from conftest import magics_shell, small_scenario, use_server
 
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, RunError
@@ -109,13 +108,9 @@ def test_a_broken_repository_fails_with_its_error_and_status_says_so(
 def test_the_magic_shows_the_plan_and_runs_only_with_yes(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from IPython.core.interactiveshell import InteractiveShell
-
     _sandboxed()
     monkeypatch.setenv("P2C_CONFIG", str(tmp_path / "no-config.yaml"))
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "p2c_notebook.ui.magics")
-    try:
+    with magics_shell() as shell:
         shell.run_line_magic("p2c", f"load {run_dir}")
         capsys.readouterr()
         shell.run_line_magic("p2c", f"exec --python {sys.executable}")
@@ -123,8 +118,6 @@ def test_the_magic_shows_the_plan_and_runs_only_with_yes(
         assert "Run: python main.py --smoke" in shown.out and "Add --yes" in shown.out
         assert not (run_dir / "exec").exists()
         shell.run_line_magic("p2c", f"exec --python {sys.executable} --yes")
-    finally:
-        shell.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
     ran = capsys.readouterr()
     assert "p2c: error" not in ran.err, ran.err
     assert "ECE" in ran.out and "Attempt 1 ran: passed" in ran.out and RunStore(run_dir).meta["exec"]["passed"]
@@ -167,10 +160,7 @@ def finished(monkeypatch: pytest.MonkeyPatch, serve: Any, paper_md: Path, tmp_pa
     scenario = small_scenario()
     scenario["responses"].append({"stage": "reproduce", "content": f"```bash\n{SCRIPT}```"})
     server = serve(scenario)
-    for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
-        monkeypatch.delenv(key)
-    for key, value in {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.base_url, "P2C_CONFIG": "/x"}.items():
-        monkeypatch.setenv(key, value)
+    use_server(monkeypatch, server)
     run = tmp_path / "run"
     assert main(["run", str(paper_md), "--out", str(run)]) == 0
     return server, run
@@ -228,17 +218,11 @@ def test_exec_offers_nothing_while_other_artifacts_are_stale(
 def test_the_exec_magic_offers_reproduce_sh_and_makes_it_only_with_yes(
     finished: tuple[Any, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from IPython.core.interactiveshell import InteractiveShell
-
     server, run = finished
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "p2c_notebook.ui.magics")
-    try:
+    with magics_shell() as shell:
         shell.run_line_magic("p2c", f"load {run}")
         capsys.readouterr()
         shell.run_line_magic("p2c", f"exec --python {sys.executable}")
         shown = capsys.readouterr()
-    finally:
-        shell.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
     assert "no reproduce.sh" in shown.out and "(and to generate reproduce.sh first)" in shown.out, shown.err
     assert reproduce_requests(server) == [] and not (run / "exec").exists()

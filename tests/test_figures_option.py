@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pymupdf
 import pytest
-from conftest import API_KEY, small_scenario
+from conftest import no_settings, small_scenario, use_server
+from pdfpages import BOLD, PROSE, PdfPage
 
 from p2c_notebook.backends.replay import read_cassette
 from p2c_notebook.cli import main
@@ -26,12 +26,6 @@ from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings, load_settings
 
-FONT = pymupdf.Font("tiro")
-BOLD = pymupdf.Font("tibo")
-PROSE = (
-    "We train the model on long sequences and report how the attention layers route information between "
-    "positions while the computation stays parallel across the whole batch of examples. "
-)
 CAPTIONS = {
     "Figure 1": "The heat map of the attention weights.",
     "Figure 2": "Training loss falls with every epoch.",
@@ -42,51 +36,28 @@ PLANNING = ("plan", "design", "logic", "config")
 def figures_pdf(path: Path) -> Path:
     """One page: prose, an embedded image with its caption, prose, a drawn curve with its caption, a section."""
     doc = pymupdf.open()
-    page = doc.new_page(width=612, height=792)
-    writer = pymupdf.TextWriter(page.rect)
-    y = 72.0
-
-    def line(text: str, size: float = 10.0, font: pymupdf.Font = FONT) -> None:
-        nonlocal y
-        writer.append((72, y), text, font=font, fontsize=size)
-        y += size + 2.5
-
-    def paragraph(text: str) -> None:
-        nonlocal y
-        y += 6
-        current = ""
-        for word in text.split():
-            trial = f"{current} {word}".strip()
-            if FONT.text_length(trial, fontsize=10) > 468 and current:
-                line(current)
-                current = word
-            else:
-                current = trial
-        line(current)
-
-    line("Seeing Figures", 18, BOLD)
-    y += 8
-    line("Abstract", 12, BOLD)
-    paragraph("We study figures. " + PROSE)
-    line("1 Introduction", 12, BOLD)
-    paragraph("Before the image. " + PROSE)
-    pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 64, 32), False)
-    pixmap.set_rect(pixmap.irect, (200, 120, 40))
-    page.insert_image(pymupdf.Rect(180, y + 10, 430, y + 100), pixmap=pixmap)
-    y += 116
-    line(f"Figure 1: {CAPTIONS['Figure 1']}")
-    paragraph("Between the figures. " + PROSE)
-    top = y + 14
-    shape = page.new_shape()
+    page = PdfPage(doc)
+    page.line("Seeing Figures", size=18, font=BOLD)
+    page.y += 8
+    page.line("Abstract", size=12, font=BOLD)
+    page.paragraph("We study figures. " + PROSE)
+    page.line("1 Introduction", size=12, font=BOLD)
+    page.paragraph("Before the image. " + PROSE)
+    page.image(pymupdf.Rect(180, page.y + 10, 430, page.y + 100), (200, 120, 40))
+    page.y += 116
+    page.line(f"Figure 1: {CAPTIONS['Figure 1']}")
+    page.paragraph("Between the figures. " + PROSE)
+    top = page.y + 14
+    shape = page.page.new_shape()
     shape.draw_bezier((100, top + 60), (200, top), (300, top + 80), (420, top + 10))
     shape.finish(color=(0.1, 0.3, 0.9), width=1.5)
     shape.commit()
-    y = top + 96
-    line(f"Figure 2: {CAPTIONS['Figure 2']}")
-    paragraph("After the plot. " + PROSE)
-    line("2 Method", 12, BOLD)
-    paragraph("The method section. " + PROSE * 2)
-    writer.write_text(page)
+    page.y = top + 96
+    page.line(f"Figure 2: {CAPTIONS['Figure 2']}")
+    page.paragraph("After the plot. " + PROSE)
+    page.line("2 Method", size=12, font=BOLD)
+    page.paragraph("The method section. " + PROSE * 2)
+    page.done()
     doc.save(path)
     return path
 
@@ -96,12 +67,12 @@ def pdf(tmp_path: Path) -> Path:
     return figures_pdf(tmp_path / "seeing.pdf")
 
 
-def use_server(monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
-    for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-    monkeypatch.setenv("P2C_CONFIG", "/nonexistent")
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch, serve: Any) -> Any:
+    """The scripted server with the small scenario; `p2c` commands in this process talk to it."""
+    server = serve(small_scenario())
+    use_server(monkeypatch, server)
+    return server
 
 
 def plan_message(request: Any) -> Any:
@@ -114,10 +85,8 @@ def decoded(url: str) -> bytes:
 
 
 def test_with_figures_each_planning_call_carries_the_images_after_the_paper_with_their_captions(
-    monkeypatch: pytest.MonkeyPatch, serve: Any, pdf: Path, tmp_path: Path
+    server: Any, pdf: Path, tmp_path: Path
 ) -> None:
-    server = serve(small_scenario())
-    use_server(monkeypatch, server)
     run = tmp_path / "run"
     assert main(["run", str(pdf), "--out", str(run), "--figures"]) == 0
     saved = {name: (run / "paper" / name).read_bytes() for name in ("figures/fig1.png", "figures/fig2.png")}
@@ -143,11 +112,7 @@ def test_with_figures_each_planning_call_carries_the_images_after_the_paper_with
     assert text_of(first).count("</paper>") == 1
 
 
-def test_without_figures_no_request_carries_an_image(
-    monkeypatch: pytest.MonkeyPatch, serve: Any, pdf: Path, tmp_path: Path
-) -> None:
-    server = serve(small_scenario())
-    use_server(monkeypatch, server)
+def test_without_figures_no_request_carries_an_image(server: Any, pdf: Path, tmp_path: Path) -> None:
     assert main(["run", str(pdf), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "paper" / "figures" / "fig1.png").is_file()  # saved all the same, for the notebook
     assert server.requests and all(isinstance(m["content"], str) for r in server.requests for m in r["messages"])
@@ -192,10 +157,8 @@ def test_a_server_that_refuses_images_stops_with_one_line_and_keeps_what_was_pai
 
 
 def test_a_recorded_run_with_figures_replays_by_image_hash_and_its_cassette_holds_no_image_data(
-    monkeypatch: pytest.MonkeyPatch, serve: Any, pdf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: Any, pdf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve(small_scenario())
-    use_server(monkeypatch, server)
     cassette = tmp_path / "run.cassette.jsonl"
     run = tmp_path / "run"
     assert main(["run", str(pdf), "--out", str(run), "--figures", "--record", str(cassette)]) == 0
@@ -223,10 +186,8 @@ def test_a_recorded_run_with_figures_replays_by_image_hash_and_its_cassette_hold
 
 
 def test_the_run_log_and_manifest_name_the_figures_by_file_and_hash_never_their_data(
-    monkeypatch: pytest.MonkeyPatch, serve: Any, pdf: Path, tmp_path: Path
+    server: Any, pdf: Path, tmp_path: Path
 ) -> None:
-    server = serve(small_scenario())
-    use_server(monkeypatch, server)
     run = tmp_path / "run"
     assert main(["run", str(pdf), "--out", str(run), "--figures"]) == 0
     log = (run / "logs" / "run.log").read_text()
@@ -263,9 +224,7 @@ def one_saved_figure(folder: Path) -> Figures:
 def test_the_embedded_local_model_with_figures_is_refused_before_any_call(
     monkeypatch: pytest.MonkeyPatch, pdf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("P2C_CONFIG", "/nonexistent")
+    no_settings(monkeypatch)
     monkeypatch.setenv("P2C_FIGURES", "1")  # from the environment, as from --figures
     run = tmp_path / "run"
     assert main(["run", str(pdf), "--out", str(run)]) == 2  # auto: no key, no URL -> the local model
@@ -323,10 +282,8 @@ def test_an_image_counts_as_openai_counts_a_high_detail_image(width: int, height
 
 
 def test_with_figures_a_paper_without_saved_figures_runs_on_its_text_and_says_so(
-    monkeypatch: pytest.MonkeyPatch, serve: Any, paper_md: Path, tmp_path: Path
+    server: Any, paper_md: Path, tmp_path: Path
 ) -> None:
-    server = serve(small_scenario())
-    use_server(monkeypatch, server)
     run = tmp_path / "run"
     assert main(["run", str(paper_md), "--out", str(run), "--figures"]) == 0
     assert all(isinstance(m["content"], str) for r in server.requests for m in r["messages"])

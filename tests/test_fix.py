@@ -4,13 +4,12 @@ and applied only when approved; bounded rounds; the user's own edits are protect
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, small_scenario
+from conftest import magics_of, magics_shell, small_scenario, use_server
 
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, PlanError, ReplyError, UnsafePathError
@@ -48,10 +47,7 @@ def generated(monkeypatch: pytest.MonkeyPatch, serve: Any, paper_md: Path, tmp_p
 
     def make(*fixes: str) -> tuple[Any, Path]:
         server = serve(scenario(*fixes))
-        for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
-            monkeypatch.delenv(key)
-        for key, value in {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.base_url, "P2C_CONFIG": "/x"}.items():
-            monkeypatch.setenv(key, value)
+        use_server(monkeypatch, server)
         run = tmp_path / "run"
         assert main(["run", str(paper_md), "--out", str(run)]) == 0
         return server, run
@@ -169,21 +165,9 @@ def test_edits_apply_exactly_once_inside_the_repository() -> None:
 # --- %p2c fix ------------------------------------------------------------------------------------------------
 @pytest.fixture
 def shell(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    from IPython.core.interactiveshell import InteractiveShell
-
     monkeypatch.setenv("P2C_CONFIG", str(tmp_path / "no-config.yaml"))
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "p2c_notebook.ui.magics")
-    yield ip
-    ip.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
-
-
-def magics_of(ip: Any) -> Any:
-    from p2c_notebook.ui.magics import P2CMagics
-
-    magics = ip.magics_manager.registry["P2CMagics"]
-    assert isinstance(magics, P2CMagics)
-    return magics
+    with magics_shell() as ip:
+        yield ip
 
 
 @pytest.mark.slow
@@ -216,6 +200,7 @@ def test_the_fix_magic_in_a_notebook_applies_a_fix_only_on_the_users_click(
     shell.run_line_magic("p2c", f"fix --python {sys.executable} --rounds 2")
     assert "p2c: error" not in capsys.readouterr().err
     wt = magics_of(shell).walkthrough
+    assert wt is not None
     panel = wt.run_panel
     assert panel.rounds.value == 2 and panel.repair_button.layout.display is None and not panel.repair_button.disabled
     assert "Run: python main.py --smoke" in panel.plan.value and "Nothing runs until you click" in panel.message.value

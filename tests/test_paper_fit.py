@@ -14,7 +14,7 @@ from typing import Any
 import pymupdf
 import pytest
 from conftest import settings_for, small_scenario
-from test_pdf_figures import BOLD, PROSE, Writer
+from pdfpages import BOLD, PROSE, PdfPage
 
 from p2c_notebook.errors import ConfigError, PaperError
 from p2c_notebook.paper import read_paper
@@ -27,7 +27,7 @@ from p2c_notebook.run.pipeline import Pipeline
 def paper_pdf(path: Path, *, method: int, appendix: int) -> Path:
     """A paper: introduction, a method of `method` paragraphs, references, and an appendix of `appendix`."""
     doc = pymupdf.open()
-    page = Writer(doc)
+    page = PdfPage(doc)
     page.line("Fitting Papers To Models", size=18, font=BOLD)
     page.y += 8
 
@@ -35,7 +35,7 @@ def paper_pdf(path: Path, *, method: int, appendix: int) -> Path:
         nonlocal page
         if page.y > 640:
             page.done()
-            page = Writer(doc)
+            page = PdfPage(doc)
         page.y += 8
         page.line(text, size=12, font=BOLD)
 
@@ -44,7 +44,7 @@ def paper_pdf(path: Path, *, method: int, appendix: int) -> Path:
         for index in range(count):
             if page.y > 660:
                 page.done()
-                page = Writer(doc)
+                page = PdfPage(doc)
             page.paragraph(f"{what} paragraph {index}. " + PROSE * 2)
 
     heading("Abstract")

@@ -10,82 +10,28 @@ import json
 from pathlib import Path
 
 import pymupdf
+from pdfpages import BOLD, PROSE, PdfPage, box_diagram
 
 from p2c_notebook.paper import read_paper
 from p2c_notebook.paper.figures import MAX_PIXELS, figure_regions, render_figures
 from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
 
-FONT = pymupdf.Font("tiro")
-BOLD = pymupdf.Font("tibo")
 BODY = 10.0
-PROSE = (
-    "We train the model on long sequences and report how the attention layers route information between "
-    "positions while the computation stays parallel across the whole batch of examples. "
-)
 LABELS = ("Tokenizer", "Embedder", "Classifier", "Saliency", "Heatmap")
 
 
-class Writer:
-    """Lines written top to bottom on one page."""
-
-    def __init__(self, doc: pymupdf.Document) -> None:
-        self.page = doc.new_page(width=612, height=792)
-        self.writer = pymupdf.TextWriter(self.page.rect)
-        self.y = 72.0
-
-    def line(self, text: str, *, size: float = BODY, font: pymupdf.Font = FONT, x: float = 72) -> None:
-        self.writer.append((x, self.y), text, font=font, fontsize=size)
-        self.y += size + 2.5
-
-    def paragraph(self, text: str) -> None:
-        self.y += 6
-        current = ""
-        for word in text.split():
-            trial = f"{current} {word}".strip()
-            if FONT.text_length(trial, fontsize=BODY) > 468 and current:
-                self.line(current)
-                current = word
-            else:
-                current = trial
-        if current:
-            self.line(current)
-
-    def done(self) -> None:
-        self.writer.write_text(self.page)
-
-
-def box_diagram(page: pymupdf.Page, top: float) -> float:
-    """Three labelled boxes joined by arrows (shafts and slanted arrow heads), as a drawing program draws them."""
-    shape = page.new_shape()
-    xs = [100.0, 250.0, 400.0]
-    for x in xs:
-        shape.draw_rect(pymupdf.Rect(x, top, x + 110, top + 40))
-    for x in xs[:2]:
-        start, end = pymupdf.Point(x + 110, top + 20), pymupdf.Point(x + 150, top + 20)
-        shape.draw_line(start, end)
-        shape.draw_polyline([end + (-6, -4), end, end + (-6, 4)])
-    shape.finish(color=(0, 0, 0), width=0.8)
-    shape.commit()
-    for x, label in zip(xs, LABELS[:3], strict=True):
-        page.insert_text((x + 12, top + 24), label, fontname="helv", fontsize=9)
-    return top + 40
-
-
-def image_with_labels(page: pymupdf.Page, top: float) -> float:
+def image_with_labels(page: PdfPage, top: float) -> float:
     """An embedded raster image with words written over it (a heat map and its legend)."""
-    pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 64, 32), False)
-    pixmap.set_rect(pixmap.irect, (200, 120, 40))
-    area = pymupdf.Rect(180, top, 430, top + 90)
-    page.insert_image(area, pixmap=pixmap)
-    page.insert_text((190, top + 20), LABELS[3], fontname="helv", fontsize=9)
-    page.insert_text((330, top + 80), LABELS[4], fontname="helv", fontsize=9)
+    page.image(pymupdf.Rect(180, top, 430, top + 90), (200, 120, 40))
+    page.page.insert_text((190, top + 20), LABELS[3], fontname="helv", fontsize=9)
+    page.page.insert_text((330, top + 80), LABELS[4], fontname="helv", fontsize=9)
     return top + 90
 
 
 def figures_pdf(path: Path) -> None:
     doc = pymupdf.open()
-    page = Writer(doc)
+    page = PdfPage(doc)
     page.line("Attention Routes Information", size=18, font=BOLD)
     page.y += 8
     page.line("Abstract", size=12, font=BOLD)
@@ -93,10 +39,10 @@ def figures_pdf(path: Path) -> None:
     page.y += 8
     page.line("1 Introduction", size=12, font=BOLD)
     page.paragraph("First paragraph before the diagram. " + PROSE)
-    page.y = box_diagram(page.page, page.y + 14) + 16
+    page.y = box_diagram(page.page, page.y + 14, LABELS[:3]) + 16
     page.line("Figure 1: The pipeline, from tokens to classes.")
     page.paragraph("Second paragraph between the figures. " + PROSE)
-    page.y = image_with_labels(page.page, page.y + 10) + 16
+    page.y = image_with_labels(page, page.y + 10) + 16
     page.line("Figure 2: Where the model looks.")
     page.paragraph("Third paragraph after the image. " + PROSE)
     page.y += 8
@@ -135,7 +81,7 @@ def test_figure_text_is_kept_with_its_caption(tmp_path: Path) -> None:
 
 def test_a_shaded_box_of_prose_and_a_page_of_plain_text_are_no_figures(tmp_path: Path) -> None:
     doc = pymupdf.open()
-    page = Writer(doc)
+    page = PdfPage(doc)
     page.line("Shaded Boxes", size=18, font=BOLD)
     page.y += 8
     page.line("1 Introduction", size=12, font=BOLD)
@@ -154,7 +100,7 @@ def test_a_shaded_box_of_prose_and_a_page_of_plain_text_are_no_figures(tmp_path:
 
 def test_a_table_with_narrow_cells_between_vertical_rules_is_a_markdown_table(tmp_path: Path) -> None:
     doc = pymupdf.open()
-    page = Writer(doc)
+    page = PdfPage(doc)
     page.line("Ruled Tables", size=18, font=BOLD)
     page.y += 8
     page.line("1 Results", size=12, font=BOLD)
@@ -164,9 +110,7 @@ def test_a_table_with_narrow_cells_between_vertical_rules_is_a_markdown_table(tm
     rows = [["", "SGD", "Adam", "Ours"], ["lr 1", "2.26%", "8.68%", "1.76%"], ["lr 2", "2.51%", "2.03%", "2.82%"]]
     top = page.y - BODY
     for cells in rows:
-        for text, x in zip(cells, xs, strict=True):
-            page.writer.append((x + 4, page.y), text, font=FONT, fontsize=BODY)
-        page.y += BODY + 4
+        page.cells(cells, [x + 4 for x in xs])
     shape = page.page.new_shape()
     for x in [*xs, 400.0]:
         shape.draw_line((x, top), (x, page.y - BODY))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pymupdf
 import pytest
+from pdfpages import BOLD, SERIF, PdfPage
 
 from p2c_notebook.cli import main
 from p2c_notebook.errors import PaperError
@@ -17,8 +18,6 @@ from p2c_notebook.paper import read_paper
 from p2c_notebook.paper.hygiene import escape_markdown, fold, repair_glyphs
 from p2c_notebook.paper.model import without_appendices
 
-SERIF = pymupdf.Font("tiro")
-BOLD = pymupdf.Font("tibo")
 BODY = 9.6
 LOREM = (
     "Neural networks learn representations from data and we study how attention layers route "
@@ -26,13 +25,11 @@ LOREM = (
 )
 
 
-class Page:
-    """Writes lines top to bottom on one page, in the fonts and sizes a paper template uses."""
+class Page(PdfPage):
+    """A page in the fonts and sizes a paper template uses, with small-capital headings."""
 
-    def __init__(self, doc: pymupdf.Document, top: float = 72) -> None:
-        self.page = doc.new_page(width=612, height=792)
-        self.writer = pymupdf.TextWriter(self.page.rect)
-        self.y = top
+    def __init__(self, doc: pymupdf.Document) -> None:
+        super().__init__(doc, body=BODY)
 
     def caps(self, number: str, title: str, size: float = 12.0, gap: float = 10) -> None:
         """A small-capitals heading: number and first letters at `size`, the other capitals at 80% of it."""
@@ -47,33 +44,6 @@ class Page:
                 _, end = self.writer.append(end, word[1:], font=SERIF, fontsize=0.8 * size)
             x = end.x + 0.3 * size
         self.y += size + 4
-
-    def line(self, text: str, *, x: float = 72, size: float = BODY, font: pymupdf.Font = SERIF) -> None:
-        self.writer.append((x, self.y), text, font=font, fontsize=size)
-        self.y += size + 2.5
-
-    def paragraph(self, text: str, width: float = 468, size: float = BODY) -> None:
-        """Text wrapped at `width` points, one line per row, with a gap before it."""
-        self.y += 6
-        words = text.split()
-        current = ""
-        for word in words:
-            trial = f"{current} {word}".strip()
-            if SERIF.text_length(trial, fontsize=size) > width and current:
-                self.line(current, size=size)
-                current = word
-            else:
-                current = trial
-        if current:
-            self.line(current, size=size)
-
-    def cells(self, cells: list[str], xs: list[float]) -> None:
-        for text, x in zip(cells, xs, strict=True):
-            self.writer.append((x, self.y), text, font=SERIF, fontsize=BODY)
-        self.y += BODY + 4
-
-    def done(self) -> None:
-        self.writer.write_text(self.page)
 
 
 def full_line(head: str, tail: str, width: float = 460) -> str:

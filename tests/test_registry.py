@@ -5,12 +5,11 @@ after the code (once per run, not per file) from the plan and every code file; i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, CODE, LOGIC, settings_for, small_scenario
+from conftest import CODE, LOGIC, settings_for, small_scenario, use_server
 
 from p2c_notebook.cli import EXIT_PAUSED, main
 from p2c_notebook.errors import ConfigError
@@ -66,10 +65,7 @@ def scenario() -> dict[str, Any]:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, serve: Any) -> Any:
     server = serve(scenario())
-    for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
-        monkeypatch.delenv(key)
-    for key, value in {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.base_url, "P2C_CONFIG": "/x"}.items():
-        monkeypatch.setenv(key, value)
+    use_server(monkeypatch, server)
     return server
 
 

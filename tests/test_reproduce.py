@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, small_scenario
+from conftest import small_scenario, use_server
 
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError
@@ -25,10 +24,7 @@ def env(monkeypatch: pytest.MonkeyPatch, serve: Any) -> Any:
     scenario = small_scenario()
     scenario["responses"].append({"stage": "reproduce", "content": f"Here it is:\n```bash\n{SCRIPT}```\n"})
     server = serve(scenario)
-    for key in [k for k in os.environ if k.startswith(("OPENAI_", "P2C_"))]:
-        monkeypatch.delenv(key)
-    for key, value in {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.base_url, "P2C_CONFIG": "/x"}.items():
-        monkeypatch.setenv(key, value)
+    use_server(monkeypatch, server)
     return server
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import ipywidgets
 import pytest
-from conftest import API_KEY, CODE, LOGIC, settings_for, small_scenario
+from conftest import API_KEY, CODE, LOGIC, magics_of, magics_shell, settings_for, small_scenario
 from IPython.core.interactiveshell import InteractiveShell
 
 import p2c_notebook
@@ -28,7 +28,6 @@ from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.run.store import RunStore, artifact_file
 from p2c_notebook.settings import Settings
 from p2c_notebook.ui import Walkthrough, walkthrough
-from p2c_notebook.ui.magics import P2CMagics
 from p2c_notebook.ui.panels import DiagramView, load_uml
 
 FILES = [f["path"] for f in LOGIC["files"]]
@@ -549,16 +548,8 @@ def shell(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Interacti
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "P2C_API_KEY", "P2C_BASE_URL", "P2C_MODEL", "P2C_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("P2C_CONFIG", str(tmp_path / "no-config.yaml"))
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "p2c_notebook.ui.magics")
-    yield ip
-    ip.run_line_magic("unload_ext", "p2c_notebook.ui.magics")
-
-
-def magics_of(ip: InteractiveShell) -> P2CMagics:
-    magics = ip.magics_manager.registry["P2CMagics"]
-    assert isinstance(magics, P2CMagics)
-    return magics
+    with magics_shell() as ip:
+        yield ip
 
 
 def p2c(ip: InteractiveShell, line: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import ipywidgets
 import pymupdf
 from conftest import CODE, settings_for, small_scenario
+from pdfpages import BOLD, PROSE, PdfPage, box_diagram
 
 from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
@@ -233,66 +234,30 @@ def test_an_evaluation_that_cannot_start_says_why_in_the_panel(serve: Any, paper
 def figure_paper(path: Path, hostile: str) -> None:
     """One page: two numbered sections (one heading hostile), a box diagram with its caption, references and an
     appendix section."""
-    font, bold = pymupdf.Font("tiro"), pymupdf.Font("tibo")
-    prose = (
-        "We train the model on long sequences and report how the attention layers route information between "
-        "positions while the computation stays parallel across the whole batch of examples. "
-    )
     doc = pymupdf.open()
-    page = doc.new_page(width=612, height=792)
-    writer = pymupdf.TextWriter(page.rect)
-    y = 72.0
-
-    def line(text: str, size: float = 10.0, face: pymupdf.Font = font) -> None:
-        nonlocal y
-        writer.append((72, y), text, font=face, fontsize=size)
-        y += size + 2.5
-
-    def paragraph(text: str) -> None:
-        nonlocal y
-        y += 6
-        current = ""
-        for word in text.split():
-            trial = f"{current} {word}".strip()
-            if font.text_length(trial, fontsize=10) > 468 and current:
-                line(current)
-                current = word
-            else:
-                current = trial
-        line(current)
-
-    line("Routing Attention", 18, bold)
-    y += 8
-    line("Abstract", 12, bold)
-    paragraph("We study attention. " + prose)
-    y += 8
-    line("1 Introduction", 12, bold)
-    paragraph("First paragraph. " + prose)
-    top = y + 14
-    shape = page.new_shape()
-    for x in (100.0, 250.0, 400.0):
-        shape.draw_rect(pymupdf.Rect(x, top, x + 110, top + 40))
-    for x in (100.0, 250.0):
-        end = pymupdf.Point(x + 150, top + 20)
-        shape.draw_line(pymupdf.Point(x + 110, top + 20), end)
-        shape.draw_polyline([end + (-6, -4), end, end + (-6, 4)])
-    shape.finish(color=(0, 0, 0), width=0.8)
-    shape.commit()
-    for x, label in zip((100.0, 250.0, 400.0), ("Tokenizer", "Embedder", "Classifier"), strict=True):
-        page.insert_text((x + 12, top + 24), label, fontname="helv", fontsize=9)
-    y = top + 56
-    line(f"Figure 1: The pipeline {hostile}.")
-    paragraph("Second paragraph. " + prose)
-    y += 8
-    line(f"2 Method {hostile}", 12, bold)
-    paragraph("The method. " + prose * 2)
-    y += 8
-    line("References", 12, bold)
-    paragraph("[1] A. Author. A paper. 2020.")
-    y += 8
-    line("A Proofs", 12, bold)
-    paragraph("The appendix proof. " + prose * 2)
-    writer.write_text(page)
+    page = PdfPage(doc)
+    page.line("Routing Attention", size=18, font=BOLD)
+    page.y += 8
+    page.line("Abstract", size=12, font=BOLD)
+    page.paragraph("We study attention. " + PROSE)
+    page.y += 8
+    page.line("1 Introduction", size=12, font=BOLD)
+    page.paragraph("First paragraph. " + PROSE)
+    top = page.y + 14
+    box_diagram(page.page, top, ("Tokenizer", "Embedder", "Classifier"))
+    page.y = top + 56
+    page.line(f"Figure 1: The pipeline {hostile}.")
+    page.paragraph("Second paragraph. " + PROSE)
+    page.y += 8
+    page.line(f"2 Method {hostile}", size=12, font=BOLD)
+    page.paragraph("The method. " + PROSE * 2)
+    page.y += 8
+    page.line("References", size=12, font=BOLD)
+    page.paragraph("[1] A. Author. A paper. 2020.")
+    page.y += 8
+    page.line("A Proofs", size=12, font=BOLD)
+    page.paragraph("The appendix proof. " + PROSE * 2)
+    page.done()
     doc.save(path)
 
 
