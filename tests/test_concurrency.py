@@ -205,7 +205,7 @@ def test_calls_sharing_a_long_prefix_go_after_the_first_ones_first_token_and_fin
 
 
 def test_without_the_fan_out_calls_sent_at_once_find_nothing_cached(serve: Any) -> None:
-    server = serve(scenario(latency=0.3))
+    server = serve(scenario(latency=1.0))  # long enough for all four to arrive before the first token
     backend = LimitedBackend(OpenAIBackend(settings_for(server)), SharedLimiter(4), gate=None)
     assert cached_tokens_of(server, backend) == [0, 0, 0, 0]
 

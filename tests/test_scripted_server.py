@@ -147,7 +147,7 @@ def test_cached_tokens_grow_with_a_shared_prefix(client: openai.OpenAI) -> None:
 
 def test_a_prefix_counts_as_cached_only_once_an_earlier_request_with_it_had_its_first_token_sent() -> None:
     with ScriptedServer(
-        {**SCENARIO, "latency": 0.3, "faults": [{"stage": "design", "kind": "status", "status": 429}]}
+        {**SCENARIO, "latency": 1.0, "faults": [{"stage": "design", "kind": "status", "status": 429}]}
     ) as srv:
         client = openai.OpenAI(api_key="sk-test", base_url=srv.base_url, max_retries=0, timeout=5)
 

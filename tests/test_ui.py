@@ -905,3 +905,31 @@ def test_the_widget_is_displayed_after_its_static_snapshot(finished: tuple[Any, 
     assert f".jp-OutputArea-child:has(.{wt.fallback_id})" in wt.style.value  # the live widget hides its snapshot
     assert wt.fallback_id not in snapshot["text/html"].split("</style>", 1)[0]  # ... and only the widget does
     wt.close()
+
+
+def test_a_blocking_call_redraws_the_displayed_snapshot_and_progress_views_are_not_redrawn(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    """nbclient (and JupyterLab within the displaying cell) applies `update_display`: the saved snapshot then shows
+    the run as the cells left it. The magics' progress views keep their own one line."""
+    server = serve(small_scenario())
+    run = make_run(server, paper_md, tmp_path / "run", until="config")
+    wt = open_walkthrough(server, run)
+    wt.auto_approve.value = True
+    sent: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    shell = InteractiveShell.instance()
+    publish = shell.display_pub.publish
+    shell.display_pub.publish = lambda data, *args, **kwargs: sent.append((data, kwargs))  # type: ignore[method-assign]
+    try:
+        wt._ipython_display_()
+        wt.progress_output()._ipython_display_()
+        assert wt.run(block=True) is None and wt.last_error is None
+    finally:
+        shell.display_pub.publish = publish  # type: ignore[method-assign]
+    (snapshot, first), _, (progress, shown), _, (redrawn, update) = sent
+    assert first["transient"] == {"display_id": wt.fallback_id} and not first.get("update")
+    assert "display_id" not in (shown.get("transient") or {}) and "p2c-static-progress" in progress["text/html"]
+    assert update["update"] and update["transient"] == {"display_id": wt.fallback_id}
+    complete = re.compile(r"p2c-badge-complete'>(\d+)/\1 files")  # the repository panel's badge
+    assert not complete.search(snapshot["text/html"]) and complete.search(redrawn["text/html"])
+    wt.close()

@@ -47,13 +47,23 @@ def fallback_page(fallback_id: str, page: str) -> str:
 
 
 class WithFallback:
-    """Displays as two outputs: the snapshot `page()` makes at display time, then `widget` (see the module)."""
+    """Displays as two outputs: the snapshot `page()` makes at display time, then `widget` (see the module).
 
-    def __init__(self, widget: Any, fallback_id: str, page: Callable[[], str], text: Callable[[], str]) -> None:
+    `redrawn`: the snapshot is displayed under `fallback_id` as its display id, so `update_display` can redraw it."""
+
+    def __init__(
+        self,
+        widget: Any,
+        fallback_id: str,
+        page: Callable[[], str],
+        text: Callable[[], str],
+        redrawn: bool = True,
+    ) -> None:
         self.widget = widget
         self.fallback_id = fallback_id
         self.page = page
         self.text = text
+        self.redrawn = redrawn
 
     @staticmethod
     def snapshot_bundle(fallback_id: str, page: str, text: str) -> dict[str, str]:
@@ -65,10 +75,13 @@ class WithFallback:
         return [self.snapshot_bundle(self.fallback_id, self.page(), self.text()), {**view, "text/plain": KERNEL_NOTE}]
 
     def _ipython_display_(self) -> None:
-        """The snapshot under a display id (its own one, so it can be redrawn), then the widget."""
+        """The snapshot (under its display id when it is redrawn), then the widget."""
         from IPython.display import display
 
         show: Callable[..., object] = display  # IPython leaves `display` unannotated
         snapshot, view = self.outputs()
-        show(snapshot, raw=True, display_id=self.fallback_id)
+        if self.redrawn:
+            show(snapshot, raw=True, display_id=self.fallback_id)
+        else:
+            show(snapshot, raw=True)
         show(view, raw=True)

@@ -195,7 +195,7 @@ class Walkthrough:
         """The toolbar and progress alone (what the magics show while a stage runs), with its own static line."""
         line = "The progress of a run was shown here live; the lines below say how it ended."
         page = f"<div class='p2c-static-progress'><p class='p2c-hint'>{line}</p></div>"
-        return fallback.WithFallback(self.progress_view, self.fallback_id, lambda: page, lambda: line)
+        return fallback.WithFallback(self.progress_view, self.fallback_id, lambda: page, lambda: line, redrawn=False)
 
     def _snapshot(self) -> str:
         try:
