@@ -16,6 +16,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +48,19 @@ def main() -> int:
     if args.fresh:  # empty, not deleted: replaying a cassette that does not exist is an error
         CASSETTE.write_text("", encoding="utf-8")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "P2C_"))}
-    recording = {**clean, "P2C_REPLAY_FALLBACK": "local", "P2C_RECORD": str(CASSETTE)}
-    for notebook in NOTEBOOKS:
-        execute(notebook, recording, "recording")
-    for notebook in NOTEBOOKS:  # the cassette alone: what students will see
-        execute(notebook, clean, "replayed")
+    with tempfile.TemporaryDirectory(prefix="p2c-recording-") as scratch:
+        # Each pass starts from empty run folders (the notebooks re-attach to theirs, which would replay nothing).
+        recording = {
+            **clean,
+            "P2C_REPLAY_FALLBACK": "local",
+            "P2C_RECORD": str(CASSETTE),
+            "P2C_NOTEBOOK_RUNS": f"{scratch}/recording",
+        }
+        for notebook in NOTEBOOKS:
+            execute(notebook, recording, "recording")
+        replayed = {**clean, "P2C_NOTEBOOK_RUNS": f"{scratch}/replayed"}
+        for notebook in NOTEBOOKS:  # the cassette alone: what students will see
+            execute(notebook, replayed, "replayed")
     print(f"{CASSETTE}: {sum(1 for line in CASSETTE.open(encoding='utf-8') if line.strip())} calls")
     return 0
 
