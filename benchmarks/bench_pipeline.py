@@ -287,7 +287,7 @@ class ReferenceLike:
         analyses: dict[str, str] = {}
         for item in logic.files:
             deps = ", ".join(item.depends_on) or "no other file"
-            task = render("analysis", path=item.path, role=item.role, depends_on=deps, contract="")
+            task = render("analysis", path=item.path, role=item.role, depends_on=deps)
             analyses[item.path] = self.call(self.user(f"{context}\n\n{task}"), "analysis", item.path)
         written: dict[str, str] = {}
         for item in logic.files:
@@ -299,7 +299,6 @@ class ReferenceLike:
                 role=item.role,
                 analysis=analyses[item.path].strip(),
                 dependency_code=earlier,
-                contract="",  # the reference gives no per-file contract
                 language=language_for(item.path),
             )
             reply = self.call(self.user(f"{context}\n\n{task}"), "code", item.path)

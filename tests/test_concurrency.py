@@ -231,3 +231,25 @@ def test_a_run_against_a_llamacpp_server_never_sends_more_calls_than_its_slots(
         limiter = pipeline._limited().limiter
     assert limiter.limit == 2 and not limiter.adaptive
     assert server.load()["max_in_flight"] <= 2 and limiter.peak == 2
+
+
+def test_a_call_waits_only_for_the_calls_it_found_in_flight_never_for_a_second_wave() -> None:
+    gate = PrefixGate(min_chars=4096)
+    paper = "p" * 10_000
+    first = gate.enter([{"role": "user", "content": paper + "A"}])
+    # B and C share the paper with A, and 6,000 more characters with each other.
+    prompts = {name: [{"role": "user", "content": paper + "x" * 6000 + name}] for name in "BC"}
+    entered: dict[str, int] = {}
+    threads = [threading.Thread(target=lambda n=n: entered.update({n: gate.enter(prompts[n])})) for n in "BC"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=0.3)
+    assert entered == {}  # both wait for A's first token
+
+    gate.first_token(first)
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert set(entered) == {"B", "C"}  # neither waited for the other, though B and C share more than with A
+    assert gate.held == 2

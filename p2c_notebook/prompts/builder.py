@@ -216,13 +216,8 @@ class PromptBuilder:
         body = f"{context}\n\n{replies}\n\n{task}" if replies else f"{context}\n\n{task}"
         return [*messages, {"role": "user", "content": body}]
 
-    def analysis(
-        self, answers: dict[str, str], path: str, role: str, depends_on: list[str], contract: str = ""
-    ) -> Messages:
-        """An analysis call; `contract` says what the file owns and imports (stages/contract.py)."""
-        task = render(
-            "analysis", path=path, role=role, depends_on=", ".join(depends_on) or "no other file", contract=contract
-        )
+    def analysis(self, answers: dict[str, str], path: str, role: str, depends_on: list[str]) -> Messages:
+        task = render("analysis", path=path, role=role, depends_on=", ".join(depends_on) or "no other file")
         return self._file_call(answers, task)
 
     def code(
@@ -233,10 +228,8 @@ class PromptBuilder:
         analysis: str,
         direct: dict[str, str],
         interfaces: dict[str, str],
-        contract: str = "",
     ) -> Messages:
-        """A coding call: full code of direct dependencies, interfaces of their own dependencies, and the
-        file's contract (what it defines and imports)."""
+        """A coding call: full code of direct dependencies, interfaces of their own dependencies."""
         blocks = [render("dependency_file", path=p, code=c.rstrip()) for p, c in direct.items()]
         blocks += [render("interface_file", path=p, code=c.rstrip()) for p, c in interfaces.items()]
         # Dependencies before the per-file task: files sharing a dependency share a longer cached prefix.
@@ -247,7 +240,6 @@ class PromptBuilder:
             role=role,
             analysis=analysis.strip(),
             dependency_code=deps,
-            contract=contract,
             language=language_for(path),
         )
         return self._file_call(answers, task)

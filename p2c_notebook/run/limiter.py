@@ -249,20 +249,20 @@ class PrefixGate:
         self._cond = threading.Condition()
 
     def enter(self, messages: Sequence[dict[str, str]]) -> int:
-        """Wait until this call's long prefix is processed (or nobody is processing it); returns its handle."""
+        """Wait until the calls this one shares a long unprocessed prefix with have their first token (or ended);
+        returns its handle. It waits for those calls only, never for ones sent meanwhile: waves of waits would
+        each cost a time to first token."""
         prompt = [(str(m.get("role", "")), str(m.get("content", ""))) for m in messages]
         deadline = time.monotonic() + self.max_wait
         with self._cond:
-            waited = False
-            while True:
-                done = max((shared_prefix(prompt, p) for p in self._processed), default=0)
-                blocking = any(shared_prefix(prompt, p) - done >= self.min_chars for p in self._pending.values())
+            done = max((shared_prefix(prompt, p) for p in self._processed), default=0)
+            blockers = {h for h, p in self._pending.items() if shared_prefix(prompt, p) - done >= self.min_chars}
+            self.held += bool(blockers)
+            while blockers & self._pending.keys():
                 left = deadline - time.monotonic()
-                if not blocking or left <= 0:
+                if left <= 0:
                     break
-                waited = True
                 self._cond.wait(left)
-            self.held += waited
             self._next += 1
             self._pending[self._next] = prompt
             return self._next

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from p2c_notebook.run.store import Entry
-from p2c_notebook.stages.artifacts import parse_config
 from p2c_notebook.stages.context import StageContext, feedback_messages
-from p2c_notebook.stages.contract import file_contract
 from p2c_notebook.stages.parsing import extract_markdown
 from p2c_notebook.stages.registry import inputs_for
 
@@ -15,8 +13,7 @@ def analyze_file(ctx: StageContext, path: str, feedback: str | None = None) -> E
     artifact = f"analysis/{path}"
     logic = ctx.logic()
     item = next(f for f in logic.files if f.path == path)
-    contract = file_contract(ctx.design(), logic, path, parse_config(ctx.store.read("config")))
-    messages = ctx.prompts.analysis(ctx.answers(), path, item.role, item.depends_on, contract)
+    messages = ctx.prompts.analysis(ctx.answers(), path, item.role, item.depends_on)
     messages = feedback_messages(ctx, artifact, messages, feedback)
     text, usage = ctx.ask(artifact, "analysis", path, messages, extract_markdown)
     return ctx.store.save(artifact, text, ctx.input_hashes(inputs_for(artifact, logic)), ctx.backend.model, usage)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from p2c_notebook.prompts.builder import interface_of, language_for
 from p2c_notebook.run.store import Entry
 from p2c_notebook.stages import runchecks
-from p2c_notebook.stages.artifacts import LogicDesign, parse_config
+from p2c_notebook.stages.artifacts import LogicDesign
 from p2c_notebook.stages.checks import Violation
 from p2c_notebook.stages.context import Review, StageContext, check_python, feedback_messages
-from p2c_notebook.stages.contract import file_contract
 from p2c_notebook.stages.parsing import extract_code
 from p2c_notebook.stages.registry import inputs_for
 from p2c_notebook.stages.runchecks import check_reply
@@ -42,10 +41,7 @@ def code_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entr
     item = next(f for f in logic.files if f.path == path)
     direct, interfaces = dependency_context(ctx, logic, path)
     analysis = ctx.store.read(f"analysis/{path}")
-    written = {**interfaces, **direct}  # the dependencies' code (or interfaces): the names they define
-    design = ctx.design()
-    contract = file_contract(design, logic, path, parse_config(ctx.store.read("config")), written)
-    messages = ctx.prompts.code(ctx.answers(), path, item.role, analysis, direct, interfaces, contract)
+    messages = ctx.prompts.code(ctx.answers(), path, item.role, analysis, direct, interfaces)
     messages = feedback_messages(ctx, artifact, messages, feedback)
     language = language_for(path)
 
@@ -54,6 +50,7 @@ def code_file(ctx: StageContext, path: str, feedback: str | None = None) -> Entr
         check_python(path, code)
         return code
 
+    design = ctx.design()
     found: dict[str, list[Violation]] = {}  # each reply's code -> what the static checks found in it
 
     def review(code: str) -> Review:

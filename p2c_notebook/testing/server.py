@@ -476,6 +476,9 @@ class _HTTPServer(ThreadingHTTPServer):
     """Threaded server that tracks open connections so `stop()` can drop them, and stays quiet."""
 
     daemon_threads = True
+    # socketserver's backlog is 5: a burst of new connections beyond it waits for the client's SYN retry (1 s),
+    # which no provider's server makes its clients do.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], owner: ScriptedServer) -> None:
         self.owner = owner
