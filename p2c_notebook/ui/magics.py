@@ -44,7 +44,7 @@ HELP = """\
 <feedback text>                          regenerate one artifact with the cell body as feedback
 %p2c use [--model M] [--base-url URL] [--backend B] [--api-key K] [--reset]
                                          choose the model server (the key is never shown)
-%p2c eval [--reference DIR] [--judge MODEL] [-n N]
+%p2c eval [--reference DIR] [--judge MODEL] [-n N] [--again]
                                          judge the generated code against the paper (score 1-5, critiques)
 %p2c exec [--smoke | --full] [--python PATH] [--no-sandbox] [--yes]
                                          run the generated code in a sandbox: shows what it will run; --yes runs it
