@@ -35,12 +35,14 @@ from p2c_notebook.backends.replay import read_cassette
 from p2c_notebook.prompts.builder import render
 from p2c_notebook.run.estimate import TYPICAL_FILES, Estimate, Profile, estimate_paper, profile_for
 from p2c_notebook.stages.artifacts import LogicDesign
+from p2c_notebook.stages.evaluate import JUDGE_STAGE, NARROW_STAGE
 from p2c_notebook.tokens import estimate_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.35  # tokens in and out within 35% of the recorded run
 PLANNING = ("plan", "design", "logic", "config")
+NOT_GENERATION = frozenset({JUDGE_STAGE, NARROW_STAGE})
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ def recorded_run(entries: Sequence[dict[str, Any]], label: str) -> Recording:
     for entry in entries:
         request = entry.get("request") or {}
         key = (str(request.get("stage", "")), str(request.get("file", "")))
+        if key[0] in NOT_GENERATION:
+            continue  # judging (`p2c eval`) is asked for after a run, and estimated apart from it
         if request.get("attempt") == 1:
             in_run[key] = key not in seen
             seen.add(key)
