@@ -140,6 +140,25 @@ def committed(paths: Iterable[str]) -> list[str]:
     return found
 
 
+def distinct(sources: Iterable[str]) -> list[Recording]:
+    """The recordings of these sources, each recorded run once: a later commit of a cassette that only added calls
+    after the run (a notebook's evaluation, a regeneration) holds the same run, which must not count twice."""
+    found: list[Recording] = []
+    seen: set[str] = set()
+    for source in sources:
+        recording = load(source)
+        key = json.dumps([c.get("key", c["request"]) for c in recording.calls], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            found.append(recording)
+    return found
+
+
+def all_recordings() -> list[Recording]:
+    """The shipped cassettes and, with git, every distinct earlier recorded run of them."""
+    return distinct(shipped() + committed(shipped()))
+
+
 # ------------------------------------------------------------------------------------------------ deriving
 def derive(recordings: Sequence[Recording], name: str = "derived") -> Profile:
     """The typical sizes these recorded runs give: per stage the mean reply over every first attempt, the re-asks
@@ -277,10 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true", help="write benchmarks/results/estimate.json")
     args = parser.parse_args(argv)
 
-    sources = list(args.cassettes) or shipped()
-    if not args.cassettes and not args.no_history:
-        sources += committed(shipped())[1:]  # the newest commit is what is shipped
-    recordings = [load(s) for s in sources]
+    if args.cassettes:
+        recordings = distinct(args.cassettes)
+    else:
+        recordings = distinct(shipped()) if args.no_history else all_recordings()
     if args.derive:
         print(profile_yaml(derive(recordings, "recorded")), end="")
         return 0

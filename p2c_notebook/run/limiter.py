@@ -85,6 +85,7 @@ class SharedLimiter:
         self._fastest: float | None = None
         self._generation = 0
         self._until = 0.0
+        self._queued: dict[int, int] = {}  # per scheduler: steps ready but held back by the limit
         self._cond = threading.Condition()
 
     @property
@@ -118,6 +119,15 @@ class SharedLimiter:
                 self.in_use -= 1
                 self._cond.notify_all()
 
+    def queued(self, scheduler: int, steps: int) -> None:
+        """A scheduler (keyed by any id) holds back `steps` ready steps because of the limit: demand the limiter
+        cannot see in its own queue, since schedulers submit no more than the limit."""
+        with self._cond:
+            if steps:
+                self._queued[scheduler] = steps
+            else:
+                self._queued.pop(scheduler, None)
+
     def pause(self, seconds: float) -> None:
         """No new call starts for `seconds` (a longer pause already set stays)."""
         with self._cond:
@@ -130,9 +140,19 @@ class SharedLimiter:
         self.pause(seconds)
         self._decrease("rate limited (429 / Retry-After)", ticket)
 
+    def answering(self, ticket: Ticket) -> None:
+        """A call's first token is back (the server took it): judge the limit now, not at the end of the reply,
+        so a ramp doubles once per time to first token."""
+        self._judge(ticket)
+
     def succeeded(self, ticket: Ticket) -> None:
-        """A call came back: grow the limit while the first token comes as fast as ever and calls queue for it;
-        shrink it when the first token has become much slower (the server queues them)."""
+        """A call came back; one that streamed nothing (no first token) is judged now."""
+        if ticket.first_token is None:
+            self._judge(ticket)
+
+    def _judge(self, ticket: Ticket) -> None:
+        """Grow the limit while the first token comes as fast as ever and calls queue for it; shrink it when the
+        first token has become much slower (the server queues them)."""
         if not self.adaptive:
             return
         latency = None if ticket.first_token is None else ticket.first_token - ticket.started
@@ -143,7 +163,7 @@ class SharedLimiter:
                     why = f"first token took {latency:.2f} s (fastest {fastest:.2f} s)"
                     self._decrease_locked(why, ticket)
                     return
-            if self.in_use + self.waiting < self.limit or self._window >= self.ceiling:
+            if self.in_use + self.waiting + sum(self._queued.values()) < self.limit or self._window >= self.ceiling:
                 return  # the limit is not what holds calls back: no evidence the server takes more
             before = self.limit
             self._window = min(float(self.ceiling), self._window + (1.0 if self._slow_start else 1.0 / self._window))
@@ -217,7 +237,7 @@ def limiter_for(settings: Settings, explicit: int | None = None) -> SharedLimite
         slots = server_slots(settings.base_url, key)
         if slots is not None:
             return fixed(slots, f"the llama.cpp server has {slots} slot(s)")
-    return ramped(min(START, settings.concurrency), CEILING, "ramping up from the first calls")
+    return ramped(START, CEILING, "ramping up from the first calls")
 
 
 # ------------------------------------------------------------------------------------------------ fan-out
@@ -308,6 +328,7 @@ class LimitedBackend(WrappedBackend):
                         ticket.first_token = time.monotonic()
                         if handle is not None and self.gate is not None:
                             self.gate.first_token(handle)
+                        self.limiter.answering(ticket)
                     on_delta(text)
 
                 def retrying(notice: RetryNotice) -> None:

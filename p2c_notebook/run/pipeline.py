@@ -66,6 +66,7 @@ from p2c_notebook.stages.context import StageContext, describe_validation
 from p2c_notebook.stages.registry import Stage, artifact_file, stage_of
 from p2c_notebook.tokens import estimate_tokens
 
+_RAMP_POLL_S = 0.1  # how often the scheduler looks whether a ramping limit lets more steps go
 _SENDING_S = 0.05  # how long the scheduler lets new calls go out before doing its own deferred work
 #: repo/config.yaml, a copy of planning/config.yaml tracked like any artifact (unless the plan codes its own).
 REPO_CONFIG = "code/config.yaml"
@@ -684,15 +685,19 @@ class Pipeline:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2c") as pool:
             while remaining or running:
                 if not errors and not self._cancel.is_set():
-                    for artifact in [a for a in remaining if all(d in done for d in deps.get(a, []))]:
+                    ready = [a for a in remaining if all(d in done for d in deps.get(a, []))]
+                    for artifact in ready:
                         if len(running) >= self._cap(limiter):
                             break
                         remaining.remove(artifact)
                         running[pool.submit(self._step, ctx, artifact)] = artifact
+                    limiter.queued(id(self), len([a for a in ready if a in remaining]))  # a ramp grows with demand
                 if not running:
                     break
                 try:
                     idle = _SENDING_S if once_started is not None else None
+                    if limiter.adaptive and len(running) < len(remaining) + len(running) and idle is None:
+                        idle = _RAMP_POLL_S  # a ramping limit may let more steps go before any comes back
                     finished, _ = wait(list(running), timeout=idle, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:
                     self._cancel.set()  # streams in flight stop at their next token
@@ -709,6 +714,7 @@ class Pipeline:
                         continue
                     done.add(artifact)
                     self._saved(entry, produced, progress)
+        limiter.queued(id(self), 0)
         if once_started is not None:  # every step came back before the calls ever left it idle
             once_started()
         if errors:
