@@ -14,7 +14,14 @@ from conftest import magics_of, magics_shell, small_scenario, use_server
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, PlanError, ReplyError, UnsafePathError
 from p2c_notebook.execute import sandbox
-from p2c_notebook.execute.repair import Edit, apply_edits, named_files, parse_edits, trim_traceback
+from p2c_notebook.execute.repair import (
+    Edit,
+    apply_edits,
+    named_files,
+    parse_edits,
+    trim_traceback,
+    whole_file_edits,
+)
 from p2c_notebook.run.store import RunStore
 
 BUG = "print(Net().forward(load())[5])\n"
@@ -57,6 +64,34 @@ def generated(monkeypatch: pytest.MonkeyPatch, serve: Any, paper_md: Path, tmp_p
 
 def fix_requests(server: Any) -> list[Any]:
     return [r for r in server.requests if r["stage"] == "fix"]
+
+
+@pytest.mark.slow
+def test_a_whole_corrected_file_instead_of_blocks_is_applied_as_a_diff(
+    generated: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Small models often answer with the whole file: taken when it names a shown file (or only one was shown)."""
+    fixed = BROKEN_MAIN.replace(BUG, "print(Net().forward(load()))\n")
+    server, run = generated(f"Here is the corrected file.\n\n**main.py**\n```python\n{fixed}```\n")
+    capsys.readouterr()
+    assert main(["fix", str(run), "--python", sys.executable, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "-print(Net().forward(load())[5])" in out and "+print(Net().forward(load()))" in out
+    assert "passes after 1 round(s)" in out and len(fix_requests(server)) == 1
+    assert (run / "repo" / "main.py").read_text() == fixed
+
+
+def test_whole_file_replies_name_a_shown_file_and_must_parse() -> None:
+    current = {"main.py": "x = 1\n", "data.py": "y = 2\n"}
+    reply = "data.py:\n```python\ny = 3\n```\n`main.py`\n```python\nx = 4\n```\n"
+    assert whole_file_edits(reply, current, ["main.py", "data.py"]) == [
+        Edit("data.py", "y = 2\n", "y = 3\n"),
+        Edit("main.py", "x = 1\n", "x = 4\n"),
+    ]
+    assert whole_file_edits("```python\nx = 5\n```", current, ["main.py"]) == [Edit("main.py", "x = 1\n", "x = 5\n")]
+    assert whole_file_edits("```python\nx = 5\n```", current, ["main.py", "data.py"]) == []  # which file?
+    assert whole_file_edits("other.py\n```python\nz = 1\n```", current, ["main.py", "data.py"]) == []
+    assert whole_file_edits("no code at all", current, ["main.py"]) == []
 
 
 @pytest.mark.slow

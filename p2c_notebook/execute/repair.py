@@ -28,6 +28,7 @@ from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.run.store import now
 from p2c_notebook.run.usage import Usage
 from p2c_notebook.stages import runchecks
+from p2c_notebook.stages.context import check_python
 from p2c_notebook.stages.parsing import ParseError
 
 TRACE_LINES = 60  # lines of the trimmed error the model sees
@@ -141,6 +142,32 @@ def parse_edits(reply: str) -> list[Edit]:
     return edits
 
 
+def _path_line(line: str) -> str:
+    """A path as models write it on the line before a block: `train.py`, **train.py**, File: train.py, train.py:"""
+    return line.strip().strip("`*#").removeprefix("File:").strip().strip("`*:").strip()
+
+
+def whole_file_edits(reply: str, current: dict[str, str], shown: list[str]) -> list[Edit]:
+    """Whole corrected files instead of search/replace blocks, as small models often answer: each fenced block
+    preceded by the path of a file that was shown (or the only file shown) replaces that file; [] when the reply
+    has no such block. The change is shown as a diff and applied like any other edit."""
+    lines = reply.splitlines()
+    edits: list[Edit] = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].lstrip().startswith("```"):
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), len(lines))
+        before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        named = _path_line(before)
+        path = named if named in shown else shown[0] if len(shown) == 1 and not edits else ""
+        if path and current.get(path):
+            edits.append(Edit(path, current[path], "\n".join(lines[i + 1 : end]) + "\n"))
+        i = end + 1
+    return edits
+
+
 def apply_edits(current: dict[str, str], edits: list[Edit]) -> dict[str, tuple[str, str]]:
     """Each touched file's (old, new) text; PlanError when a block escapes the repository, names a file that is not
     generated code, or does not match exactly once (nothing is applied then)."""
@@ -176,7 +203,14 @@ def propose(pipeline: Pipeline, exec_plan: ExecPlan, outcome: Outcome, round_num
     ctx = pipeline._context()
 
     def parse(reply: str) -> tuple[list[Edit], dict[str, tuple[str, str]]]:
-        edits = parse_edits(reply)
+        try:
+            edits = parse_edits(reply)
+        except ParseError:
+            edits = whole_file_edits(reply, current, shown[:4])
+            if not edits:
+                raise
+            for edit in edits:  # a whole file must at least parse, as generated code must
+                check_python(edit.path, edit.replace)
         try:
             changes = apply_edits(current, edits)
         except PlanError as exc:  # a block that does not apply: the model gets one chance to correct it
