@@ -285,3 +285,55 @@ def test_the_repair_benchmark_measures_rounds_lines_and_time_on_a_copy(
     rounds = result["repositories"][0]["rounds"]
     assert [(r["round"], r["passed"]) for r in rounds] == [(0, False), (1, True)]
     assert (run / "repo" / "main.py").read_text() == BROKEN_MAIN and not (run / "exec").exists()  # a copy was fixed
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "mixup" / "reference"
+PERMUTATION = "    perm = rng.permutation(x.shape[0])\n"
+BROKEN_PERMUTATION = "    perm = rng.permutation(x.shape[0] + 1)\n"  # one index too many: fails only when it runs
+
+
+def reference_scenario(fix: str) -> dict[str, Any]:
+    """A scripted run whose repository is the hand-written reference implementation, with mixup.py broken."""
+    files = {p.name: p.read_text(encoding="utf-8") for p in sorted(REFERENCE.iterdir()) if p.suffix in (".py", ".yaml")}
+    files["mixup.py"] = files["mixup.py"].replace(PERMUTATION, BROKEN_PERMUTATION)
+    order = ["data.py", "model.py", "mixup.py", "metrics.py", "train.py", "main.py", "config.yaml"]
+    needs = {"train.py": ["data.py", "model.py", "mixup.py", "metrics.py"], "main.py": ["train.py"]}
+    design = {"implementation_approach": "NumPy.", "file_list": order, "classes": [], "relations": []}
+    roles = {"main.py": "entry point"}
+    logic = {
+        "files": [{"path": p, "role": roles.get(p, p), "depends_on": needs.get(p, [])} for p in order],
+        "required_packages": ["numpy", "pyyaml"],
+    }
+    responses: list[dict[str, Any]] = [
+        {"stage": "plan", "content": "# Plan\n\nMixup for small MLPs, as the paper describes."},
+        {"stage": "design", "content": json.dumps(design)},
+        {"stage": "logic", "content": json.dumps(logic)},
+        {"stage": "config", "content": f"```yaml\n{files['config.yaml']}```"},
+    ]
+    for path, code in files.items():
+        fence = "yaml" if path.endswith(".yaml") else "python"
+        responses.append({"stage": "analysis", "file": path, "content": f"## {path}\n\nAs the paper says."})
+        responses.append({"stage": "code", "file": path, "content": f"```{fence}\n{code}```"})
+    responses.append({"stage": "fix", "content": fix})
+    return {"model": "*", "responses": responses}
+
+
+@pytest.mark.slow
+def test_a_broken_copy_of_the_reference_implementation_is_repaired_by_the_model(
+    monkeypatch: pytest.MonkeyPatch, serve: Any, paper_md: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        sandbox.isolation()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+    server = serve(reference_scenario(block("mixup.py", BROKEN_PERMUTATION, PERMUTATION)))
+    use_server(monkeypatch, server)
+    run = tmp_path / "run"
+    assert main(["run", str(paper_md), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["fix", str(run), "--python", sys.executable, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "IndexError" in out and "passes after 1 round(s)" in out
+    prompt = fix_requests(server)[0]["messages"][-1]["content"]
+    assert 'File "mixup.py"' in prompt and BROKEN_PERMUTATION.strip() in prompt  # the file at fault was shown
+    assert (run / "repo" / "mixup.py").read_text() == (REFERENCE / "mixup.py").read_text()
