@@ -146,7 +146,7 @@ def summary(repos: list[Repository], rounds: int) -> list[dict[str, Any]]:
                 "executable_rate": sum(repo.passed_by(number) for repo in repos) / len(repos),
                 "lines_changed": changed,
                 "lines_changed_share": changed / total,
-                "repaired_this_round": len(done) if number else 0,
+                "attempted_this_round": len(done) if number else 0,  # still failing, given a round
                 "model_seconds": statistics.mean(x.model_seconds for x in done) if done and number else None,
                 "run_seconds": statistics.mean(x.run_seconds for x in done) if done else None,
             }
@@ -156,7 +156,7 @@ def summary(repos: list[Repository], rounds: int) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], repos: list[Repository]) -> str:
     lines = [
-        "| round | executable | lines changed (share of all) | repaired this round | model s | smoke run s |",
+        "| round | executable | lines changed (share of all) | repositories in the round | model s | smoke run s |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
@@ -165,7 +165,7 @@ def table(rows: list[dict[str, Any]], repos: list[Repository]) -> str:
         label = "before repair" if row["round"] == 0 else f"after round {row['round']}"
         lines.append(
             f"| {label} | {row['executable_rate']:.0%} | {row['lines_changed']} ({row['lines_changed_share']:.2%}) | "
-            f"{row['repaired_this_round'] or '-'} | {model} | {run} |"
+            f"{row['attempted_this_round'] or '-'} | {model} | {run} |"
         )
     for repo in repos:
         last = repo.rounds[-1]

@@ -281,7 +281,7 @@ def test_the_repair_benchmark_measures_rounds_lines_and_time_on_a_copy(
     before, first, second = result["summary"]
     assert before["executable_rate"] == 0 and first["executable_rate"] == second["executable_rate"] == 1
     assert first["lines_changed"] == 2 and first["lines_changed_share"] == pytest.approx(2 / lines)
-    assert first["model_seconds"] > 0 and first["run_seconds"] > 0 and second["repaired_this_round"] == 0
+    assert first["model_seconds"] > 0 and first["run_seconds"] > 0 and second["attempted_this_round"] == 0
     rounds = result["repositories"][0]["rounds"]
     assert [(r["round"], r["passed"]) for r in rounds] == [(0, False), (1, True)]
     assert (run / "repo" / "main.py").read_text() == BROKEN_MAIN and not (run / "exec").exists()  # a copy was fixed
