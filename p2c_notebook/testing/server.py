@@ -16,7 +16,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -514,6 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # small SSE writes must not wait for delayed ACKs (40 ms each)
     server: _HTTPServer
+    _leave_early: Callable[[], None]  # set for each chat request in `_chat`, before anything is answered
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         if self.server.owner.verbose:
@@ -589,10 +590,21 @@ class _Handler(BaseHTTPRequestHandler):
             retry = {"Retry-After": f"{owner.scenario.capacity_retry_after:g}"}
             self._json(429, _error(message, "requests", "rate_limit_exceeded"), retry)
             return
+        left = False
+
+        def leave() -> None:
+            """Out of the in-flight count once: just before the last bytes of the reply go out, since a client
+            that has read them may send its next request before this handler returns."""
+            nonlocal left
+            if not left:
+                left = True
+                owner._leave()
+
+        self._leave_early = leave
         try:
             self._answer_chat(path, body, arrived, in_flight)
         finally:
-            owner._leave()
+            leave()
 
     def _answer_chat(self, path: str, body: dict[str, Any], arrived: tuple[float, float], in_flight: int) -> None:
         owner = self.server.owner
@@ -695,6 +707,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._slow_body(data, slow)
             return
         if not truncate:
+            self._leave_early()
             self._send(200, data, "application/json")
             return
         self.send_response(200)
@@ -756,6 +769,7 @@ class _Handler(BaseHTTPRequestHandler):
         if truncate:  # no terminating chunk: the client sees an incomplete body
             self.close_connection = True
             return
+        self._leave_early()
         event({}, finish)
         if usage is not None:
             self._chunk(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n")
