@@ -24,6 +24,7 @@ _ENV = {
     "P2C_MAX_TOKENS": "max_tokens",
     "P2C_TEMPERATURE": "temperature",
     "P2C_CONCURRENCY": "concurrency",
+    "P2C_TOKENS_PER_MINUTE": "tokens_per_minute",
     "P2C_STRUCTURED_OUTPUT": "structured_output",
     "P2C_STREAM": "stream",
     "P2C_TIMEOUT": "timeout",
@@ -103,6 +104,12 @@ class Settings(BaseModel):
         description="times a reply cut off at the token limit (finish_reason=length) is continued before failing",
     )
     concurrency: int = Field(default=4, ge=1)
+    tokens_per_minute: int | None = Field(
+        default=None,
+        gt=0,
+        description="tokens (prompt + max_tokens, then what the server reports) sent in any 60 s, shared by every "
+        "run of a batch; none: no budget",
+    )
     prices: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
     local_model: str | None = Field(default=None, description="registered local model name or a .gguf path")
     local_n_ctx: int | None = Field(default=None, gt=0, description="context size of the local llama.cpp server")

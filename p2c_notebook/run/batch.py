@@ -264,6 +264,7 @@ class Batch:
         self.limiter: SharedLimiter = limiter_for(self.settings, self.options.concurrency)
         self.gate = fan_out_gate()
         self.bus = EventBus(*sinks)
+        self.limiter.listen(self.bus.warn)  # one notice for the batch, e.g. calls waiting for the token budget
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[str, Any] = {}  # name -> its open Pipeline, to cancel
@@ -377,7 +378,7 @@ class Batch:
 
     def _generate(self, paper: BatchPaper, base: PaperResult) -> PaperResult:
         settings = _merged(self.settings, paper.settings, paper.name)
-        backend = LimitedBackend(make_backend(settings), self.limiter, self.gate)
+        backend = LimitedBackend(make_backend(settings), self.limiter, self.gate, self._cancel)
         run_dir = self.out / paper.name
         try:
             pipeline = open_run(paper.paper, RunOptions(out=run_dir, settings=settings, backend=backend))
@@ -417,7 +418,7 @@ class Batch:
         from p2c_notebook.stages.evaluate import evaluate_run
 
         judged = _merged(settings, {"model": self.options.judge} if self.options.judge else {}, paper.name)
-        backend = LimitedBackend(make_backend(judged), self.limiter, self.gate)
+        backend = LimitedBackend(make_backend(judged), self.limiter, self.gate, self._cancel)
         try:
             summary = evaluate_run(
                 run_dir, backend, backend.settings, self.options.samples, paper.reference, cancel=self._cancel

@@ -7,6 +7,8 @@ The server is what scales; p2c must be a good client of it. Every call passes th
   (slow start), then grows by one per round, and halves when the server says 429 / Retry-After or its first-token
   latency grows (additive increase, multiplicative decrease), never above a ceiling.
 A 429 also pauses every new call for the time the server asked, not only the refused one.
+With `tokens_per_minute`, a `TokenWindow` is a token-rate budget too: a call goes only when the tokens sent in the
+last 60 s plus its own (prompt + max_tokens, corrected to the usage the server reports) fit the budget.
 
 `PrefixGate` is the cache-aware fan-out: a call that shares a long prefix with one the server is still reading
 waits until that one's first token is back, so the server has the prefix cached when it arrives.
@@ -28,9 +30,10 @@ from typing import Any
 from p2c_notebook.backends import Backend, ChatRequest, Completion, OnRetry, choose_backend
 from p2c_notebook.backends.base import WrappedBackend
 from p2c_notebook.backends.retry import RetryNotice
-from p2c_notebook.errors import ConfigError
+from p2c_notebook.content import content_tokens
+from p2c_notebook.errors import Cancelled, ConfigError
 from p2c_notebook.settings import Settings
-from p2c_notebook.tokens import common_prefix_len
+from p2c_notebook.tokens import common_prefix_len, estimate_tokens
 
 #: the most calls at once a ramped-up limit reaches (hosted APIs and vLLM take far more; one paper rarely needs more)
 CEILING = 64
@@ -45,6 +48,65 @@ CACHE_AWARE_FAN_OUT = True
 PREFIX_MIN_CHARS = 4096
 PREFIX_MAX_WAIT_S = 30.0
 _PROBE_TIMEOUT_S = 2.0
+#: the token budget's sliding window (seconds): "per minute", as providers state their limits
+TOKEN_WINDOW_S = 60.0
+#: a wait for the token budget longer than this is worth one notice
+TOKEN_NOTICE_S = 1.0
+#: how often a call waiting for the token budget looks whether its run was cancelled
+CANCEL_POLL_S = 0.1
+
+
+class Sent:
+    """Tokens one call put into the window, and when (an estimate until the call says what it really used)."""
+
+    def __init__(self, at: float, tokens: int) -> None:
+        self.at = at
+        self.tokens = tokens
+
+
+class TokenWindow:
+    """A sliding window of the tokens sent in the last `seconds`: pure arithmetic over times the caller gives,
+    so the limiter decides with its clock and tests with theirs."""
+
+    def __init__(self, budget: int, seconds: float | None = None) -> None:
+        if budget < 1:
+            raise ConfigError(f"The token budget must be at least 1 token per minute (got {budget}).")
+        self.budget = budget
+        self.seconds = TOKEN_WINDOW_S if seconds is None else seconds
+        self._sent: deque[Sent] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self._sent and self._sent[0].at + self.seconds <= now:
+            self._sent.popleft()
+
+    def used(self, now: float) -> int:
+        """Tokens sent within the window that ends `now`."""
+        self._expire(now)
+        return sum(sent.tokens for sent in self._sent)
+
+    def delay(self, tokens: int, now: float) -> float:
+        """Seconds until a call of `tokens` fits: 0 when it fits now. A call larger than the whole budget fits
+        once the window is empty (it goes alone rather than never)."""
+        left = self.used(now)
+        if left + tokens <= self.budget or not self._sent:
+            return 0.0
+        for sent in self._sent:  # oldest first: the time the window has given back enough
+            left -= sent.tokens
+            if left + tokens <= self.budget or left <= 0:
+                return max(0.0, sent.at + self.seconds - now)
+        return max(0.0, self._sent[-1].at + self.seconds - now)
+
+    def take(self, tokens: int, now: float) -> Sent:
+        """Count a call of `tokens` sent `now`."""
+        self._expire(now)
+        sent = Sent(now, tokens)
+        self._sent.append(sent)
+        return sent
+
+    @staticmethod
+    def settle(sent: Sent, tokens: int) -> None:
+        """The call used `tokens` (what the server reported): the window counts those, not the estimate."""
+        sent.tokens = max(0, tokens)
 
 
 @dataclass(frozen=True)
@@ -63,6 +125,7 @@ class Ticket:
         self.generation = generation
         self.started = time.monotonic()
         self.first_token: float | None = None
+        self.sent: Sent | None = None  # its tokens in the limiter's window, when there is a token budget
 
 
 class SharedLimiter:
@@ -70,7 +133,15 @@ class SharedLimiter:
     adapts between 1 and the ceiling (see the module docstring). `pause` holds back new calls until a time (a
     server's Retry-After), because a rate limit is the server's, not one call's."""
 
-    def __init__(self, limit: int, ceiling: int | None = None, why: str = "") -> None:
+    def __init__(
+        self,
+        limit: int,
+        ceiling: int | None = None,
+        why: str = "",
+        tokens_per_minute: int | None = None,
+        window_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if limit < 1:
             raise ConfigError(f"The concurrency must be at least 1 (got {limit}).")
         self.ceiling = max(limit, ceiling or limit)
@@ -87,6 +158,14 @@ class SharedLimiter:
         self._until = 0.0
         self._queued: dict[int, int] = {}  # per scheduler: steps ready but held back by the limit
         self._cond = threading.Condition()
+        # the token-rate budget: None, or a window over `clock` (tests pass a fake clock and call `wake`)
+        self.tokens = None if tokens_per_minute is None else TokenWindow(tokens_per_minute, window_s or TOKEN_WINDOW_S)
+        self._clock = clock
+        self.token_waiting = 0  # calls waiting for the token budget now
+        self.token_waits = 0  # calls that ever waited for it
+        self.notices: list[str] = []  # what a user should hear (a long wait for the budget, an oversize call)
+        self._listeners: list[Callable[[str], None]] = []
+        self._noticed: set[str] = set()
 
     @property
     def limit(self) -> int:
@@ -94,30 +173,107 @@ class SharedLimiter:
         return int(self._window)
 
     @contextmanager
-    def slot(self) -> Iterator[Ticket]:
-        """Hold one of the `limit` slots for one call (waiting out a pause first)."""
+    def slot(self, tokens: int = 0, cancel: threading.Event | None = None) -> Iterator[Ticket]:
+        """Hold one of the `limit` slots for one call of about `tokens` (waiting out a pause first, then for
+        the token budget, if any); a set `cancel` ends a wait with `Cancelled`."""
         with self._cond:
             self.waiting += 1
+            token_since: float | None = None  # when this call began to wait for the token budget
             try:
                 while True:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("Cancelled while waiting to send a call; everything saved before is kept.")
                     now = time.monotonic()
                     if self._until > now:
-                        self._cond.wait(self._until - now)
-                    elif self.in_use < self.limit:
-                        break
+                        self._cond.wait(self._wait_for(self._until - now, cancel))
+                    elif self.in_use >= self.limit:
+                        self._cond.wait(self._wait_for(None, cancel))
+                    elif (delay := self._token_delay(tokens)) > 0:
+                        if token_since is None:
+                            token_since = now
+                            self.token_waits += 1
+                        elif now - token_since >= TOKEN_NOTICE_S:
+                            self._notice("waiting", self._waiting_notice())
+                        if "waiting" not in self._noticed:  # wake when the wait has lasted long enough to say so
+                            delay = min(delay, max(0.01, token_since + TOKEN_NOTICE_S - now))
+                        self.waiting -= 1  # held back by the token budget: no demand for more calls at once
+                        self.token_waiting += 1
+                        try:
+                            self._cond.wait(self._wait_for(delay, cancel))
+                        finally:
+                            self.token_waiting -= 1
+                            self.waiting += 1
                     else:
-                        self._cond.wait()
+                        break
             finally:
                 self.waiting -= 1
             self.in_use += 1
             self.peak = max(self.peak, self.in_use)
             ticket = Ticket(self._generation)
+            if self.tokens is not None:
+                ticket.sent = self.tokens.take(tokens, self._clock())
         try:
             yield ticket
         finally:
             with self._cond:
                 self.in_use -= 1
                 self._cond.notify_all()
+
+    @staticmethod
+    def _wait_for(seconds: float | None, cancel: threading.Event | None) -> float | None:
+        """How long one condition wait may last: a waiter with a `cancel` to watch wakes to look at it."""
+        if cancel is None:
+            return seconds
+        return CANCEL_POLL_S if seconds is None else min(seconds, CANCEL_POLL_S)
+
+    def _token_delay(self, tokens: int) -> float:
+        """(Holding the lock.) Seconds until a call of `tokens` fits the token budget (0: now, or no budget)."""
+        if self.tokens is None:
+            return 0.0
+        if tokens > self.tokens.budget:
+            self._notice(
+                "oversize",
+                f"A call of about {tokens:,} tokens is larger than the whole budget of {self.tokens.budget:,} "
+                "tokens per minute: it is sent alone, once nothing else was sent within the last minute.",
+            )
+        return self.tokens.delay(tokens, self._clock())
+
+    def _waiting_notice(self) -> str:
+        budget = self.tokens.budget if self.tokens is not None else 0
+        return (
+            f"Calls are waiting for the token budget ({budget:,} tokens per minute); raise --tokens-per-minute "
+            "(P2C_TOKENS_PER_MINUTE) if the server allows more."
+        )
+
+    def _notice(self, kind: str, message: str) -> None:
+        """Tell the listeners once per kind (library code never prints)."""
+        if kind in self._noticed:
+            return
+        self._noticed.add(kind)
+        self.notices.append(message)
+        for listener in list(self._listeners):
+            listener(message)
+
+    def listen(self, listener: Callable[[str], None]) -> None:
+        """Hear the limiter's notices (a run's event bus warns with them)."""
+        with self._cond:
+            self._listeners.append(listener)
+            earlier = list(self.notices)
+        for message in earlier:
+            listener(message)
+
+    def used(self, ticket: Ticket, tokens: int) -> None:
+        """The call behind `ticket` used `tokens` (the server's count): the window counts those from now on."""
+        if ticket.sent is None:
+            return
+        with self._cond:
+            TokenWindow.settle(ticket.sent, tokens)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let waiting calls look again (after a fake clock moved, in tests)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def queued(self, scheduler: int, steps: int) -> None:
         """A scheduler (keyed by any id) holds back `steps` ready steps because of the limit: demand the limiter
@@ -222,7 +378,14 @@ def server_slots(base_url: str, api_key: str | None = None) -> int | None:
 def limiter_for(settings: Settings, explicit: int | None = None) -> SharedLimiter:
     """The limiter that fits the server `settings` name: `explicit` (or a concurrency the user set) is fixed;
     the embedded model and a llama.cpp server get their slots; a hosted or vLLM server is ramped up; recorded
-    or scripted backends keep the configured concurrency."""
+    or scripted backends keep the configured concurrency. `tokens_per_minute` adds the token-rate budget."""
+    limiter = _concurrency_for(settings, explicit)
+    if settings.tokens_per_minute is not None:
+        limiter.tokens = TokenWindow(settings.tokens_per_minute)
+    return limiter
+
+
+def _concurrency_for(settings: Settings, explicit: int | None) -> SharedLimiter:
     if explicit is not None:
         return fixed(explicit, "set by --concurrency")
     if "concurrency" in settings.model_fields_set:
@@ -307,21 +470,37 @@ def fan_out_gate() -> PrefixGate | None:
     return PrefixGate() if CACHE_AWARE_FAN_OUT else None
 
 
+def call_tokens(request: ChatRequest, max_tokens: int) -> int:
+    """What a call may cost before it is sent: its prompt (text and images, counted as the backends count
+    them) plus the most it may answer."""
+    prompt = sum(content_tokens(m.get("content"), estimate_tokens) + 4 for m in request.messages)
+    return prompt + max_tokens
+
+
 class LimitedBackend(WrappedBackend):
     """A backend whose calls each hold a slot of a `SharedLimiter` (and pass the `PrefixGate`, if any); a retry
-    the server asked for with 429 / Retry-After pauses and shrinks the limiter for every call that shares it."""
+    the server asked for with 429 / Retry-After pauses and shrinks the limiter for every call that shares it.
+    With a token budget, a call counts as its estimate until its usage comes back; a set `cancel` ends a wait."""
 
-    def __init__(self, inner: Backend, limiter: SharedLimiter, gate: PrefixGate | None = None) -> None:
+    def __init__(
+        self,
+        inner: Backend,
+        limiter: SharedLimiter,
+        gate: PrefixGate | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
         super().__init__(inner)
         self.limiter = limiter
         self.gate = gate
+        self.cancel = cancel
 
     def complete(
         self, request: ChatRequest, on_delta: Callable[[str], None], on_retry: OnRetry | None = None
     ) -> Completion:
         handle = self.gate.enter(request.messages) if self.gate is not None else None
+        tokens = 0 if self.limiter.tokens is None else call_tokens(request, self.settings.max_tokens)
         try:
-            with self.limiter.slot() as ticket:
+            with self.limiter.slot(tokens, self.cancel) as ticket:
 
                 def delta(text: str) -> None:
                     if ticket.first_token is None:
@@ -339,6 +518,8 @@ class LimitedBackend(WrappedBackend):
                         on_retry(notice)
 
                 completion = self.inner.complete(request, delta, retrying)
+                if completion.usage.calls and not completion.usage.estimated:  # the server's count, not a guess
+                    self.limiter.used(ticket, completion.usage.prompt_tokens + completion.usage.completion_tokens)
                 self.limiter.succeeded(ticket)
                 return completion
         finally:

@@ -252,7 +252,9 @@ class Pipeline:
         if isinstance(backend, LimitedBackend):
             return backend
         if self._limited_backend is None or self._limited_backend.inner is not backend:
-            self._limited_backend = LimitedBackend(backend, limiter_for(self.settings), fan_out_gate())
+            limiter = limiter_for(self.settings)
+            limiter.listen(self.bus.warn)  # e.g. calls waiting for the token-rate budget
+            self._limited_backend = LimitedBackend(backend, limiter, fan_out_gate(), self._cancel)
         return self._limited_backend
 
     def _cap(self, limiter: SharedLimiter) -> int:

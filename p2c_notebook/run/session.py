@@ -68,6 +68,10 @@ SETTINGS_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "record": ("--record", {"metavar": "CASSETTE", "help": "append every model call to this .jsonl cassette"}),
     "concurrency": ("--concurrency", {"type": int, "help": "parallel model calls for analysis and coding"}),
     "max_tokens": ("--max-tokens", {"type": int, "help": "output token limit per call"}),
+    "tokens_per_minute": (
+        "--tokens-per-minute",
+        {"type": int, "metavar": "N", "help": "tokens sent in any 60 s, shared by all runs (P2C_TOKENS_PER_MINUTE)"},
+    ),
     "reasoning_effort": ("--reasoning-effort", {"choices": ["minimal", "low", "medium", "high"]}),
     "temperature": ("--temperature", {"type": float}),
     "timeout": ("--timeout", {"type": float, "help": "seconds one call may take, start to end"}),
