@@ -569,22 +569,24 @@ class Pipeline:
         in_range = [s for s in file_stages if registry.index(s.name) <= last]
         gate = ["paper", *registry.planning_names()]  # what the first per-file stage waits for
         batch: list[Stage] = []
-        for stage in in_range:
-            if todo[stage.name] and require_approval:
-                pending = self._unapproved(gate)
-                if pending:
-                    return self._pause(pending, stage.name, produced)
-            batch.append(stage)
-            # Each stage on its own when the next waits for approval of it (or is not asked for); otherwise one
-            # schedule for them all: code(f) starts once analysis(f) and the code it imports are saved.
-            if require_approval or stage is in_range[-1]:
-                if any(todo[s.name] for s in batch):
-                    self._schedule(*_file_graph(batch, todo, logic), produced, progress, refine)
-                    refine = None
-                batch = []
-            gate = [stage.artifact(f) for f in files]
-        if refiner is not None and refiner.ident is not None:
-            refiner.join()  # the run's estimates are complete when it returns
+        try:
+            for stage in in_range:
+                if todo[stage.name] and require_approval:
+                    pending = self._unapproved(gate)
+                    if pending:
+                        return self._pause(pending, stage.name, produced)
+                batch.append(stage)
+                # Each stage on its own when the next waits for approval of it (or is not asked for); otherwise one
+                # schedule for them all: code(f) starts once analysis(f) and the code it imports are saved.
+                if require_approval or stage is in_range[-1]:
+                    if any(todo[s.name] for s in batch):
+                        self._schedule(*_file_graph(batch, todo, logic), produced, progress, refine)
+                        refine = None
+                    batch = []
+                gate = [stage.artifact(f) for f in files]
+        finally:  # also when a step fails: the refined estimate's notice never comes after the run's error
+            if refiner is not None and refiner.ident is not None:
+                refiner.join()  # the run's estimates are complete when it returns
         if last < registry.index(file_stages[-1].name):
             return RunResult("stopped", f"Stopped after {registry.stages()[last].name} as asked.", produced)
         self._copy_repo_config()
