@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -70,6 +73,14 @@ CODE = {
     ),
     "main.py": "from data import load\nfrom models.net import Net\n\nprint(Net().forward(load()))\n",
 }
+
+
+def benchmark(name: str) -> ModuleType:
+    """A module of benchmarks/ (they import one another by name, so the folder goes on sys.path)."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def small_scenario(**overrides: Any) -> dict[str, Any]:

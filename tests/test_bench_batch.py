@@ -3,26 +3,13 @@ count of paid calls, and a tiny batch with a 429 storm run through `run_batch` a
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
+from conftest import benchmark
 
 from p2c_notebook.testing import ScriptedServer
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
-
-
-synthetic = _load("synthetic")
-bench = _load("bench_batch")
+synthetic = benchmark("synthetic")
+bench = benchmark("bench_batch")
 
 
 def test_the_bound_is_the_critical_path_times_the_waves_of_work_the_slots_carry() -> None:

@@ -4,15 +4,13 @@ benchmarks/bench_pipeline.py, run with zero latency."""
 from __future__ import annotations
 
 import ast
-import importlib
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from conftest import benchmark
 from pydantic import SecretStr
 
 from p2c_notebook.backends import OpenAIBackend
@@ -21,17 +19,8 @@ from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse
 from p2c_notebook.testing import ScriptedServer, load_scenario
 from p2c_notebook.tokens import estimate_tokens
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
-
-
-synthetic = _load("synthetic")
-bench = _load("bench_pipeline")
+synthetic = benchmark("synthetic")
+bench = benchmark("bench_pipeline")
 
 
 @pytest.fixture(scope="module", params=[8, 16])

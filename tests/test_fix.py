@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import magics_of, magics_shell, small_scenario, use_server
+from conftest import benchmark, magics_of, magics_shell, small_scenario, use_server
 
 from p2c_notebook.cli import main
 from p2c_notebook.errors import ConfigError, PlanError, ReplyError, UnsafePathError
@@ -260,14 +260,7 @@ def test_the_fix_magic_in_a_notebook_applies_a_fix_only_on_the_users_click(
 def test_the_repair_benchmark_measures_rounds_lines_and_time_on_a_copy(
     generated: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import importlib
-
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(benchmarks))
-    try:
-        bench = importlib.import_module("bench_repair")
-    finally:
-        sys.path.remove(str(benchmarks))
+    bench = benchmark("bench_repair")
     server, run = generated()
     fixes = tmp_path / "fixes.json"  # the model that proposes fixes: a scripted server of its own
     fixes.write_text(json.dumps({"model": "*", "responses": [{"stage": "fix", "content": FIX}]}))
