@@ -1,18 +1,22 @@
 """The pre-run estimate against recorded real runs (cassettes) and against the synthetic run.
 
-    python benchmarks/bench_estimate.py             # every recording (shipped and committed), and the synthetic run
+    python benchmarks/bench_estimate.py             # every recording, and the synthetic run
     python benchmarks/bench_estimate.py --save      # also write benchmarks/results/estimate.json
     python benchmarks/bench_estimate.py --derive    # the typical sizes the recordings give (typical_sizes.yaml)
 
-A cassette (`examples/*/*.cassette.jsonl`, and with git every earlier committed version of it) records each model
-call of a session: the request (stage, file, attempt, each message's length and the last one in full), the reply
-and its usage. A session is a run and whatever the notebooks did after it; the *recorded run* is each artifact's
-first generation with its re-asks (attempt > 1); a later attempt 1 of the same artifact (a regeneration with
-feedback, a re-run after an edit) is left out. Its paper is the text the run read, taken from the plan call (the
-estimate sees exactly what the model saw). For each recording it compares the estimate the run would have shown
-before its first call (`estimate_paper`, the model's profile) with what the recorded run used: calls, tokens in
-and tokens out, as ratios (1.00 = exact; the target is within 35% for tokens). Leave-one-out: the same with the
-profile derived from the *other* recordings only, which says how well the sizes carry to a run they did not see.
+A cassette (`examples/*/*.cassette.jsonl`, and with git every earlier committed version of it; and the runs kept
+for this benchmark only, `benchmarks/recordings/*.cassette.jsonl`) records each model call of a session: the
+request (stage, file, attempt, each message's length and the last one in full), the reply and its usage. A session
+is a run and whatever the notebooks did after it; the *recorded run* is each artifact's first generation with its
+re-asks (attempt > 1); a later attempt 1 of the same artifact (a regeneration with feedback, a re-run after an
+edit) is left out. Its paper is the text the run read, taken from the plan call (the estimate sees exactly what the
+model saw). For each recording it compares the estimate the run would have shown before its first call
+(`estimate_paper`, the model's profile) with what the recorded run used: calls, tokens in and tokens out, as
+ratios (1.00 = exact; the target is within 35% for tokens). Leave-one-out: the same with the profile derived from
+the *other* recordings only, without the calls they share with the left-out run, which says how well the sizes
+carry to a run they did not see.
+`--derive` prints the profile the recordings give (`derive`: why each number is what it is is said in
+typical_sizes.yaml, which holds its output).
 
 The synthetic figure is the other kind: a run against the scripted server whose replies are built at the default
 profile's sizes (benchmarks/synthetic.py), so it measures the prompt counting, not the size assumptions.
@@ -40,6 +44,7 @@ from p2c_notebook.tokens import estimate_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+RECORDINGS = Path(__file__).resolve().parent / "recordings"
 TARGET = 0.35  # tokens in and out within 35% of the recorded run
 PLANNING = ("plan", "design", "logic", "config")
 NOT_GENERATION = frozenset({JUDGE_STAGE, NARROW_STAGE})
@@ -154,43 +159,83 @@ def distinct(sources: Iterable[str]) -> list[Recording]:
     return found
 
 
+def kept() -> list[str]:
+    """Recordings kept for this benchmark only (benchmarks/recordings/: runs of a prompt variant not shipped)."""
+    return [str(p) for p in sorted(RECORDINGS.glob("*.cassette.jsonl"))]
+
+
 def all_recordings() -> list[Recording]:
-    """The shipped cassettes and, with git, every distinct earlier recorded run of them."""
-    return distinct(shipped() + committed(shipped()))
+    """The shipped cassettes, the kept recordings and, with git, every distinct earlier recorded run of the
+    shipped ones."""
+    return distinct(shipped() + kept() + committed(shipped()))
 
 
 # ------------------------------------------------------------------------------------------------ deriving
-def derive(recordings: Sequence[Recording], name: str = "derived") -> Profile:
-    """The typical sizes these recorded runs give: per stage the mean reply over every first attempt, the re-asks
-    per artifact, the files of a run and the imports per file (means, rounded), and the quoted problem's size."""
-    replies: dict[str, int] = {}
+def _key(call: dict[str, Any]) -> str:
+    return str(call.get("key") or json.dumps(call["request"], sort_keys=True))
+
+
+def distinct_calls(recordings: Sequence[Recording], unseen: Recording | None = None) -> list[dict[str, Any]]:
+    """Every call of these runs once: a call with the same request (key) in two recordings is one observation
+    (a later session that replayed or re-made the same planning from the same prompt at temperature 0). Calls
+    that `unseen` also made are left out (leave-one-out must not see the left-out run's calls)."""
+    hidden = {_key(c) for c in unseen.calls} if unseen else set()
+    found: dict[str, dict[str, Any]] = {}
+    for recording in recordings:
+        for call in recording.calls:
+            if _key(call) not in hidden:
+                found.setdefault(_key(call), call)
+    return list(found.values())
+
+
+def minimax_scale(estimated: Sequence[int], used: Sequence[int]) -> float:
+    """The factor s for which s * estimated is closest to used in the worst case, as relative error: with
+    q = estimated / used per run, the worst errors are 1 - s * min(q) and s * max(q) - 1, equal at
+    s = 2 / (min(q) + max(q)) (for one estimate E and runs u: E = 2 u_min u_max / (u_min + u_max))."""
+    ratios = [e / u for e, u in zip(estimated, used, strict=True) if u]
+    return 2 / (min(ratios) + max(ratios)) if ratios else 1.0
+
+
+def derive(recordings: Sequence[Recording], name: str = "derived", unseen: Recording | None = None) -> Profile:
+    """The typical sizes these recorded runs give (see typical_sizes.yaml for why each is what it is).
+
+    Over their distinct calls: per stage the mean reply of a first attempt (each stage's share of a run), the
+    re-asks per artifact, the problem a re-ask quotes, and `carried` (the offline count of a reply's text per
+    reply token the server reported); over the runs: files and imports per file (means, rounded). Then one
+    factor on every reply size, so that the estimate's tokens out are at the minimax point of the runs' totals.
+    `unseen`: a run left out, whose calls are left out of the statistics too where another run shares them."""
+    calls = distinct_calls(recordings, unseen)
+    replies: dict[str, float] = {}
     reasks: dict[str, float] = {}
-    stages = sorted({c["request"]["stage"] for r in recordings for c in r.calls})
-    for stage in stages:
-        firsts = [_usage(c, "completion_tokens") for r in recordings for c in r.of(stage)]
-        again = [c for r in recordings for c in r.of(stage, first=False)]
+    for stage in sorted({c["request"]["stage"] for c in calls}):
+        firsts = [_usage(c, "completion_tokens") for c in calls if c["request"]["stage"] == stage and _first(c)]
+        again = [c for c in calls if c["request"]["stage"] == stage and not _first(c)]
         if firsts:
-            replies[stage] = round(statistics.fmean(firsts))
+            replies[stage] = statistics.fmean(firsts)
             if again:
                 reasks[stage] = round(len(again) / len(firsts), 3)
-    logics = [logic for r in recordings if (logic := r.logic()) is not None]
-    imports = [len(f.depends_on) for logic in logics for f in logic.files]
+    logics = {json.dumps(logic.model_dump(), sort_keys=True): logic for r in recordings if (logic := r.logic())}
+    imports = [len(f.depends_on) for logic in logics.values() for f in logic.files]
     template = estimate_tokens(render("repair", error=""))
-    errors = [
-        max(0, estimate_tokens(str(c["request"]["last_message"])) - template)
-        for r in recordings
-        for c in r.calls
-        if c["request"]["attempt"] > 1
-    ]
-    return Profile(
+    errors = [max(0, estimate_tokens(str(c["request"]["last_message"])) - template) for c in calls if not _first(c)]
+    counted = [(estimate_tokens(str(c.get("reply", ""))), _usage(c, "completion_tokens")) for c in calls]
+    shape = Profile(
         name=name,
         models=tuple(sorted({r.model.rsplit("-", 1)[0] for r in recordings})),
         files=round(statistics.fmean(len(r.files) for r in recordings)),
         imports=round(statistics.fmean(imports)) if imports else 0,
-        reply_tokens=replies,
+        reply_tokens={stage: round(size) for stage, size in replies.items()},
         reasks=reasks,
         reask_error_tokens=round(statistics.fmean(errors)) if errors else 0,
+        carried=round(sum(c for c, _ in counted) / max(1, sum(u for _, u in counted)), 2),
     )
+    estimated = [estimate_paper(r.paper, r.model, profile=shape).output_tokens for r in recordings]
+    scale = minimax_scale(estimated, [r.completion_tokens for r in recordings])
+    return replace(shape, reply_tokens={stage: round(size * scale) for stage, size in replies.items()})
+
+
+def _first(call: dict[str, Any]) -> bool:
+    return bool(call["request"]["attempt"] == 1)
 
 
 def profile_yaml(profile: Profile) -> str:
@@ -200,7 +245,7 @@ def profile_yaml(profile: Profile) -> str:
     return (
         f"  - name: {profile.name}\n    models: [{', '.join(profile.models)}]\n    files: {profile.files}\n"
         f"    imports: {profile.imports}\n    reply_tokens: {{{replies}}}\n    reasks: {{{reasks}}}\n"
-        f"    reask_error_tokens: {profile.reask_error_tokens}\n"
+        f"    reask_error_tokens: {profile.reask_error_tokens}\n    carried: {profile.carried}\n"
     )
 
 
@@ -248,12 +293,13 @@ def compare(recording: Recording, profile: Profile | None = None) -> Comparison:
 
 
 def leave_one_out(recordings: Sequence[Recording]) -> list[Comparison]:
-    """Each recording against the profile derived from the others (runs of one model only)."""
+    """Each recording against the profile derived from the others (runs of one model only), without the calls
+    it shares with them (the runs' totals, which place the scale, still hold the shared calls' tokens)."""
     compared = []
     for i, recording in enumerate(recordings):
         others = [r for j, r in enumerate(recordings) if j != i and r.model == recording.model]
         if others:
-            result = compare(recording, derive(others, f"derived from the other {len(others)}"))
+            result = compare(recording, derive(others, f"derived from the other {len(others)}", unseen=recording))
             compared.append(replace(result, kind="recorded, left out"))
     return compared
 
@@ -299,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cassettes:
         recordings = distinct(args.cassettes)
     else:
-        recordings = distinct(shipped()) if args.no_history else all_recordings()
+        recordings = distinct(shipped() + kept()) if args.no_history else all_recordings()
     if args.derive:
         print(profile_yaml(derive(recordings, "recorded")), end="")
         return 0

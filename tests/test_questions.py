@@ -64,6 +64,20 @@ def test_the_queue_lists_the_plans_and_designs_open_questions_with_ids_and_state
     assert "plan-2     open" in out and "4 of 4 open" in out and "--answer ID" in out
 
 
+def test_a_question_a_later_stage_repeats_is_listed_once_and_one_answer_serves_both(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    repeated = {**LOGIC_Q, "open_questions": [DESIGN["open_questions"][0].upper() + "  ", "Is the data normalised?"]}
+    base = small_scenario(logic=repeated)
+    base["responses"][0] = {"stage": "plan", "content": PLAN}
+    run = finished_run(serve(base), paper_md, tmp_path / "run")
+    queue = questions.questions(Pipeline.open(run).store)
+    assert [(q.id, q.text) for q in queue][2:] == [
+        ("design-1", DESIGN["open_questions"][0]),
+        ("logic-1", "Is the data normalised?"),
+    ]
+
+
 def test_an_answer_is_saved_goes_into_the_file_prompts_and_makes_analysis_and_code_stale(
     serve: Any, paper_md: Path, tmp_path: Path, capsys: Any
 ) -> None:

@@ -37,7 +37,9 @@ class Profile:
     `reply_tokens`: a stage's reply (a stage not named falls back to the registry's `typical_output`);
     `files` and `imports`: the typical repository before the logic design exists (each file imports the
     `imports` files before it); `reasks`: expected re-asks per artifact of a stage; `reask_error_tokens`: the
-    problem a re-ask quotes."""
+    problem a re-ask quotes; `carried`: prompt tokens a reply counts for, per reply token, when a later prompt
+    carries it (1.0 where the server counts both alike; the embedded model reports its reply in its own tokens
+    while its prompts are counted offline, and the offline count of the same text is larger)."""
 
     name: str
     models: tuple[str, ...] = ()
@@ -46,9 +48,14 @@ class Profile:
     reply_tokens: Mapping[str, int] = field(default_factory=dict)
     reasks: Mapping[str, float] = field(default_factory=dict)
     reask_error_tokens: int = 0
+    carried: float = 1.0
 
     def reply(self, stage: str) -> int:
         return int(self.reply_tokens.get(stage, registry.get(stage).typical_output))
+
+    def carried_reply(self, stage: str) -> int:
+        """The stand-in size (prompt tokens) of a stage's reply that a later prompt carries."""
+        return round(self.reply(stage) * self.carried)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
@@ -60,6 +67,7 @@ class Profile:
             reply_tokens={str(k): int(v) for k, v in (data.get("reply_tokens") or {}).items()},
             reasks={str(k): float(v) for k, v in (data.get("reasks") or {}).items()},
             reask_error_tokens=int(data.get("reask_error_tokens", 0)),
+            carried=float(data.get("carried", 1.0)),
         )
 
 
@@ -242,7 +250,7 @@ def estimate_plan(
         current = saved(artifact)
         return current if current is not None else filler(typical)
 
-    answers = {step: text(step, sizes.reply(step)) for step in registry.planning_names()}
+    answers = {step: text(step, sizes.carried_reply(step)) for step in registry.planning_names()}
     answers["config"] = f"```yaml\n{answers['config'].rstrip()}\n```"
 
     def add(artifact: str, stage: str, messages: Messages, output: int) -> None:
@@ -255,11 +263,11 @@ def estimate_plan(
         messages = builder.analysis(answers, path, "", plan.files[path])
         add(f"analysis/{path}", "analysis", messages, sizes.reply("analysis"))
     for path in plan.code:
-        direct = {d: text(f"code/{d}", sizes.reply("code")) for d in plan.files[path]}
-        analysis = text(f"analysis/{path}", sizes.reply("analysis"))
+        direct = {d: text(f"code/{d}", sizes.carried_reply("code")) for d in plan.files[path]}
+        analysis = text(f"analysis/{path}", sizes.carried_reply("analysis"))
         add(f"code/{path}", "code", builder.code(answers, path, "", analysis, direct, {}), sizes.reply("code"))
     for stage, prompt, artifact in _reasks(sizes, asked):
-        repair = PromptBuilder.with_repair(prompt, filler(sizes.reply(stage)), filler(sizes.reask_error_tokens))
+        repair = PromptBuilder.with_repair(prompt, filler(sizes.carried_reply(stage)), filler(sizes.reask_error_tokens))
         calls.append(Call(f"{artifact} (re-ask)", prompt_tokens(repair), prefixes.cached(repair), sizes.reply(stage)))
     usage_cost = _cost(model, calls, prices)
     return Estimate(model, tuple(calls), len(plan.files), plan.files_assumed, usage_cost, _tokens(paper))

@@ -77,9 +77,18 @@ def plan_questions(plan: str) -> list[str]:
     return found
 
 
+def _same(question: str) -> str:
+    """The question as compared for repeats: case, spacing and end punctuation aside."""
+    return " ".join(question.casefold().split()).rstrip(" ?.!:;")
+
+
 def asked(store: RunStore) -> list[tuple[str, str]]:
-    """(source, question) for every open question the saved planning asks, in planning order."""
+    """(source, question) for every open question the saved planning asks, in planning order.
+
+    A question a later stage repeats (the logic design often copies the architecture design's list) is listed
+    once, under the stage that asked it first: one answer serves both, and the queue is not padded with copies."""
     found: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for source in sources():
         if store.entry(source) is None:
             continue
@@ -95,7 +104,10 @@ def asked(store: RunStore) -> list[tuple[str, str]]:
                 items = list(getattr(schema.model_validate_json(text), "open_questions", [])) if schema else []
         except ValidationError:
             continue  # an invalid design is reported by its panel and by the run
-        found += [(source, q.strip()) for q in items if q.strip()]
+        for question in (q.strip() for q in items):
+            if question and _same(question) not in seen:
+                seen.add(_same(question))
+                found.append((source, question))
     return found
 
 
