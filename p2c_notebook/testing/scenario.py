@@ -173,6 +173,7 @@ class Scenario(BaseModel):
     # A hosted API's concurrency limit: a request arriving while `capacity` are in flight gets HTTP 429 at once.
     capacity: int | None = Field(default=None, ge=1)
     capacity_retry_after: float = Field(default=1.0, ge=0)
+    # llama.cpp server slots, served as /props total_slots; a request beyond them waits for a free one.
     slots: int | None = Field(default=None, ge=1, description="llama.cpp server slots, served as /props total_slots")
     responses: list[ResponseRule] = Field(default_factory=list)
     faults: list[Fault] = Field(default_factory=list)

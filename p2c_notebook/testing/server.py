@@ -272,6 +272,9 @@ class ScriptedServer(Served):
         self.in_flight = 0  # chat requests being answered now (not those refused for `capacity`)
         self.max_in_flight = 0  # the most there ever were at once
         self.over_capacity = 0  # requests refused because `capacity` were in flight
+        self._slot_free = threading.Condition(self._lock)  # with `slots`: one of them was freed
+        self.running = 0  # with `slots`: requests holding a slot (those waiting for one are in `in_flight` too)
+        self.queued = 0  # with `slots`: requests that waited for a free slot
         self._arrivals = 0  # chat requests so far: with `interrupt_requests`, a stream ends when this moves
         self.interrupted = 0  # streams ended early that way
 
@@ -347,6 +350,7 @@ class ScriptedServer(Served):
             self._processed.clear()
             self.max_in_flight = self.in_flight
             self.over_capacity = 0
+            self.queued = 0
 
     def _hit(self, rule: object) -> int:
         """Count one more match of `rule`; return how many there were before."""
@@ -466,6 +470,31 @@ class ScriptedServer(Served):
         with self._lock:
             self.in_flight -= 1
 
+    def _take_slot(self) -> bool | None:
+        """With `slots`, wait for a free one, as llama.cpp's server queues a request beyond its slots: whether the
+        request had to wait, or None when the server stops first. Without `slots`, False at once."""
+        slots = self.scenario.slots
+        if slots is None:
+            return False
+        with self._slot_free:
+            waited = False
+            while self.running >= slots:
+                if self._stopping.is_set():
+                    return None
+                waited = True
+                self._slot_free.wait(_POLL_S)
+            if waited:
+                self.queued += 1
+            self.running += 1
+        return waited
+
+    def _free_slot(self) -> None:
+        if self.scenario.slots is None:
+            return
+        with self._slot_free:
+            self.running -= 1
+            self._slot_free.notify()
+
     def _first_token(self, prompt: str) -> None:
         """The reply to `prompt` starts: from now on its prefix is cached for requests that arrive later."""
         with self._lock:
@@ -582,7 +611,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, path: str, body: dict[str, Any], arrived: tuple[float, float]) -> None:
         """Answer a chat request `scenario.latency` seconds after it `arrived` (epoch, monotonic): the time the
         server itself takes to read and record it is part of that latency, not added to it. A request beyond the
-        scenario's `capacity` is refused at once with a 429, as a hosted API's concurrency limit does."""
+        scenario's `capacity` is refused at once with a 429, as a hosted API's concurrency limit does; one beyond
+        its `slots` waits for a free slot, as llama.cpp's server does, and its latency counts from then."""
         owner = self.server.owner
         in_flight = owner._enter()
         if in_flight is None:
@@ -590,6 +620,13 @@ class _Handler(BaseHTTPRequestHandler):
             retry = {"Retry-After": f"{owner.scenario.capacity_retry_after:g}"}
             self._json(429, _error(message, "requests", "rate_limit_exceeded"), retry)
             return
+        waited = owner._take_slot()
+        if waited is None:
+            owner._leave()
+            self._drop()
+            return
+        if waited:  # the server starts on it now
+            arrived = (arrived[0], time.monotonic())
         left = False
 
         def leave() -> None:
@@ -598,6 +635,7 @@ class _Handler(BaseHTTPRequestHandler):
             nonlocal left
             if not left:
                 left = True
+                owner._free_slot()
                 owner._leave()
 
         self._leave_early = leave

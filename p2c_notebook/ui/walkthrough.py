@@ -82,9 +82,10 @@ class Walkthrough:
         self._running_stages: set[str] = set()  # stages with a call in flight, for the stepper
         self._job_label = ""
         self._next_text = ""
-        self._displayed = False  # shown in a notebook: blocking calls redraw its static snapshot
 
         self.fallback_id = fallback.new_id()  # the live widget hides the static snapshot shown with it
+        # Once displayed, the snapshot follows the run (coalesced redraws; a final one after each job and cell call).
+        self._follower = fallback.Follower(self.fallback_id, self._snapshot_bundle)
         self.style = html(f"<style>{render.stylesheet()}{fallback.hide_rule(self.fallback_id)}</style>", "p2c-style")
         self.header = html(self._header(), "p2c-header")
         self.stepper = html("", "p2c-stepper-box")
@@ -171,31 +172,22 @@ class Walkthrough:
         re-opened without the widget's state shows the snapshot where JupyterLab would say "model not found"."""
         with contextlib.suppress(P2CError):
             self.refresh()
-        fallback.WithFallback(self.widget, self.fallback_id, self._snapshot, self.summary)._ipython_display_()
-        self._displayed = True
+        fallback.WithFallback(
+            self.widget, self.fallback_id, self._snapshot, self.summary, self._follower
+        )._ipython_display_()
 
-    def _update_snapshot(self) -> None:
-        """After a blocking call from a cell: redraw the displayed snapshot (`update_display`). Jupyter applies it
-        when the cell that displayed the widget makes the call (and nbclient, executing a notebook, in any cell);
-        JupyterLab ignores it from other cells, so a saved notebook's snapshot may be older than the run."""
-        if not self._displayed:
-            return
-        from IPython.display import update_display
-
-        with contextlib.suppress(P2CError):
-            self.refresh()
-        update: Callable[..., object] = update_display  # IPython leaves it unannotated
-        update(
-            fallback.WithFallback.snapshot_bundle(self.fallback_id, self._snapshot(), self.summary()),
-            raw=True,
-            display_id=self.fallback_id,
-        )
+    def _snapshot_bundle(self) -> dict[str, str]:
+        """The displayed snapshot as it is now, for its redraws (`update_display`, see `fallback.Follower`): every
+        change of what it shows (`_apply`, the stepper) asks for one; a job's end and each call from a cell send
+        the last one while that cell runs, so nbclient saves the final state in the output that displayed it.
+        JupyterLab applies updates only while the displaying cell runs: its saved snapshot may be older."""
+        return fallback.WithFallback.snapshot_bundle(self.fallback_id, self._snapshot(), self.summary())
 
     def progress_output(self) -> fallback.WithFallback:
         """The toolbar and progress alone (what the magics show while a stage runs), with its own static line."""
         line = "The progress of a run was shown here live; the lines below say how it ended."
         page = f"<div class='p2c-static-progress'><p class='p2c-hint'>{line}</p></div>"
-        return fallback.WithFallback(self.progress_view, self.fallback_id, lambda: page, lambda: line, redrawn=False)
+        return fallback.WithFallback(self.progress_view, self.fallback_id, lambda: page, lambda: line)
 
     def _snapshot(self) -> str:
         try:
@@ -271,6 +263,7 @@ class Walkthrough:
     def close(self) -> None:
         """Close the widgets and stop listening to the pipeline (which stays open)."""
         self._closed = True
+        self._follower.close()
         close_tree(self.progress_view)
         close_tree(self.widget)
 
@@ -297,9 +290,11 @@ class Walkthrough:
     def refresh(self) -> None:
         """Re-read the run folder (user edits on disk included) and redraw what changed.
 
-        While a job runs, the manifest is read as recorded: the running pipeline keeps it current.
+        While a job runs, the manifest is read as recorded: the running pipeline keeps it current. A displayed
+        snapshot is redrawn now, on the calling thread (see `_snapshot_bundle`).
         """
         self._apply(self.pipeline.rows(recorded=self.busy))
+        self._follower.flush()
 
     def _apply(self, rows: list[Row]) -> None:
         with self._lock:
@@ -334,6 +329,7 @@ class Walkthrough:
             self.paper_panel.update(self.pipeline.store.meta, busy)
             self.quality.update(self.panels, self.repo_panel.checks, any(r.status != "missing" for r in code), busy)
             self.run_panel.update(busy)
+        self._follower.changed()
 
     def stage_states(self, rows: list[Row] | None = None) -> dict[str, str]:
         """Each stage's state for the stepper: done, waiting (for the user's approval), stale, running or todo.
@@ -403,6 +399,7 @@ class Walkthrough:
             text = "Done: all artifacts generated. The repository's files are listed at the bottom (Download zip)."
         self._next_text = text
         self.next_label.value = f"<b>{render.esc(text.partition(':')[0])}:</b>{render.esc(text.partition(':')[2])}"
+        self._follower.changed()
 
     def _rebuild(self, order: list[str]) -> None:
         old = self.panels
@@ -446,6 +443,7 @@ class Walkthrough:
         self.pipeline.edit(artifact, text)
         rows = self.pipeline.rows()
         self._apply(rows)
+        self._follower.flush()
         return [r.artifact for r in rows if r.status == "stale" and r.artifact not in before]
 
     def regenerate(
@@ -651,6 +649,7 @@ class Walkthrough:
         self.pipeline.choose_sections(exclude)
         rows = self.pipeline.rows()
         self._apply(rows)
+        self._follower.flush()
         return [r.artifact for r in rows if r.status == "stale"]
 
     def evaluate(
@@ -683,7 +682,8 @@ class Walkthrough:
         self._status("Cancelling after the calls in flight…", "hint")
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
-        """Join the background job; an interrupt (Ctrl-C, kernel interrupt) cancels it cleanly."""
+        """Join the background job; an interrupt (Ctrl-C, kernel interrupt) cancels it cleanly. Then the displayed
+        snapshot is redrawn from the calling cell, so a notebook executed by nbclient saves what the job made."""
         thread = self._thread
         if thread is not None:
             try:
@@ -691,6 +691,7 @@ class Walkthrough:
             except KeyboardInterrupt:
                 self.cancel()
                 thread.join()
+        self._follower.flush()
         return self.last_result
 
     # --- the background job ----------------------------------------------------------------------------
@@ -717,8 +718,7 @@ class Walkthrough:
         self._draw_steps()
         self._thread.start()
         if block:
-            self.wait()
-            self._update_snapshot()
+            self.wait()  # which redraws the displayed snapshot while the calling cell still runs
 
     def _job(self, work: Callable[[], str], panel: ArtifactPanel | None) -> None:
         message, level = "", "note"
