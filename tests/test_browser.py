@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -743,3 +744,128 @@ def test_code_text_is_readable_in_the_dark_theme(page: Any, lab: Lab) -> None:
             shoot(page, "16-dark-theme-code", widget.locator(".p2c-panel-config"))
         finally:
             choose_theme(page, "JupyterLab Light")
+
+
+# --- compare with an earlier version, and the open-questions queue ---------------------------------------------
+MIXUP_REPLY = EXAMPLE / "replies" / "code" / "mixup.py.md"
+OLD_LINE = "alpha <= 0 disables mixing (plain empirical risk minimisation)."
+NEW_LINE = "alpha <= 0 turns mixing off: plain ERM, the baseline of Table 2."
+
+
+def regenerating_scenario(lab: Lab, folder: str) -> None:
+    """scenario.yaml beside the notebook in `folder`: the example's replies, except that code/mixup.py answers a
+    second request (Regenerate) with one line reworded and a comment of markup added."""
+    first = MIXUP_REPLY.read_text(encoding="utf-8")
+    assert OLD_LINE in first and "import numpy as np\n" in first
+    second = first.replace(OLD_LINE, NEW_LINE).replace("import numpy as np\n", f"import numpy as np\n\n# {HOSTILE}\n")
+    scenario = yaml.safe_load((EXAMPLE / "scenario.yaml").read_text(encoding="utf-8"))
+    for rule in scenario["responses"]:
+        if "content_file" in rule:
+            rule["content_file"] = str(lab.root / "examples" / "mixup" / rule["content_file"])
+        if rule["stage"] == "code" and rule.get("file") == "mixup.py":
+            rule.pop("content_file")
+            rule["replies"] = [first, second]
+    (lab.root / folder / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
+
+
+def test_a_regenerated_file_compares_with_its_earlier_version(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    with shot_on_failure(page, "diff"):
+        path = notebook_in(lab, "diff")
+        regenerating_scenario(lab, "diff")
+        widget = open_and_run(page, lab, path)
+        click_through_with_auto_approve(widget)
+        mixup = widget.locator(f".p2c-panel-{slug('code/mixup.py')}")
+        expect(mixup.locator(".p2c-compare")).to_have_count(0)  # nothing earlier to compare with yet
+        mixup.locator(".p2c-regenerate").click()
+        expect(mixup.locator(".p2c-content")).to_contain_text(NEW_LINE)
+        choice = mixup.locator(".p2c-compare-choice select")
+        expect(choice).to_be_visible()
+        labels: list[str] = choice.locator("option").all_inner_texts()
+        earlier = [label for label in labels if label.replace("\xa0", " ").startswith("version 1 ")]  # nbsp
+        assert len(earlier) == 1, labels
+        choice.select_option(label=earlier[0])
+
+        diff = mixup.locator(".p2c-diff")
+        expect(diff.locator(".p2c-diff-del")).to_have_text(f"-    {OLD_LINE}")
+        expect(diff.locator(".p2c-diff-add", has_text=NEW_LINE)).to_have_text(f"+    {NEW_LINE}")
+        # The model's markup is shown as text in the diff: no element made from it, no script run.
+        expect(diff.locator(".p2c-diff-add", has_text="<script>")).to_have_text(f"+# {HOSTILE}")
+        page.wait_for_timeout(500)  # an injected <img> would have failed to load and fired onerror by now
+        assert widget.locator("script").count() == 0 and widget.locator("img[src='x']").count() == 0
+        assert page.evaluate("() => typeof window.__p2c_xss") == "undefined"
+        # One row per diff line: the lines follow each other with no blank line between them.
+        rows = [diff.locator("span").nth(i).bounding_box() for i in range(3)]
+        assert all(rows) and all(abs(b["y"] - a["y"] - a["height"]) < 1 for a, b in pairwise(rows)), rows
+        shoot(page, "17-diff-with-earlier-version", mixup.locator(".p2c-compare"))
+
+        added, removed = diff.locator(".p2c-diff-add").first, diff.locator(".p2c-diff-del")
+        for line in (added, removed):
+            fg, bg = line.evaluate(COLOURS_JS)
+            assert contrast(fg, bg) >= 4.5, ("light", line.get_attribute("class"), fg, bg)
+        choose_theme(page, "JupyterLab Dark")
+        try:
+            expect(page.locator("body[data-jp-theme-light='false']")).to_be_attached()
+            page.wait_for_timeout(500)  # the theme's style sheet applied
+            for line in (added, removed):
+                fg, bg = line.evaluate(COLOURS_JS)
+                assert sum(bg[:3]) / 3 < 100, ("dark", line.get_attribute("class"), bg)  # a dark row, not a light one
+                assert contrast(fg, bg) >= 4.5, ("dark", line.get_attribute("class"), fg, bg)
+            shoot(page, "18-diff-dark-theme", mixup.locator(".p2c-compare"))
+        finally:
+            choose_theme(page, "JupyterLab Light")
+
+
+def test_answering_an_open_question_makes_the_analysis_and_code_stale(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    answer = "Use the bin edges (m/M, (m+1)/M] as written; a confidence of 0 goes into the first bin."
+    with shot_on_failure(page, "questions"):
+        widget = open_and_run(page, lab, notebook_in(lab, "questions"))
+        click_through_with_auto_approve(widget)
+        before = manifest(lab, "questions")
+        queue = widget.locator(".p2c-questions")
+        expect(queue).to_be_visible()
+        rows = queue.locator(".p2c-question")
+        total = rows.count()
+        assert total >= 2, queue.inner_text()  # the example's design and logic design ask several
+        expect(queue.locator(".p2c-panel-head")).to_contain_text(f"{total} of {total} open")
+        row = rows.filter(has_text="ECE bin edges")
+        expect(row).to_have_count(1)
+        # Readable at a glance: the buttons show their whole label, the title and the count do not run together.
+        for css in (".p2c-answer", ".p2c-judgement"):
+            assert row.locator(css).evaluate("e => e.scrollWidth <= e.clientWidth"), f"{css}: its label is cut"
+        title, count = (queue.locator(f".p2c-panel-head {c}").bounding_box() for c in (".p2c-title", ".p2c-usage"))
+        assert title and count and count["x"] >= title["x"] + title["width"] + 4, (title, count)
+        expect(row).to_have_class(re.compile(r"\bp2c-question-open\b"))
+        row.locator("textarea").fill(answer)
+        row.locator(".p2c-answer").click()
+
+        row = rows.filter(has_text="ECE bin edges")  # the queue is redrawn with the answer
+        expect(row).to_have_class(re.compile(r"\bp2c-question-answered\b"))
+        expect(row.locator(".p2c-question-state")).to_have_text("answered")
+        expect(row.locator("textarea")).to_have_value(answer)
+        expect(queue.locator(".p2c-panel-head")).to_contain_text(f"{total - 1} of {total} open")
+        expect(queue.locator(".p2c-message")).to_contain_text("Now stale")
+        tracked = len(FILES) + 1  # code/config.yaml, the planning config's copy, is made without the answer too
+        for stage, count in (("analysis", len(FILES)), ("code", tracked)):
+            expect(widget.locator(f".p2c-stage-{stage}.p2c-status-stale")).to_have_count(count)
+            expect(widget.locator(f".p2c-stage-{stage} .p2c-badge-stale")).to_have_count(count)
+        stale_class = re.compile(r"\bp2c-status-stale\b")
+        for artifact in PLANNING:
+            expect(widget.locator(f".p2c-panel-{slug(artifact)}")).not_to_have_class(stale_class)
+        current = widget.locator(".p2c-stepper .p2c-step-current")
+        expect(current).to_have_class(re.compile(r"\bp2c-step-analysis\b"))
+        expect(current).to_have_class(re.compile(r"\bp2c-step-stale\b"))
+        expect(widget.locator(".p2c-next")).to_contain_text("Re-run stale")
+        shoot(page, "19-question-answered", row)
+        shoot(page, "20-answer-made-analysis-stale", widget.locator(".p2c-stepper"))
+
+        status = manifest(lab, "questions")
+        assert {a for a, s in status.items() if s == "stale"} == {
+            a for a in before if a.startswith(("analysis/", "code/"))
+        }, status
+        assert all(status[a] == before[a] for a in PLANNING), (before, status)
+        saved = yaml.safe_load((lab.root / "questions" / "runs" / "mixup" / "planning" / "answers.yaml").read_text())
+        assert [a["answer"] for a in saved] == [answer], saved

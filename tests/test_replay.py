@@ -14,7 +14,7 @@ from conftest import API_KEY, EXAMPLE, settings_for, small_scenario
 from p2c_notebook.backends import ChatRequest
 from p2c_notebook.backends.replay import ReplayBackend, ReplayMissError, Scrubber, read_cassette, request_key
 from p2c_notebook.cli import main
-from p2c_notebook.errors import ConfigError, P2CError
+from p2c_notebook.errors import ConfigError, P2CError, ReplyError
 from p2c_notebook.run.pipeline import Pipeline
 from p2c_notebook.settings import Settings
 
@@ -243,3 +243,35 @@ def test_a_students_own_feedback_goes_to_the_live_fallback_when_one_is_configure
     sent = server.requests[asked:]
     assert [(r["stage"], r["file"]) for r in sent] == [("config", "")]
     assert "my own learning rate of 0.3" in json.dumps(sent[0]["messages"])
+
+
+def test_a_cassette_recorded_with_more_re_asks_than_the_default_replays_them_all(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    """The local model gets two re-asks of an unusable reply; its recording must replay with two, not the default
+    one, or the replay stops where the recorded run went on. A `max_repairs` the user set is kept."""
+    scenario = small_scenario()
+    broken = "```python\ndef load(:\n    return 1\n```"
+    scenario["responses"][:0] = [
+        {"stage": "code", "file": "data.py", "attempt": 1, "content": broken},
+        {"stage": "code", "file": "data.py", "attempt": 2, "content": broken},
+    ]
+    server = serve(scenario)
+    cassette = tmp_path / "run.cassette.jsonl"
+    with Pipeline.start(
+        paper_md, tmp_path / "recorded", settings=settings_for(server, max_repairs=2, record=str(cassette))
+    ) as pipeline:
+        assert pipeline.run().state == "done"
+    server.stop()
+    assert max(e["request"]["attempt"] for e in read_cassette(cassette)) == 3
+
+    with Pipeline.start(paper_md, tmp_path / "replayed", settings=Settings(backend=f"replay:{cassette}")) as pipeline:
+        assert pipeline.backend.settings.max_repairs == 2
+        assert pipeline.run().state == "done"
+    assert _artifacts(tmp_path / "replayed") == _artifacts(tmp_path / "recorded")
+
+    strict = Settings(backend=f"replay:{cassette}", max_repairs=1)
+    with Pipeline.start(paper_md, tmp_path / "strict", settings=strict) as pipeline:
+        assert pipeline.backend.settings.max_repairs == 1
+        with pytest.raises(ReplyError, match="unusable twice"):
+            pipeline.run()

@@ -182,6 +182,15 @@ def read_cassette(path: Path | str) -> list[dict[str, Any]]:
         entries.append(entry)
     return entries
 
+_MAX_REPAIRS = next(int(m.le) for m in Settings.model_fields["max_repairs"].metadata if hasattr(m, "le"))
+
+
+def _attempt(entry: dict[str, Any]) -> int:
+    """Which attempt at its request a recorded call was (1: the first ask)."""
+    request = entry.get("request")
+    attempt = request.get("attempt", 1) if isinstance(request, dict) else 1
+    return attempt if isinstance(attempt, int) and attempt > 0 else 1
+
 
 class ReplayBackend:
     """Serves replies from a cassette: the same request always gets the same reply (the latest recorded)."""
@@ -189,14 +198,26 @@ class ReplayBackend:
     def __init__(self, path: Path | str, fallback: Backend | None = None, settings: Settings | None = None) -> None:
         self.path = Path(path)
         self.fallback = fallback
-        self._settings = settings or Settings()
         self._lock = threading.Lock()
         self._entries = read_cassette(self.path)
+        self._settings = self._replaying(settings or Settings())
         self._by_key: dict[str, list[dict[str, Any]]] = {}
         for entry in self._entries:
             self._by_key.setdefault(entry["key"], []).append(entry)
         models = sorted({str(e.get("model", "")) for e in self._entries if e.get("model")})
         self._model = models[0] if len(models) == 1 else "replay"
+
+    def _replaying(self, settings: Settings) -> Settings:
+        """The run's settings, with as many re-asks of an unusable reply as the cassette recorded for one request
+        and as the fallback makes (the local model gets two): a recording made with more re-asks than the run's
+        default must replay them all, or the run would stop where the recorded one went on. A `max_repairs` the
+        user set is kept."""
+        if "max_repairs" in settings.model_fields_set:
+            return settings
+        recorded = max((_attempt(e) for e in self._entries), default=1) - 1
+        live = self.fallback.settings.max_repairs if self.fallback is not None else 0
+        wanted = min(max(settings.max_repairs, recorded, live), _MAX_REPAIRS)
+        return settings if wanted == settings.max_repairs else settings.model_copy(update={"max_repairs": wanted})
 
     @property
     def model(self) -> str:

@@ -28,7 +28,7 @@ class QuestionsPanel:
 
     def __init__(self, owner: QuestionsOwner) -> None:
         self.owner = owner
-        self.head = html("", "p2c-panel-head")
+        self.head = html("", "p2c-questions-head")
         self.rows = widgets.VBox()
         self.message = html("", "p2c-message")
         self.widget = widgets.VBox([self.head, self.rows, self.message])
@@ -52,10 +52,10 @@ class QuestionsPanel:
     def _draw(self, queue: list[Question]) -> None:
         show(self.widget, bool(queue))
         left = sum(q.state == "open" for q in queue)
-        self.head.value = (
-            "<span class='p2c-title'>Open questions</span>"
+        self.head.value = (  # the flex row inside the HTML widget, as an artifact panel's head: title and count apart
+            "<div class='p2c-panel-head'><span class='p2c-title'>Open questions</span>"
             f"<span class='p2c-usage'>{left} of {len(queue)} open: answer them before the analysis and code "
-            "(an answer makes what was made without it stale)</span>"
+            "(an answer makes what was made without it stale)</span></div>"
         )
         old = list(self.rows.children)
         self.boxes = {}
