@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from p2c_notebook import pysource
 from p2c_notebook.errors import RunError
 from p2c_notebook.render import escape_controls
 from p2c_notebook.run.events import Event, TokenDelta, UsageReported
@@ -34,7 +34,7 @@ def last_failure(path: Path) -> str | None:
             return None
         message = _MESSAGE.search(fields)
         try:
-            text = ast.literal_eval(message.group("text")) if message else ""
+            text = pysource.literal(message.group("text")) if message else ""
         except (ValueError, SyntaxError):
             text = ""
         return str(text) or "the run stopped with an error (see logs/run.log)"
