@@ -41,6 +41,7 @@ _ENV = {
     "P2C_REPLAY_FALLBACK": "replay_fallback",
     "P2C_CONTEXT_WINDOW": "context_window",
     "P2C_FIGURES": "figures",
+    "P2C_MAX_FILES": "max_files",
 }
 
 
@@ -125,6 +126,13 @@ class Settings(BaseModel):
         default=False,
         description="send the paper's saved figure images (paper/figures/) with the planning calls: needs a vision "
         "model; off by default (images cost ~1k input tokens each)",
+    )
+    max_files: int = Field(
+        default=40,
+        ge=1,
+        le=200,
+        description="files a design may plan (its file_list and the logic design's files), at most 200: a larger "
+        "reproduction needs more; the JSON schema the model is shown keeps saying 40",
     )
     replay_fallback: str | None = Field(
         default=None,

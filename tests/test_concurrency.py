@@ -6,12 +6,13 @@ prefixes), never on wall-clock durations."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import settings_for, small_scenario
+from conftest import CODE, LOGIC, settings_for, small_scenario
 
 from p2c_notebook.backends import ChatRequest, OpenAIBackend
 from p2c_notebook.backends.retry import RetryNotice
@@ -253,3 +254,86 @@ def test_a_call_waits_only_for_the_calls_it_found_in_flight_never_for_a_second_w
 
     assert set(entered) == {"B", "C"}  # neither waited for the other, though B and C share more than with A
     assert gate.held == 2
+
+
+def test_a_call_on_the_critical_path_never_waits_at_the_gate_and_the_calls_with_slack_wait_for_it() -> None:
+    gate = PrefixGate(min_chars=4096)
+    shared = "p" * 10_000
+    lead = gate.enter([{"role": "user", "content": shared + "A"}])
+    with limiting.urgent():  # would block for ever if it waited: nobody sends A's first token
+        critical = gate.enter([{"role": "user", "content": shared + "B"}])
+    entered: list[int] = []
+    follower = threading.Thread(target=lambda: entered.append(gate.enter([{"role": "user", "content": shared + "C"}])))
+    follower.start()
+    follower.join(timeout=0.3)
+    assert entered == [] and gate.hurried == 1 and gate.held == 1  # C, with slack, waits for both A and B
+
+    gate.first_token(lead)
+    gate.first_token(critical)
+    follower.join(timeout=10)
+    assert len(entered) == 1
+
+
+def two_chain_scenario(latency: float) -> dict[str, Any]:
+    """data.py and models/net.py import nothing and main.py imports both: both analyses of the leaf files are on
+    the longest chain (analysis, code, main's code); main.py's analysis has a step of slack."""
+    files: list[dict[str, Any]] = json.loads(json.dumps(LOGIC["files"]))
+    logic = {**LOGIC, "files": [{**f, "depends_on": []} if f["path"] == "models/net.py" else f for f in files]}
+    scripted = small_scenario(logic=logic, latency=latency)
+    for response in scripted["responses"]:
+        if response["stage"] == "code" and response.get("file") == "models/net.py":
+            response["content"] = (
+                "```python\nclass Net:\n    def forward(self, x):\n        return [2 * v for v in x]\n```"
+            )
+    return scripted
+
+
+def test_the_fan_out_holds_only_calls_with_slack_never_one_on_the_critical_path(
+    serve: Any, paper_md: Path, tmp_path: Path
+) -> None:
+    server = serve(two_chain_scenario(latency=0.4))
+    settings = settings_for(server, concurrency=8)
+    gate = PrefixGate(min_chars=200)  # the toy design is short: a real one is past the default 4,096 characters
+    backend = LimitedBackend(OpenAIBackend(settings), SharedLimiter(8), gate)
+    with Pipeline.start(paper_md, tmp_path / "run", settings=settings, backend=backend) as pipeline:
+        assert pipeline.run().state == "done"
+        cached = {f: pipeline.store.entry(f"analysis/{f}").usage.cached_tokens for f in CODE}  # type: ignore[union-attr]
+    backend.close()
+
+    # Both analyses on the longest chain went at once (one of them would have waited before: `hurried`), so
+    # neither found more than the planning's prefix cached; main.py's waited for their first token and found the
+    # design context cached too.
+    assert gate.hurried >= 1
+    assert max(cached["data.py"], cached["models/net.py"]) < cached["main.py"]
+    assert len([r for r in server.requests if r["stage"] == "analysis"]) == 3
+
+
+def test_only_steps_with_slack_may_wait_and_a_chain_never_waits_more_often_than_its_slack() -> None:
+    from p2c_notebook.run.pipeline import _patient_steps
+
+    # a -> b -> c -> d is the longest chain; x feeds d with two steps of slack, y -> z feeds it with one.
+    deps = {"b": ["a"], "c": ["b"], "d": ["c", "x", "z"], "z": ["y"]}
+    assert _patient_steps(["a", "b", "c", "d", "x", "y", "z"], deps) == {"x", "y"}  # z's slack went to y's wait
+    planning = {"design": ["plan"], "logic": ["design"], "config": ["plan"]}
+    assert _patient_steps(["plan", "design", "logic", "config"], planning) == {"config"}
+
+
+def test_a_call_with_slack_that_reaches_the_gate_first_still_waits_for_the_urgent_one_ready_with_it() -> None:
+    gate = PrefixGate(min_chars=4096, grace=2.0)
+    shared = "p" * 10_000
+    entered: list[int] = []
+
+    def patient() -> None:
+        with limiting.urgent(False):
+            entered.append(gate.enter([{"role": "user", "content": shared + "slack"}]))
+
+    follower = threading.Thread(target=patient)
+    follower.start()  # at the gate first, as a thread started first may be
+    with limiting.urgent():
+        critical = gate.enter([{"role": "user", "content": shared + "critical"}])
+    follower.join(timeout=3.0)
+    assert entered == [] and gate.held == 1 and gate.hurried == 0  # it waits for the urgent call's first token
+
+    gate.first_token(critical)
+    follower.join(timeout=10)
+    assert len(entered) == 1

@@ -11,7 +11,9 @@ With `tokens_per_minute`, a `TokenWindow` is a token-rate budget too: a call goe
 last 60 s plus its own (prompt + max_tokens, corrected to the usage the server reports) fit the budget.
 
 `PrefixGate` is the cache-aware fan-out: a call that shares a long prefix with one the server is still reading
-waits until that one's first token is back, so the server has the prefix cached when it arrives.
+waits until that one's first token is back, so the server has the prefix cached when it arrives. Only a call with
+slack waits: one made inside `urgent()` (a step on the run's longest chain, where any wait is wall time) goes at
+once and leads the others.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +50,9 @@ CACHE_AWARE_FAN_OUT = True
 #: a prefix shorter than this (characters, ~1k tokens: providers cache from 1,024 tokens) is not worth a wait
 PREFIX_MIN_CHARS = 4096
 PREFIX_MAX_WAIT_S = 30.0
+#: a call with slack looks for the calls to wait for this long after it is ready: the urgent calls that became ready
+#: with it (submitted first, on other threads) have entered the gate by then, so none of them follows it instead
+PATIENT_GRACE_S = 0.1
 _PROBE_TIMEOUT_S = 2.0
 #: the token budget's sliding window (seconds): "per minute", as providers state their limits
 TOKEN_WINDOW_S = 60.0
@@ -418,14 +424,36 @@ def shared_prefix(a: Sequence[tuple[str, str]], b: Sequence[tuple[str, str]]) ->
     return total
 
 
+#: how this thread's calls meet a `PrefixGate`: None (not said: first come, first led), False (a step on the critical
+#: path: never wait), True (a step with slack: wait, after a grace that lets the urgent calls enter first)
+_PATIENT: ContextVar[bool | None] = ContextVar("p2c_fan_out_patient", default=None)
+
+
+@contextmanager
+def urgent(yes: bool = True) -> Iterator[None]:
+    """Calls made inside (on this thread) never wait at a `PrefixGate` (`yes`): a step on the run's longest chain,
+    where a wait for another call's first token would be wall time; they lead, and calls with slack wait for them.
+    With `yes=False` the calls have slack: they may wait, and look for what to wait for a moment late."""
+    token = _PATIENT.set(not yes)
+    try:
+        yield
+    finally:
+        _PATIENT.reset(token)
+
+
 class PrefixGate:
     """Cache-aware fan-out: a call whose prompt shares at least `min_chars` more with a call still waiting for its
-    first token than with any prompt already answered waits (at most `max_wait` seconds) for that first token."""
+    first token than with any prompt already answered waits (at most `max_wait` seconds) for that first token,
+    unless it is `urgent` (then it goes at once: the others may wait for it)."""
 
-    def __init__(self, min_chars: int = PREFIX_MIN_CHARS, max_wait: float = PREFIX_MAX_WAIT_S) -> None:
+    def __init__(
+        self, min_chars: int = PREFIX_MIN_CHARS, max_wait: float = PREFIX_MAX_WAIT_S, grace: float = PATIENT_GRACE_S
+    ) -> None:
         self.min_chars = min_chars
         self.max_wait = max_wait
+        self.grace = grace
         self.held = 0  # calls that waited
+        self.hurried = 0  # urgent calls that would have waited and went at once
         self._pending: dict[int, list[tuple[str, str]]] = {}
         self._processed: deque[list[tuple[str, str]]] = deque(maxlen=64)
         self._next = 0
@@ -434,12 +462,19 @@ class PrefixGate:
     def enter(self, messages: Sequence[dict[str, str]]) -> int:
         """Wait until the calls this one shares a long unprocessed prefix with have their first token (or ended);
         returns its handle. It waits for those calls only, never for ones sent meanwhile: waves of waits would
-        each cost a time to first token."""
+        each cost a time to first token. An `urgent` call never waits; one said to have slack looks `grace`
+        seconds late (it has the slack), so the urgent calls ready with it lead."""
         prompt = [(str(m.get("role", "")), str(m.get("content", ""))) for m in messages]
         deadline = time.monotonic() + self.max_wait
+        patience = _PATIENT.get()
+        if patience and self.grace > 0:
+            time.sleep(self.grace)
         with self._cond:
             done = max((shared_prefix(prompt, p) for p in self._processed), default=0)
             blockers = {h for h, p in self._pending.items() if shared_prefix(prompt, p) - done >= self.min_chars}
+            if blockers and patience is False:
+                self.hurried += 1
+                blockers = set()
             self.held += bool(blockers)
             while blockers & self._pending.keys():
                 left = deadline - time.monotonic()

@@ -54,14 +54,14 @@ from p2c_notebook.run.events import (
     RunStarted,
     Sink,
 )
-from p2c_notebook.run.limiter import LimitedBackend, SharedLimiter, fan_out_gate, limiter_for
+from p2c_notebook.run.limiter import LimitedBackend, SharedLimiter, fan_out_gate, limiter_for, urgent
 from p2c_notebook.run.runlog import RunLog
 from p2c_notebook.run.store import Entry, RunStore, Status, atomic_write, sha256
 from p2c_notebook.run.usage import Usage
 from p2c_notebook.secrets import Scrubber
 from p2c_notebook.settings import Settings, load_settings
 from p2c_notebook.stages import registry, runchecks
-from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, parse_config
+from p2c_notebook.stages.artifacts import ArchitectureDesign, LogicDesign, max_files_context, parse_config
 from p2c_notebook.stages.context import StageContext, describe_validation
 from p2c_notebook.stages.registry import Stage, artifact_file, stage_of
 from p2c_notebook.tokens import estimate_tokens
@@ -672,11 +672,13 @@ class Pipeline:
         """Run steps concurrently; a step starts as soon as the steps it depends on are saved.
 
         When more steps are ready than the concurrency limit allows, the one with the longest chain of
-        steps waiting on it goes first, so the critical path never queues behind leaves. `once_started` is
+        steps waiting on it goes first, so the critical path never queues behind leaves. Only steps with slack
+        (`_patient_steps`) may wait at the cache-aware fan-out; the others' calls go at once. `once_started` is
         called once the steps' calls are on their way (nothing came back for a moment); it must return at once
         (the refined estimate passes its thread's `start`), so it never holds back a ready step.
         """
         remaining = sorted(artifacts, key=_chain_lengths(artifacts, deps).__getitem__, reverse=True)
+        patient = _patient_steps(artifacts, deps)
         running: dict[Future[Entry], str] = {}
         done: set[str] = set()
         errors: list[BaseException] = []
@@ -694,7 +696,7 @@ class Pipeline:
                         if len(running) >= self._cap(limiter):
                             break
                         remaining.remove(artifact)
-                        running[pool.submit(self._step, ctx, artifact)] = artifact
+                        running[pool.submit(self._step, ctx, artifact, artifact in patient)] = artifact
                     limiter.queued(id(self), len([a for a in ready if a in remaining]))  # a ramp grows with demand
                 if not running:
                     break
@@ -725,11 +727,16 @@ class Pipeline:
             raise errors[0]
         self._check_cancel()
 
-    def _step(self, ctx: StageContext, artifact: str) -> Entry:
+    def _step(self, ctx: StageContext, artifact: str, patient: bool | None = None) -> Entry:
+        """Make one artifact. `patient`, from a schedule: its calls may wait at the cache-aware fan-out (the step
+        has slack: True) or never do (it is on the longest chain: False); None: one step alone, nothing to say."""
         adopted = self._adopt([artifact])  # written by the user since the run started: never asked for
         if adopted:
             return adopted[0]
-        return registry.make(ctx, artifact)
+        if patient is None:
+            return registry.make(ctx, artifact)
+        with urgent(not patient):
+            return registry.make(ctx, artifact)
 
     def _saved(self, entry: Entry, produced: list[str], progress: _Counter) -> None:
         produced.append(entry.artifact)
@@ -955,12 +962,13 @@ class Pipeline:
 
 def validate_edit(artifact: str, text: str, pipeline: Pipeline) -> dict[str, str]:
     """Check an edited artifact the way the pipeline would read it; return derived files to rewrite."""
+    bounded = max_files_context(pipeline.settings.max_files)  # an edit may plan as many files as a reply may
     try:
         if artifact == "design":
-            return diagram_files(ArchitectureDesign.model_validate_json(text))
+            return diagram_files(ArchitectureDesign.model_validate_json(text, context=bounded))
         if artifact == "logic":
             design = ArchitectureDesign.model_validate_json(pipeline.store.read("design"))
-            LogicDesign.model_validate_json(text).check_against(design)
+            LogicDesign.model_validate_json(text, context=bounded).check_against(design)
         elif artifact == "config" or (artifact == REPO_CONFIG and config_copied(pipeline.files())):
             parse_config(text)
     except ValidationError as exc:
@@ -986,6 +994,35 @@ def _chain_lengths(steps: list[str], deps: dict[str, list[str]]) -> dict[str, in
     for step in steps:
         length(step)
     return lengths
+
+
+def _patient_steps(steps: list[str], deps: dict[str, list[str]]) -> set[str]:
+    """Steps whose calls may wait one time to first token at the cache-aware fan-out without delaying the schedule.
+
+    Counted in steps: a step is patient when the longest chain through it is shorter than the schedule's longest
+    chain by at least one step more than the waits already allowed on the way to it (a wait lasts one time to
+    first token, never longer than a call). The steps on the longest chain (e.g. the analysis of the first file
+    of the deepest import chain) never wait: they lead, and the others find their prefix cached.
+    """
+    known = set(steps)
+    after = _chain_lengths(steps, deps)  # steps on the longest chain from a step on, itself included
+    before: dict[str, int] = {}  # steps on the longest chain of inputs that must come before it
+
+    def earlier(step: str) -> int:
+        if step not in before:
+            before[step] = max((1 + earlier(d) for d in deps.get(step, []) if d in known), default=0)
+        return before[step]
+
+    longest = max((earlier(s) + after[s] for s in steps), default=0)
+    waits: dict[str, int] = {}  # waits allowed on the way to a step, itself included
+    patient: set[str] = set()
+    for step in sorted(steps, key=earlier):  # inputs first: an input has fewer steps before it
+        spent = max((waits[d] for d in deps.get(step, []) if d in waits), default=0)
+        if longest - earlier(step) - after[step] - spent >= 1:
+            patient.add(step)
+            spent += 1
+        waits[step] = spent
+    return patient
 
 
 def _file_graph(

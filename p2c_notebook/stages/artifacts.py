@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidatorFunctionWrapHandler, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from p2c_notebook.errors import PlanError
 from p2c_notebook.paths import safe_relative_path
@@ -13,6 +22,28 @@ from p2c_notebook.paths import safe_relative_path
 # Bounds keep grammar-constrained decoding (small local models) from running forever.
 _SHORT = 200
 _LONG = 4000
+#: files a design may plan unless the `max_files` setting says otherwise (the JSON schema the model sees says this)
+MAX_FILES = 40
+#: the most `max_files` may be: a design is read (and a saved one re-read) up to this many files
+MAX_FILES_CEILING = 200
+
+
+def within_max_files(value: list[Any], info: ValidationInfo) -> list[Any]:
+    """The run's bound on planned files, passed as validation context {"max_files": n} where a design is made or
+    edited (a saved one is read up to `MAX_FILES_CEILING`); said as pydantic says a list is too long."""
+    bound = (info.context or {}).get("max_files") if isinstance(info.context, dict) else None
+    if isinstance(bound, int) and len(value) > bound:
+        raise PydanticCustomError(
+            "too_long",
+            "List should have at most {max_length} items after validation, not {actual_length}",
+            {"field_type": "List", "max_length": bound, "actual_length": len(value)},
+        )
+    return value
+
+
+def max_files_context(max_files: int) -> dict[str, int]:
+    """The validation context that bounds a design made or edited in a run to `max_files` files."""
+    return {"max_files": max_files}
 
 
 class Attribute(BaseModel):
@@ -56,7 +87,9 @@ class ArchitectureDesign(BaseModel):
     """The architecture design d: file list, class diagram and call flow."""
 
     implementation_approach: str = Field(max_length=_LONG)
-    file_list: list[str] = Field(min_length=1, max_length=40)
+    # The schema the model is shown keeps the default bound (the prompt it always was); a design is read up to the
+    # ceiling, and the run's own bound is checked where one is made or edited (`within_max_files`).
+    file_list: list[str] = Field(min_length=1, max_length=MAX_FILES_CEILING, json_schema_extra={"maxItems": MAX_FILES})
     classes: list[ClassSpec] = Field(default_factory=list, max_length=40)
     relations: list[Relation] = Field(default_factory=list, max_length=60)
     sequence: SequenceDiagram = Field(default_factory=SequenceDiagram)
@@ -66,8 +99,8 @@ class ArchitectureDesign(BaseModel):
 
     @field_validator("file_list")
     @classmethod
-    def _paths_are_safe(cls, value: list[str]) -> list[str]:
-        return check_file_list(value)
+    def _paths_are_safe(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return check_file_list(within_max_files(value, info))
 
     @model_validator(mode="wrap")
     @classmethod
@@ -105,16 +138,24 @@ class ArchitectureDesign(BaseModel):
 class FileLogic(BaseModel):
     path: str = Field(max_length=_SHORT)
     role: str = Field(max_length=_LONG)
-    depends_on: list[str] = Field(default_factory=list, max_length=40)
+    depends_on: list[str] = Field(
+        default_factory=list, max_length=MAX_FILES_CEILING, json_schema_extra={"maxItems": MAX_FILES}
+    )
+
+    _depends_within = field_validator("depends_on")(within_max_files)
 
 
 class LogicDesign(BaseModel):
     """The logic design l: files in dependency order, with roles, packages and shared knowledge."""
 
-    files: list[FileLogic] = Field(min_length=1, max_length=40)
+    files: list[FileLogic] = Field(
+        min_length=1, max_length=MAX_FILES_CEILING, json_schema_extra={"maxItems": MAX_FILES}
+    )
     required_packages: list[str] = Field(default_factory=list, max_length=40)
     shared_knowledge: str = Field(default="", max_length=_LONG)
     open_questions: list[str] = Field(default_factory=list, max_length=20)
+
+    _files_within = field_validator("files")(within_max_files)
 
     @property
     def order(self) -> list[str]:

@@ -9,7 +9,7 @@ import json
 
 from p2c_notebook.diagrams.sources import diagram_files
 from p2c_notebook.run.store import Entry
-from p2c_notebook.stages.artifacts import ArchitectureDesign, Config, LogicDesign
+from p2c_notebook.stages.artifacts import ArchitectureDesign, Config, LogicDesign, max_files_context
 from p2c_notebook.stages.context import Review, StageContext, feedback_messages
 from p2c_notebook.stages.logiccheck import check_logic_design, fix_logic_design
 from p2c_notebook.stages.parsing import extract_json, extract_markdown, extract_yaml
@@ -22,13 +22,15 @@ def make_plan(ctx: StageContext, feedback: str | None = None) -> Entry:
     return ctx.store.save("plan", text, ctx.input_hashes(inputs_for("plan")), ctx.backend.model, usage)
 
 
-def _design(reply: str) -> ArchitectureDesign:
-    return ArchitectureDesign.model_validate(extract_json(reply))
+def _design(reply: str, max_files: int) -> ArchitectureDesign:
+    return ArchitectureDesign.model_validate(extract_json(reply), context=max_files_context(max_files))
 
 
 def make_design(ctx: StageContext, feedback: str | None = None) -> Entry:
     messages = feedback_messages(ctx, "design", ctx.prompts.planning("design", ctx.answers("design")), feedback)
-    design, usage = ctx.ask("design", "design", "", messages, _design, ArchitectureDesign)
+    design, usage = ctx.ask(
+        "design", "design", "", messages, lambda reply: _design(reply, ctx.settings.max_files), ArchitectureDesign
+    )
     for warning in design.check():
         ctx.bus.warn(f"Design: {warning}", "design")
     text = design.model_dump_json(indent=2) + "\n"
@@ -49,7 +51,8 @@ def make_logic(ctx: StageContext, feedback: str | None = None) -> Entry:
     def parse(reply: str) -> LogicDesign:
         # What is mechanical (a repeated or self dependency, a dependency by base name) is fixed here and said so;
         # `check_against` drops a file listed twice (keeping the first) and orders dependencies first.
-        fixed, notes = fix_logic_design(LogicDesign.model_validate(extract_json(reply)), design)
+        bounded = max_files_context(ctx.settings.max_files)
+        fixed, notes = fix_logic_design(LogicDesign.model_validate(extract_json(reply), context=bounded), design)
         logic, more = fixed.check_against(design)
         warnings[id(logic)] = notes + more
         return logic
