@@ -69,3 +69,17 @@ def test_max_files_comes_from_the_environment_and_the_schema_the_model_sees_keep
         assert f'"maxItems":{MAX_FILES},' in schema_text(
             model
         ) and f'"maxItems":{MAX_FILES_CEILING}' not in schema_text(model)
+
+
+def test_the_command_line_takes_max_files(
+    serve: Any, paper_md: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import use_server
+
+    from p2c_notebook.cli import main
+
+    use_server(monkeypatch, serve(wide_scenario()))
+    run = tmp_path / "run"
+    args = ["run", str(paper_md), "--out", str(run), "--until", "logic", "--model", "gpt-4o-mini"]
+    assert main([*args, "--max-files", "64"]) == 0
+    assert len(json.loads((run / "planning" / "logic.json").read_text())["files"]) == 64

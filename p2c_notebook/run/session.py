@@ -72,6 +72,10 @@ SETTINGS_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "--tokens-per-minute",
         {"type": int, "metavar": "N", "help": "tokens sent in any 60 s, shared by all runs (P2C_TOKENS_PER_MINUTE)"},
     ),
+    "max_files": (
+        "--max-files",
+        {"type": int, "metavar": "N", "help": "the most files a design may plan, up to 200 (P2C_MAX_FILES)"},
+    ),
     "reasoning_effort": ("--reasoning-effort", {"choices": ["minimal", "low", "medium", "high"]}),
     "temperature": ("--temperature", {"type": float}),
     "timeout": ("--timeout", {"type": float, "help": "seconds one call may take, start to end"}),
