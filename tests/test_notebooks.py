@@ -27,7 +27,8 @@ EXPECTED = {  # lines the notebook prints when it did what it says (the replies 
         "'5e-4' str",
         "11 artifacts are stale:",
         "re-asked files:",
-        "+++ after/train.py",
+        "+++ code/train.py (current)",
+        "  A: Use your judgement",
     ],
     "03-magics-tour.ipynb": [
         "%p2c load PAPER",

@@ -236,6 +236,9 @@ def test_python_with_a_syntax_error_is_reasked(serve: Any, paper_md: Path, tmp_p
         pipeline.run()
     for path in CODE:
         ast.parse((tmp_path / "run/repo" / path).read_text())
+    reask = [r for r in server.requests if r["stage"] == "code" and r["file"] == "data.py"][1]
+    # The re-ask quotes the line, not only "invalid syntax": a small model otherwise rewrites the same line.
+    assert "data.py has a syntax error at line 1 (`def load(:`): invalid syntax." in reask["messages"][-1]["content"]
 
 
 def test_max_repairs_sets_how_often_an_unusable_reply_is_reasked(serve: Any, paper_md: Path, tmp_path: Path) -> None:

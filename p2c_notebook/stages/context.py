@@ -266,6 +266,9 @@ class StageContext:
         )
 
 
+MAX_QUOTED = 160  # characters of the offending line quoted back to the model
+
+
 def check_python(path: str, code: str) -> None:
     """Generated Python must at least parse; the model gets the syntax error back to repair."""
     if not path.endswith(".py"):
@@ -273,7 +276,16 @@ def check_python(path: str, code: str) -> None:
     try:
         pysource.parse(code, path)
     except SyntaxError as exc:
-        raise ParseError(f"{path} has a syntax error at line {exc.lineno}: {exc.msg}.") from None
+        raise ParseError(f"{path} has a syntax error at line {exc.lineno}{_quoted(exc.text)}: {exc.msg}.") from None
+
+
+def _quoted(line: str | None) -> str:
+    """The line a syntax error is on, for the re-ask: "invalid syntax" alone leaves a small model guessing where
+    (it rewrote one unparseable line three times). Nothing when Python gives no line."""
+    text = " ".join((line or "").split())
+    if not text:
+        return ""
+    return f" (`{text[:MAX_QUOTED]}{'...' if len(text) > MAX_QUOTED else ''}`)"
 
 
 def feedback_messages(ctx: StageContext, artifact: str, messages: Messages, feedback: str | None) -> Messages:
