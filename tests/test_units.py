@@ -196,3 +196,15 @@ def test_an_unfenced_file_with_a_lone_closing_fence_loses_the_fence() -> None:
     assert extract_code("import os\nprint(os.sep)\n```", "python") == "import os\nprint(os.sep)\n"
     assert extract_code("```python\nx = 1\n", "python") == "x = 1\n"
     assert extract_code("a = '```'\n", "python") == "a = '```'\n"  # a fence inside a line is code
+
+
+def test_a_file_followed_by_a_closing_fence_and_remarks_keeps_only_the_file() -> None:
+    """The 1.5B model wrote a whole train.py unfenced, then a closing fence and a sentence about it, three times in
+    a row: the fence line and the remarks are not part of the file (it was re-asked for a syntax error at ```)."""
+    from p2c_notebook.stages.parsing import extract_code
+
+    reply = "import os\n\nprint(os.sep)\n```\n\nThis code defines the `train.py` file with its purpose.\n"
+    assert extract_code(reply, "python") == "import os\n\nprint(os.sep)\n"
+    opened = "Here is the corrected file:\n```\nimport os\n"
+    assert extract_code(opened, "python").strip() == "import os"
+    assert extract_code("Notes first\n```\nx = (\n", "python") == "Notes first\n"  # neither parses: the side before

@@ -6,9 +6,12 @@ import json
 import re
 from typing import Any
 
+from p2c_notebook import pysource
+
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)
 _LONE_FENCE_START = re.compile(r"\A[ \t]*(?:`{3,}|~{3,})[ \t]*[\w+.-]*[ \t]*\n")
 _LONE_FENCE_END = re.compile(r"\n[ \t]*(?:`{3,}|~{3,})[ \t]*\Z")
+_FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})[ \t]*([\w+.-]*)[ \t]*$", re.M)
 _CONTENT = re.compile(r"\[CONTENT\](.*?)\[/CONTENT\]", re.S | re.I)
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 
@@ -73,10 +76,31 @@ def extract_code(text: str, language: str) -> str:
         wanted = [b for lang, b in blocks if lang == language or (language == "python" and lang == "py")]
         code = wanted[0] if wanted else max((b for _, b in blocks), key=len)
     else:
-        code = _LONE_FENCE_END.sub("", _LONE_FENCE_START.sub("", body))
+        code = _unpaired(_LONE_FENCE_END.sub("", _LONE_FENCE_START.sub("", body)), language)
     if not code.strip():
         raise ParseError(f"the reply contained no code; the whole file was expected in one ```{language} block.")
     return code.rstrip() + "\n"
+
+
+def _unpaired(body: str, language: str) -> str:
+    """A reply with a fence line inside that pairs with nothing: the file is on one side, the model's remarks on the
+    other (code, then a closing fence and "This code defines ..."; or a sentence, then an opening fence and code).
+    The side after an opening fence (one naming a language, or with nothing before it) comes first, else the side
+    before; for Python, the first side that parses wins."""
+    fence = _FENCE_LINE.search(body)
+    if fence is None:
+        return body
+    before, after = body[: fence.start()], body[fence.end() :]
+    sides = [after, before] if fence.group(1) or not before.strip() else [before, after]
+    if language == "python":
+        for side in sides:
+            try:
+                pysource.parse(side)
+            except (SyntaxError, ValueError):
+                continue
+            if side.strip():
+                return side
+    return sides[0]
 
 
 def extract_markdown(text: str, minimum: int = 20) -> str:
