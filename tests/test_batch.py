@@ -218,7 +218,10 @@ def test_eval_scores_every_paper_and_a_rerun_evaluates_only_what_lacks_a_score(s
 
 
 def test_ctrl_c_stops_the_batch_cleanly_and_the_same_command_resumes_it(serve: Any, tmp_path: Path) -> None:
-    server = serve(small_scenario(latency=0.1))
+    # The papers share one call at a time, so they finish close together; every call after the first paper's worth
+    # takes half a second more, so Ctrl-C after the first paper lands before the last (whatever the load).
+    slow = {"stage": "*", "kind": "keepalive", "sleep": 0.5, "after": ARTIFACTS, "times": None}
+    server = serve(small_scenario(latency=0.1, faults=[slow]))
     write_papers(tmp_path / "papers", 4)
     command = [sys.executable, "-m", "p2c_notebook.cli", "batch", str(tmp_path / "papers"), "--out"]
     command += [str(tmp_path / "out"), "--concurrency", "1"]
@@ -239,7 +242,7 @@ def test_ctrl_c_stops_the_batch_cleanly_and_the_same_command_resumes_it(serve: A
 
     assert again.returncode == 0, again.stderr
     assert "(kept)" in again.stdout
-    assert len([r for r in chat_requests(server) if r["fault"] is None]) == 4 * ARTIFACTS
+    assert len([r for r in chat_requests(server) if r["fault"] in (None, "keepalive")]) == 4 * ARTIFACTS
 
 
 def test_with_eval_the_judges_calls_tokens_and_cost_are_their_own_columns_and_in_the_totals(
