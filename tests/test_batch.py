@@ -226,14 +226,21 @@ def test_ctrl_c_stops_the_batch_cleanly_and_the_same_command_resumes_it(serve: A
     command = [sys.executable, "-m", "p2c_notebook.cli", "batch", str(tmp_path / "papers"), "--out"]
     command += [str(tmp_path / "out"), "--concurrency", "1"]
     env = subprocess_env(server)
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    # Ctrl-C as a terminal sends it: to a process that has SIGINT's default disposition. An ignored SIGINT is
+    # inherited across exec (Python then installs no KeyboardInterrupt handler), and something earlier in a full
+    # test session leaves this process's SIGINT ignored; a child started from it would never see the interrupt.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with subprocess.Popen(command, env=env, preexec_fn=default_sigint, **pipes) as process:
         assert process.stdout is not None
         for line in process.stdout:
             if line.startswith("[1/4]"):
                 process.send_signal(signal.SIGINT)
                 break
         out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == 130, (out, err)
     assert "Traceback" not in err and "resume" in err
     stopped = {r["paper"]: r["state"] for r in read_csv(tmp_path / "out" / "summary.csv")}
     assert 1 <= list(stopped.values()).count("done") < 4
